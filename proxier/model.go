@@ -1,0 +1,207 @@
+// Package proxier holds svcproxy's model of services and endpoints, the change
+// tracker, the pure Compute step that turns them into a per-node view, and the
+// runner that drives a backend.
+package proxier
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+)
+
+// Protocol is a service port's L4 protocol.
+type Protocol uint8
+
+// The protocols a Service port can use. The zero value is not a protocol, so a
+// forgotten field shows up in validation rather than silently meaning TCP.
+const (
+	TCP Protocol = iota + 1
+	UDP
+	SCTP
+)
+
+// String returns the Kubernetes spelling ("TCP", "UDP", "SCTP").
+func (p Protocol) String() string {
+	switch p {
+	case TCP:
+		return "TCP"
+	case UDP:
+		return "UDP"
+	case SCTP:
+		return "SCTP"
+	}
+	return fmt.Sprintf("Protocol(%d)", uint8(p))
+}
+
+// Lower returns the spelling iptables and conntrack use ("tcp", "udp", "sctp").
+func (p Protocol) Lower() string { return strings.ToLower(p.String()) }
+
+// ParseProtocol accepts the Kubernetes spelling; empty means TCP, as in the API.
+func ParseProtocol(s string) (Protocol, error) {
+	switch s {
+	case "TCP", "":
+		return TCP, nil
+	case "UDP":
+		return UDP, nil
+	case "SCTP":
+		return SCTP, nil
+	}
+	return 0, fmt.Errorf("unsupported protocol %q", s)
+}
+
+// Family is an IP family. Each backend instance programs one family.
+type Family uint8
+
+// The two IP families.
+const (
+	IPv4 Family = 4
+	IPv6 Family = 6
+)
+
+func (f Family) String() string {
+	if f == IPv6 {
+		return "IPv6"
+	}
+	return "IPv4"
+}
+
+// FamilyOf returns the family of a (valid) address; IPv4-mapped IPv6 counts as IPv6.
+func FamilyOf(a netip.Addr) Family {
+	if a.Is4() {
+		return IPv4
+	}
+	return IPv6
+}
+
+// ServicePortName identifies one port of one service: the unit svcproxy
+// programs. It is comparable and used as a map key throughout.
+type ServicePortName struct {
+	Namespace string
+	Name      string
+	Port      string // the port's name; "" for a service's only, unnamed port
+	Protocol  Protocol
+}
+
+func (n ServicePortName) String() string {
+	return fmt.Sprintf("%s/%s:%s/%s", n.Namespace, n.Name, n.Port, n.Protocol)
+}
+
+// Compare orders names for deterministic output (namespace, name, port, protocol).
+func (n ServicePortName) Compare(o ServicePortName) int {
+	if c := strings.Compare(n.Namespace, o.Namespace); c != 0 {
+		return c
+	}
+	if c := strings.Compare(n.Name, o.Name); c != 0 {
+		return c
+	}
+	if c := strings.Compare(n.Port, o.Port); c != 0 {
+		return c
+	}
+	return int(n.Protocol) - int(o.Protocol)
+}
+
+// Endpoint is one backend of a service port as this node should use it.
+// It is comparable, so two views diff with ==.
+type Endpoint struct {
+	Addr        netip.AddrPort
+	Local       bool // the endpoint runs on this node
+	Ready       bool
+	Serving     bool
+	Terminating bool
+}
+
+func (e Endpoint) String() string { return e.Addr.String() }
+
+// ServicePort is everything a backend needs to program one service port in
+// one IP family on this node: the addresses it answers on and the endpoints
+// that apply to each kind of traffic, after every policy has been resolved.
+// Nothing Kubernetes-specific survives past this type.
+type ServicePort struct {
+	Name      ServicePortName
+	ClusterIP netip.Addr
+	Port      uint16
+	NodePort  uint16 // 0: none
+
+	ExternalIPs     []netip.Addr   // spec.externalIPs of this family, sorted
+	LoadBalancerIPs []netip.Addr   // status.loadBalancer.ingress IPs of this family, sorted
+	SourceRanges    []netip.Prefix // loadBalancerSourceRanges of this family, sorted; empty: all allowed
+
+	// ExternalPolicyLocal: external traffic goes to node-local endpoints only
+	// and keeps its client source address.
+	ExternalPolicyLocal bool
+	// InternalPolicyLocal: traffic to the ClusterIP goes to node-local endpoints only.
+	InternalPolicyLocal bool
+
+	AffinitySeconds     int32  // ClientIP session affinity timeout; 0: no affinity
+	HealthCheckNodePort uint16 // for ExternalPolicyLocal LoadBalancers; 0: none
+
+	// ClusterEndpoints serve traffic to the ClusterIP (and external traffic
+	// when ExternalPolicyLocal is false), after internalTrafficPolicy,
+	// topology and the terminating fallback. Sorted by address.
+	ClusterEndpoints []Endpoint
+	// LocalEndpoints are the node-local endpoints external traffic uses when
+	// ExternalPolicyLocal is set (ready ones, else serving terminating ones).
+	// Sorted by address.
+	LocalEndpoints []Endpoint
+}
+
+// Protocol is a shorthand for Name.Protocol.
+func (sp *ServicePort) Protocol() Protocol { return sp.Name.Protocol }
+
+// ExternallyAccessible reports whether traffic from outside the cluster can
+// reach this port (NodePort, external IPs or load-balancer IPs).
+func (sp *ServicePort) ExternallyAccessible() bool {
+	return sp.NodePort != 0 || len(sp.ExternalIPs) > 0 || len(sp.LoadBalancerIPs) > 0
+}
+
+// ExternalEndpoints are the endpoints external traffic from outside the
+// cluster is sent to.
+func (sp *ServicePort) ExternalEndpoints() []Endpoint {
+	if sp.ExternalPolicyLocal {
+		return sp.LocalEndpoints
+	}
+	return sp.ClusterEndpoints
+}
+
+// Equal reports whether two service ports would be programmed identically.
+func (sp *ServicePort) Equal(o *ServicePort) bool {
+	return sp.Name == o.Name && sp.ClusterIP == o.ClusterIP && sp.Port == o.Port &&
+		sp.NodePort == o.NodePort &&
+		slices.Equal(sp.ExternalIPs, o.ExternalIPs) &&
+		slices.Equal(sp.LoadBalancerIPs, o.LoadBalancerIPs) &&
+		slices.Equal(sp.SourceRanges, o.SourceRanges) &&
+		sp.ExternalPolicyLocal == o.ExternalPolicyLocal &&
+		sp.InternalPolicyLocal == o.InternalPolicyLocal &&
+		sp.AffinitySeconds == o.AffinitySeconds &&
+		sp.HealthCheckNodePort == o.HealthCheckNodePort &&
+		slices.Equal(sp.ClusterEndpoints, o.ClusterEndpoints) &&
+		slices.Equal(sp.LocalEndpoints, o.LocalEndpoints)
+}
+
+// NodeInfo is what svcproxy knows of the node it runs on.
+type NodeInfo struct {
+	Name      string
+	Zone      string         // topology.kubernetes.io/zone label; "" if unset
+	Addresses []netip.Addr   // from Node.status.addresses (InternalIP, ExternalIP)
+	PodCIDRs  []netip.Prefix // from Node.spec.podCIDRs
+}
+
+// NodeView is the outcome of Compute for one IP family: every service port
+// this node must program, keyed by name. Backends see nothing else.
+type NodeView struct {
+	Family   Family
+	Node     NodeInfo
+	Services map[ServicePortName]*ServicePort
+}
+
+// SortedNames returns the view's service port names in a stable order, for
+// deterministic compilation.
+func (v *NodeView) SortedNames() []ServicePortName {
+	names := make([]ServicePortName, 0, len(v.Services))
+	for n := range v.Services {
+		names = append(names, n)
+	}
+	slices.SortFunc(names, ServicePortName.Compare)
+	return names
+}
