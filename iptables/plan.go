@@ -1,0 +1,124 @@
+// Package iptables is svcproxy's iptables backend: a pure compiler from a
+// proxier.NodeView to a Plan, a renderer to iptables-restore input, and the
+// applier that alone runs iptables-restore and the fixed jump rules.
+package iptables
+
+import (
+	"bytes"
+	"cmp"
+	"slices"
+	"strings"
+
+	"github.com/svcproxy/svcproxy/proxier"
+)
+
+// Table is an iptables table svcproxy writes to.
+type Table string
+
+// The tables svcproxy uses.
+const (
+	TableNAT    Table = "nat"
+	TableFilter Table = "filter"
+)
+
+// ChainPrefix starts the name of every chain svcproxy owns; anything else in
+// the kernel is never touched.
+const ChainPrefix = "SVCPROXY-"
+
+// ChainKey names a chain in a table.
+type ChainKey struct {
+	Table Table
+	Name  string
+}
+
+func compareChainKeys(a, b ChainKey) int {
+	if c := cmp.Compare(a.Table, b.Table); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.Name, b.Name)
+}
+
+// Plan is what one sync must do to one family's tables: chains to write whole
+// (declared, so flushed, then filled) and chains to delete. A full sync writes
+// every chain svcproxy wants; a partial sync only those that changed since
+// the previous view, which is what keeps a one-endpoint change cheap.
+type Plan struct {
+	Family proxier.Family
+	Full   bool
+	// Write maps a chain to its complete rule list; each rule is the text
+	// that follows "-A <chain> " in iptables-restore input.
+	Write map[ChainKey][]string
+	// Delete lists chains that must not exist after the sync.
+	Delete []ChainKey
+}
+
+// Empty reports whether applying the plan would change nothing.
+func (p *Plan) Empty() bool { return len(p.Write) == 0 && len(p.Delete) == 0 }
+
+// Rules counts the rules the plan writes.
+func (p *Plan) Rules() int {
+	n := 0
+	for _, rules := range p.Write {
+		n += len(rules)
+	}
+	return n
+}
+
+// Render returns the iptables-restore --noflush input for the plan. stale
+// lists chains found in the kernel that a full sync must remove too (chains
+// of services deleted while svcproxy was not running); it is ignored for
+// chains the plan writes. The output is deterministic: tables, then chains,
+// in sorted order.
+func (p *Plan) Render(stale []ChainKey) []byte {
+	deletes := map[ChainKey]bool{}
+	for _, k := range p.Delete {
+		deletes[k] = true
+	}
+	for _, k := range stale {
+		if _, written := p.Write[k]; !written {
+			deletes[k] = true
+		}
+	}
+
+	var buf bytes.Buffer
+	for _, table := range []Table{TableFilter, TableNAT} {
+		writes := sortedKeys(p.Write, table)
+		dels := sortedKeys(deletes, table)
+		if len(writes) == 0 && len(dels) == 0 {
+			continue
+		}
+		buf.WriteString("*" + string(table) + "\n")
+		// Declaring a chain creates it or flushes it; deleted chains are
+		// declared too so that rules jumping to them are gone before -X.
+		for _, k := range writes {
+			buf.WriteString(":" + k.Name + " - [0:0]\n")
+		}
+		for _, k := range dels {
+			buf.WriteString(":" + k.Name + " - [0:0]\n")
+		}
+		for _, k := range writes {
+			for _, rule := range p.Write[k] {
+				buf.WriteString("-A " + k.Name + " " + rule + "\n")
+			}
+		}
+		for _, k := range dels {
+			buf.WriteString("-X " + k.Name + "\n")
+		}
+		buf.WriteString("COMMIT\n")
+	}
+	return buf.Bytes()
+}
+
+func sortedKeys[V any](m map[ChainKey]V, table Table) []ChainKey {
+	var keys []ChainKey
+	for k := range m {
+		if k.Table == table {
+			keys = append(keys, k)
+		}
+	}
+	slices.SortFunc(keys, compareChainKeys)
+	return keys
+}
+
+// IsOwned reports whether a chain name belongs to svcproxy.
+func IsOwned(chain string) bool { return strings.HasPrefix(chain, ChainPrefix) }
