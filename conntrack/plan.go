@@ -1,0 +1,145 @@
+// Package conntrack deletes conntrack entries that a sync made stale, so that
+// a UDP or SCTP client (a DNS resolver above all) fails over at once instead
+// of sending into a dead endpoint until its entry times out. Which entries are
+// stale is worked out purely from the previous and next NodeView (Plan);
+// deleting them is netlink, behind the Table interface.
+package conntrack
+
+import (
+	"net/netip"
+	"slices"
+
+	"github.com/svcproxy/svcproxy/proxier"
+)
+
+// Flow describes conntrack entries to delete: those of Protocol, in Family,
+// sent to Dst:DstPort and DNATed to Endpoint.
+type Flow struct {
+	Family   proxier.Family
+	Protocol proxier.Protocol
+	// Dst is the service address the client sent to; invalid for a
+	// NodePort, which any node address answers.
+	Dst     netip.Addr
+	DstPort uint16
+	// Endpoint is where the entry's replies come from: the endpoint it was
+	// DNATed to. Invalid means entries that were not DNATed at all (their
+	// reply comes from the address the client sent to): the ones a service
+	// without endpoints left behind.
+	Endpoint netip.AddrPort
+}
+
+// Entry is one conntrack entry as the kernel reports it.
+type Entry struct {
+	Protocol proxier.Protocol // 0 for protocols svcproxy does not serve
+	Orig     Tuple            // the client's direction
+	Reply    Tuple            // the direction of the answer
+}
+
+// Tuple is one direction of a conntrack entry.
+type Tuple struct {
+	Src, Dst netip.AddrPort
+}
+
+// Matches reports whether the flow describes the entry.
+func (f Flow) Matches(e Entry) bool {
+	if e.Protocol != f.Protocol || e.Orig.Dst.Port() != f.DstPort || proxier.FamilyOf(e.Orig.Dst.Addr()) != f.Family {
+		return false
+	}
+	if f.Dst.IsValid() && e.Orig.Dst.Addr() != f.Dst {
+		return false
+	}
+	if f.Endpoint.IsValid() {
+		return e.Reply.Src == f.Endpoint
+	}
+	return e.Reply.Src == e.Orig.Dst
+}
+
+// keepsState reports whether a protocol's conntrack entries outlive a
+// change of rules in a way clients notice. TCP is left alone: a TCP client
+// sees a reset or a timeout and reconnects, and deleting an established
+// connection's entry would only break it sooner.
+func keepsState(p proxier.Protocol) bool { return p == proxier.UDP || p == proxier.SCTP }
+
+// Plan lists the flows a sync from prev to next made stale:
+//   - for each UDP and SCTP service port, the endpoints prev used that next
+//     does not, at every service address of prev (ClusterIP, external IPs,
+//     load-balancer IPs, and the NodePort on any address);
+//   - for each UDP and SCTP service port that had no endpoints in prev and
+//     has some in next, the flows to its addresses that were never DNATed.
+//
+// With prev nil (the first sync after a start) it plans nothing: svcproxy
+// does not know what it programmed before, and a restart must not disturb
+// working flows.
+func Plan(prev, next *proxier.NodeView) []Flow {
+	if prev == nil || next == nil {
+		return nil
+	}
+	var flows []Flow
+	for _, name := range prev.SortedNames() {
+		if keepsState(name.Protocol) {
+			flows = append(flows, goneEndpointFlows(prev.Family, prev.Services[name], next.Services[name])...)
+		}
+	}
+	for _, name := range next.SortedNames() {
+		if keepsState(name.Protocol) {
+			flows = append(flows, revivedServiceFlows(next.Family, prev.Services[name], next.Services[name])...)
+		}
+	}
+	return flows
+}
+
+// goneEndpointFlows: the flows from old's addresses to endpoints cur no
+// longer has (all of them if the service port is gone).
+func goneEndpointFlows(family proxier.Family, old, cur *proxier.ServicePort) []Flow {
+	still := map[netip.AddrPort]bool{}
+	if cur != nil {
+		for _, ep := range endpoints(cur) {
+			still[ep] = true
+		}
+	}
+	var flows []Flow
+	for _, ep := range endpoints(old) {
+		if !still[ep] {
+			flows = append(flows, addressFlows(family, old, ep)...)
+		}
+	}
+	return flows
+}
+
+// revivedServiceFlows: the undelivered flows to cur's addresses, if it just
+// got its first endpoints.
+func revivedServiceFlows(family proxier.Family, old, cur *proxier.ServicePort) []Flow {
+	if len(endpoints(cur)) == 0 || (old != nil && len(endpoints(old)) > 0) {
+		return nil
+	}
+	return addressFlows(family, cur, netip.AddrPort{})
+}
+
+// endpoints returns the distinct endpoint addresses a service port sends
+// any traffic to, sorted.
+func endpoints(sp *proxier.ServicePort) []netip.AddrPort {
+	var eps []netip.AddrPort
+	for _, ep := range slices.Concat(sp.ClusterEndpoints, sp.LocalEndpoints) {
+		eps = append(eps, ep.Addr)
+	}
+	slices.SortFunc(eps, netip.AddrPort.Compare)
+	return slices.Compact(eps)
+}
+
+// addressFlows returns one flow per address the service port answers on.
+func addressFlows(family proxier.Family, sp *proxier.ServicePort, ep netip.AddrPort) []Flow {
+	flow := func(dst netip.Addr, port uint16) Flow {
+		return Flow{Family: family, Protocol: sp.Protocol(), Dst: dst, DstPort: port, Endpoint: ep}
+	}
+	var flows []Flow
+	if sp.ClusterIP.IsValid() {
+		flows = append(flows, flow(sp.ClusterIP, sp.Port))
+	}
+	for _, ip := range slices.Concat(sp.ExternalIPs, sp.LoadBalancerIPs) {
+		flows = append(flows, flow(ip, sp.Port))
+	}
+	if sp.NodePort != 0 {
+		flows = append(flows, flow(netip.Addr{}, sp.NodePort))
+	}
+	return flows
+}

@@ -1,0 +1,248 @@
+package conntrack
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/svcproxy/svcproxy/proxier"
+)
+
+func dnsName() proxier.ServicePortName {
+	return proxier.ServicePortName{Namespace: "kube-system", Name: "kube-dns", Port: "dns", Protocol: proxier.UDP}
+}
+
+func ep(s string) proxier.Endpoint {
+	return proxier.Endpoint{Addr: netip.MustParseAddrPort(s), Ready: true, Serving: true}
+}
+
+// dnsPort is a UDP service port with every kind of address.
+func dnsPort(name proxier.ServicePortName, eps ...proxier.Endpoint) *proxier.ServicePort {
+	return &proxier.ServicePort{
+		Name:             name,
+		ClusterIP:        netip.MustParseAddr("10.96.0.10"),
+		Port:             53,
+		NodePort:         30053,
+		ExternalIPs:      []netip.Addr{netip.MustParseAddr("203.0.113.7")},
+		LoadBalancerIPs:  []netip.Addr{netip.MustParseAddr("198.51.100.9")},
+		ClusterEndpoints: eps,
+	}
+}
+
+func view(sps ...*proxier.ServicePort) *proxier.NodeView {
+	v := &proxier.NodeView{Family: proxier.IPv4, Services: map[proxier.ServicePortName]*proxier.ServicePort{}}
+	for _, sp := range sps {
+		v.Services[sp.Name] = sp
+	}
+	return v
+}
+
+// flowsText renders flows one a line, "udp 10.96.0.10:53 -> 10.244.0.5:53",
+// with "*" for any node address and "(not DNATed)" for no endpoint.
+func flowsText(flows []Flow) string {
+	var lines []string
+	for _, f := range flows {
+		dst, to := "*", "(not DNATed)"
+		if f.Dst.IsValid() {
+			dst = f.Dst.String()
+		}
+		if f.Endpoint.IsValid() {
+			to = f.Endpoint.String()
+		}
+		lines = append(lines, fmt.Sprintf("%s %s:%d -> %s", f.Protocol.Lower(), dst, f.DstPort, to))
+	}
+	return strings.Join(lines, "\n")
+}
+
+func TestPlan(t *testing.T) {
+	dns := dnsName()
+	tcp := dns
+	tcp.Protocol = proxier.TCP
+	sctp := dns
+	sctp.Protocol = proxier.SCTP
+	a, b := ep("10.244.0.5:53"), ep("10.244.0.6:53")
+	localOnly := dnsPort(dns)
+	localOnly.LocalEndpoints = []proxier.Endpoint{a}
+
+	cases := []struct {
+		name       string
+		prev, next *proxier.NodeView
+		want       []string
+	}{
+		{name: "first sync after a start flushes nothing", prev: nil, next: view(dnsPort(dns, a))},
+		{name: "nothing changed", prev: view(dnsPort(dns, a, b)), next: view(dnsPort(dns, a, b))},
+		{name: "an endpoint added", prev: view(dnsPort(dns, a)), next: view(dnsPort(dns, a, b))},
+		{
+			name: "UDP endpoint gone: every service address", prev: view(dnsPort(dns, a, b)), next: view(dnsPort(dns, a)),
+			want: []string{
+				"udp 10.96.0.10:53 -> 10.244.0.6:53",
+				"udp 203.0.113.7:53 -> 10.244.0.6:53",
+				"udp 198.51.100.9:53 -> 10.244.0.6:53",
+				"udp *:30053 -> 10.244.0.6:53",
+			},
+		},
+		{
+			name: "SCTP endpoint gone", prev: view(dnsPort(sctp, a, b)), next: view(dnsPort(sctp, b)),
+			want: []string{
+				"sctp 10.96.0.10:53 -> 10.244.0.5:53",
+				"sctp 203.0.113.7:53 -> 10.244.0.5:53",
+				"sctp 198.51.100.9:53 -> 10.244.0.5:53",
+				"sctp *:30053 -> 10.244.0.5:53",
+			},
+		},
+		{name: "TCP endpoint gone is left to TCP", prev: view(dnsPort(tcp, a, b)), next: view(dnsPort(tcp, a))},
+		{
+			name: "endpoint moved to another port", prev: view(dnsPort(dns, a)), next: view(dnsPort(dns, ep("10.244.0.5:5353"))),
+			want: []string{
+				"udp 10.96.0.10:53 -> 10.244.0.5:53",
+				"udp 203.0.113.7:53 -> 10.244.0.5:53",
+				"udp 198.51.100.9:53 -> 10.244.0.5:53",
+				"udp *:30053 -> 10.244.0.5:53",
+			},
+		},
+		{name: "endpoint still used for external traffic", prev: view(dnsPort(dns, a)), next: view(localOnly)},
+		{
+			name: "service deleted", prev: view(dnsPort(dns, a), dnsPort(tcp, a)), next: view(),
+			want: []string{
+				"udp 10.96.0.10:53 -> 10.244.0.5:53",
+				"udp 203.0.113.7:53 -> 10.244.0.5:53",
+				"udp 198.51.100.9:53 -> 10.244.0.5:53",
+				"udp *:30053 -> 10.244.0.5:53",
+			},
+		},
+		{
+			name: "first endpoints of a service", prev: view(dnsPort(dns)), next: view(dnsPort(dns, a)),
+			want: []string{
+				"udp 10.96.0.10:53 -> (not DNATed)",
+				"udp 203.0.113.7:53 -> (not DNATed)",
+				"udp 198.51.100.9:53 -> (not DNATed)",
+				"udp *:30053 -> (not DNATed)",
+			},
+		},
+		{
+			name: "new service with endpoints", prev: view(), next: view(dnsPort(dns, a)),
+			want: []string{
+				"udp 10.96.0.10:53 -> (not DNATed)",
+				"udp 203.0.113.7:53 -> (not DNATed)",
+				"udp 198.51.100.9:53 -> (not DNATed)",
+				"udp *:30053 -> (not DNATed)",
+			},
+		},
+		{name: "service lost its last endpoint", prev: view(dnsPort(tcp, a)), next: view(dnsPort(tcp))},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			got := flowsText(Plan(c.prev, c.next))
+			if want := strings.Join(c.want, "\n"); got != want {
+				t.Errorf("Plan:\n%s\nwant:\n%s", got, want)
+			}
+		})
+	}
+}
+
+func TestPlanIsDeterministic(t *testing.T) {
+	prev, next := view(), view()
+	for i := range 20 {
+		name := dnsName()
+		name.Name = fmt.Sprintf("svc-%02d", i)
+		prev.Services[name] = dnsPort(name, ep("10.244.0.5:53"), ep(fmt.Sprintf("10.244.1.%d:53", i)))
+		next.Services[name] = dnsPort(name, ep("10.244.0.5:53"))
+	}
+	first := flowsText(Plan(prev, next))
+	for range 5 {
+		if again := flowsText(Plan(prev, next)); again != first {
+			t.Fatalf("Plan changed between runs:\n%s\nthen:\n%s", first, again)
+		}
+	}
+}
+
+func entry(proto proxier.Protocol, client, dst, replySrc string) Entry {
+	c := netip.MustParseAddrPort(client)
+	return Entry{
+		Protocol: proto,
+		Orig:     Tuple{Src: c, Dst: netip.MustParseAddrPort(dst)},
+		Reply:    Tuple{Src: netip.MustParseAddrPort(replySrc), Dst: c},
+	}
+}
+
+func TestCleanDeletesOnlyStaleEntries(t *testing.T) {
+	a, b := ep("10.244.0.5:53"), ep("10.244.0.6:53")
+	dns, other := dnsName(), dnsName()
+	other.Name = "other"
+	otherPort := dnsPort(other, b)
+	otherPort.ClusterIP = netip.MustParseAddr("10.96.0.11")
+	otherPort.NodePort = 30054
+
+	table := &FakeTable{Entries: []Entry{
+		entry(proxier.UDP, "10.244.0.9:40000", "10.96.0.10:53", "10.244.0.6:53"),        // stale: to b via ClusterIP
+		entry(proxier.UDP, "192.168.50.2:40001", "192.168.50.1:30053", "10.244.0.6:53"), // stale: to b via NodePort
+		entry(proxier.UDP, "192.168.50.2:40002", "198.51.100.9:53", "10.244.0.6:53"),    // stale: to b via LB IP
+		entry(proxier.UDP, "10.244.0.9:40003", "10.96.0.10:53", "10.244.0.5:53"),        // to a, still an endpoint
+		entry(proxier.UDP, "10.244.0.9:40004", "10.96.0.11:53", "10.244.0.6:53"),        // another service's flow to b
+		entry(proxier.TCP, "10.244.0.9:40005", "10.96.0.10:53", "10.244.0.6:53"),        // TCP
+		entry(proxier.UDP, "10.244.0.9:40006", "10.244.0.6:53", "10.244.0.6:53"),        // straight to the pod
+	}}
+	prev := view(dnsPort(dns, a, b), otherPort)
+	next := view(dnsPort(dns, a), otherPort)
+
+	n, err := Clean(table, prev, next)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var left []uint16
+	for _, e := range table.Entries {
+		left = append(left, e.Orig.Src.Port())
+	}
+	if want := []uint16{40003, 40004, 40005, 40006}; n != 3 || !slices.Equal(left, want) {
+		t.Errorf("deleted %d, entries left from client ports %v; want 3 deleted, %v left", n, left, want)
+	}
+}
+
+func TestCleanRevivedServiceDeletesUndeliveredEntriesOnly(t *testing.T) {
+	dns := dnsName()
+	table := &FakeTable{Entries: []Entry{
+		entry(proxier.UDP, "10.244.0.9:40000", "10.96.0.10:53", "10.96.0.10:53"),             // sent while no endpoint
+		entry(proxier.UDP, "192.168.50.2:40001", "192.168.50.1:30053", "192.168.50.1:30053"), // NodePort, no endpoint
+		entry(proxier.UDP, "10.244.0.9:40002", "10.96.0.10:53", "10.244.0.5:53"),             // already DNATed
+	}}
+	if _, err := Clean(table, view(dnsPort(dns)), view(dnsPort(dns, ep("10.244.0.5:53")))); err != nil {
+		t.Fatal(err)
+	}
+	if len(table.Entries) != 1 || table.Entries[0].Orig.Src.Port() != 40002 {
+		t.Errorf("entries left: %v; want only the DNATed one from port 40002", table.Entries)
+	}
+}
+
+func TestCleanSkipsTheTableWhenNothingIsStale(t *testing.T) {
+	dns := dnsName()
+	table := &FakeTable{Err: fmt.Errorf("must not be called")}
+	if _, err := Clean(table, view(dnsPort(dns, ep("10.244.0.5:53"))), view(dnsPort(dns, ep("10.244.0.5:53")))); err != nil {
+		t.Errorf("Clean with nothing stale: %v", err)
+	}
+	if _, err := Clean(table, nil, view(dnsPort(dns, ep("10.244.0.5:53")))); err != nil {
+		t.Errorf("Clean on the first sync: %v", err)
+	}
+	if len(table.Calls) != 0 {
+		t.Errorf("Clean called the table %d times for nothing", len(table.Calls))
+	}
+}
+
+func TestCleanReportsTableErrors(t *testing.T) {
+	dns := dnsName()
+	table := &FakeTable{Err: fmt.Errorf("netlink: operation not permitted")}
+	_, err := Clean(table, view(dnsPort(dns, ep("10.244.0.5:53"))), view(dnsPort(dns)))
+	if err == nil || !strings.Contains(err.Error(), "operation not permitted") {
+		t.Errorf("Clean error = %v, want the table's error", err)
+	}
+}
+
+func TestFlowMatchesOnlyItsFamily(t *testing.T) {
+	f := Flow{Family: proxier.IPv6, Protocol: proxier.UDP, DstPort: 30053, Endpoint: netip.MustParseAddrPort("[fd00:244::5]:53")}
+	v6 := entry(proxier.UDP, "[fd00:50::2]:40000", "[fd00:50::1]:30053", "[fd00:244::5]:53")
+	v4 := entry(proxier.UDP, "192.168.50.2:40000", "192.168.50.1:30053", "10.244.0.5:53")
+	if !f.Matches(v6) || f.Matches(v4) {
+		t.Errorf("NodePort flow %+v: matches v6 entry %v, v4 entry %v; want true, false", f, f.Matches(v6), f.Matches(v4))
+	}
+}
