@@ -1,0 +1,368 @@
+package proxier
+
+import (
+	"errors"
+	"iter"
+	"maps"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+	v1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+)
+
+// Tracker holds the parsed Services, EndpointSlices and Node as the informers
+// last reported them, and which services changed since the last Snapshot.
+// Informer handlers call it concurrently; each call parses its object, then
+// holds the lock only to swap a pointer or two.
+//
+// Snapshots are copy-on-write: a Snapshot shares the tracker's maps, and the
+// first change after it clones them. Stored services and slice lists are
+// never modified in place (a change replaces them), so a shallow clone is a
+// consistent copy. This keeps Snapshot O(changes) on the sync path; the
+// clone, O(services) pointer copies, is paid once per sync by the first
+// informer event that follows it.
+type Tracker struct {
+	log     *zap.Logger
+	clock   func() time.Time
+	changed chan struct{}
+
+	mu sync.Mutex
+	// services and slices are shared with last while shared is true.
+	services map[ServiceName]*Service
+	slices   map[ServiceName][]*EndpointSlice // per service, sorted by slice name
+	shared   bool
+	// sliceOwner remembers which service each slice was filed under, so a
+	// slice whose service label changes is removed from the old service.
+	sliceOwner map[sliceKey]ServiceName
+	node       NodeInfo
+	pending    pendingChanges
+	last       *Snapshot
+}
+
+type sliceKey struct{ namespace, name string }
+
+// pendingChanges accumulates what changed between two snapshots; a burst of
+// updates to one service is one entry.
+type pendingChanges struct {
+	services     map[ServiceName]struct{}
+	node         bool
+	oldest       time.Time // zero: nothing pending
+	triggerTimes []time.Time
+}
+
+// Snapshot is an immutable, consistent view of everything the tracker holds,
+// plus what changed since the previous snapshot. Nothing reachable from it
+// may be modified.
+type Snapshot struct {
+	Node NodeInfo
+
+	// NodeChanged: the node's name, zone, addresses or CIDRs changed, which
+	// can change every service port.
+	NodeChanged bool
+	// ChangedServices are the services whose Service or EndpointSlices
+	// changed since the previous snapshot, sorted. Changes that were undone
+	// before this snapshot (an update and its revert) are left out.
+	ChangedServices []ServiceName
+	// OldestChange is when the oldest change drained by this snapshot was
+	// queued; zero if none was.
+	OldestChange time.Time
+	// TriggerTimes are the last-change-trigger-time annotations of the
+	// slices updated since the previous snapshot, sorted, for the
+	// network-programming-latency metric.
+	TriggerTimes []time.Time
+
+	services map[ServiceName]*Service
+	slices   map[ServiceName][]*EndpointSlice
+}
+
+// NewTracker returns an empty tracker; clock stamps when changes are queued.
+func NewTracker(log *zap.Logger, clock func() time.Time) *Tracker {
+	return &Tracker{
+		log:        log,
+		clock:      clock,
+		changed:    make(chan struct{}, 1),
+		services:   map[ServiceName]*Service{},
+		slices:     map[ServiceName][]*EndpointSlice{},
+		sliceOwner: map[sliceKey]ServiceName{},
+		pending:    pendingChanges{services: map[ServiceName]struct{}{}},
+		last:       &Snapshot{},
+	}
+}
+
+// Changed is signalled (without blocking, coalesced) after every change;
+// Snapshot consumes a pending signal, since it takes the change with it.
+func (t *Tracker) Changed() <-chan struct{} { return t.changed }
+
+// UpsertService records an added or updated Service. An update that makes
+// the service invalid or ignored removes the version stored before: stale
+// rules for a service that now means something else are worse than none.
+func (t *Tracker) UpsertService(svc *v1.Service) {
+	name := ServiceName{Namespace: svc.Namespace, Name: svc.Name}
+	parsed, err := ParseService(svc)
+	if err != nil {
+		t.logRejected(err)
+		if t.removeService(name) {
+			t.log.Warn("service removed: its update is ignored or invalid", zap.Stringer("service", name))
+		}
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if old, ok := t.services[name]; ok && old.Equal(parsed) {
+		return
+	}
+	t.writable()
+	t.services[name] = parsed
+	t.touch(name)
+}
+
+// DeleteService records that a Service is gone.
+func (t *Tracker) DeleteService(namespace, name string) {
+	t.removeService(ServiceName{Namespace: namespace, Name: name})
+}
+
+func (t *Tracker) removeService(name ServiceName) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if _, ok := t.services[name]; !ok {
+		return false
+	}
+	t.writable()
+	delete(t.services, name)
+	t.touch(name)
+	return true
+}
+
+// UpsertEndpointSlice records an added or updated EndpointSlice, which may
+// have moved from one service to another.
+func (t *Tracker) UpsertEndpointSlice(es *discoveryv1.EndpointSlice) {
+	parsed, dropped, err := ParseEndpointSlice(es)
+	if len(dropped) > 0 {
+		t.log.Warn("endpoint slice entries dropped", zap.String("namespace", es.Namespace),
+			zap.String("name", es.Name), zap.Strings("dropped", dropped))
+	}
+	if err != nil {
+		t.logRejected(err)
+		t.DeleteEndpointSlice(es.Namespace, es.Name)
+		return
+	}
+	key := sliceKey{es.Namespace, es.Name}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	owner, known := t.sliceOwner[key]
+	if known && owner == parsed.Service {
+		if old := findSlice(t.slices[owner], es.Name); old != nil && old.Equal(parsed) {
+			return
+		}
+	}
+	t.writable()
+	if known && owner != parsed.Service {
+		t.unfileSlice(owner, es.Name)
+		t.touch(owner)
+	}
+	t.sliceOwner[key] = parsed.Service
+	t.slices[parsed.Service] = withSlice(t.slices[parsed.Service], parsed)
+	t.touch(parsed.Service)
+	if !parsed.TriggerTime.IsZero() {
+		t.pending.triggerTimes = append(t.pending.triggerTimes, parsed.TriggerTime)
+	}
+}
+
+// DeleteEndpointSlice records that an EndpointSlice is gone.
+func (t *Tracker) DeleteEndpointSlice(namespace, name string) {
+	key := sliceKey{namespace, name}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	owner, ok := t.sliceOwner[key]
+	if !ok {
+		return
+	}
+	t.writable()
+	delete(t.sliceOwner, key)
+	t.unfileSlice(owner, name)
+	t.touch(owner)
+}
+
+// SetNode records this node's name, zone, addresses and CIDRs.
+func (t *Tracker) SetNode(n NodeInfo) {
+	n = cloneNode(n)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if nodeEqual(t.node, n) {
+		return
+	}
+	t.node = n
+	t.pending.node = true
+	t.queued()
+}
+
+// OldestPending returns when the oldest change not yet taken by a Snapshot
+// was queued, for /healthz: a proxy that stops syncing must look unhealthy.
+func (t *Tracker) OldestPending() (time.Time, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.pending.oldest, !t.pending.oldest.IsZero()
+}
+
+// Snapshot returns the current state and drains the pending changes.
+func (t *Tracker) Snapshot() *Snapshot {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	snap := &Snapshot{
+		Node:         t.node,
+		NodeChanged:  t.pending.node,
+		OldestChange: t.pending.oldest,
+		TriggerTimes: t.pending.triggerTimes,
+		services:     t.services,
+		slices:       t.slices,
+	}
+	slices.SortFunc(snap.TriggerTimes, time.Time.Compare)
+	snap.ChangedServices = t.effectiveChanges(snap)
+	t.shared = true
+	t.last = snap
+	t.pending = pendingChanges{services: map[ServiceName]struct{}{}}
+	// Everything signalled so far is in this snapshot; a stale signal would
+	// only cost the runner an empty sync.
+	select {
+	case <-t.changed:
+	default:
+	}
+	return snap
+}
+
+// effectiveChanges lists the touched services that differ from the previous
+// snapshot: a burst that ends where it started changes nothing.
+func (t *Tracker) effectiveChanges(snap *Snapshot) []ServiceName {
+	names := make([]ServiceName, 0, len(t.pending.services))
+	for name := range t.pending.services {
+		if !serviceStateEqual(t.last, snap, name) {
+			names = append(names, name)
+		}
+	}
+	slices.SortFunc(names, ServiceName.Compare)
+	return names
+}
+
+func serviceStateEqual(a, b *Snapshot, name ServiceName) bool {
+	sa, okA := a.services[name]
+	sb, okB := b.services[name]
+	if okA != okB || (okA && sa != sb && !sa.Equal(sb)) {
+		return false
+	}
+	return slices.EqualFunc(a.slices[name], b.slices[name], func(x, y *EndpointSlice) bool {
+		return x == y || x.Equal(y)
+	})
+}
+
+// writable unshares the maps from the last snapshot before a mutation.
+func (t *Tracker) writable() {
+	if !t.shared {
+		return
+	}
+	t.services = maps.Clone(t.services)
+	t.slices = maps.Clone(t.slices)
+	t.shared = false
+}
+
+func (t *Tracker) touch(name ServiceName) {
+	t.pending.services[name] = struct{}{}
+	t.queued()
+}
+
+func (t *Tracker) queued() {
+	if t.pending.oldest.IsZero() {
+		t.pending.oldest = t.clock()
+	}
+	select {
+	case t.changed <- struct{}{}:
+	default:
+	}
+}
+
+func (t *Tracker) unfileSlice(owner ServiceName, name string) {
+	rest := withoutSlice(t.slices[owner], name)
+	if len(rest) == 0 {
+		delete(t.slices, owner)
+		return
+	}
+	t.slices[owner] = rest
+}
+
+func (t *Tracker) logRejected(err error) {
+	if ignored := (*IgnoredError)(nil); errors.As(err, &ignored) {
+		t.log.Debug("object ignored", zap.Error(err))
+		return
+	}
+	t.log.Warn("object cannot be programmed, skipped", zap.Error(err))
+}
+
+// withSlice returns a new list with s added or replacing its namesake; the
+// list passed in may be shared with a snapshot and is not modified.
+func withSlice(list []*EndpointSlice, s *EndpointSlice) []*EndpointSlice {
+	i, found := slices.BinarySearchFunc(list, s.Name, compareSliceName)
+	out := make([]*EndpointSlice, 0, len(list)+1)
+	out = append(out, list[:i]...)
+	out = append(out, s)
+	if found {
+		i++
+	}
+	return append(out, list[i:]...)
+}
+
+func withoutSlice(list []*EndpointSlice, name string) []*EndpointSlice {
+	i, found := slices.BinarySearchFunc(list, name, compareSliceName)
+	if !found {
+		return list
+	}
+	out := make([]*EndpointSlice, 0, len(list)-1)
+	out = append(out, list[:i]...)
+	return append(out, list[i+1:]...)
+}
+
+func findSlice(list []*EndpointSlice, name string) *EndpointSlice {
+	if i, found := slices.BinarySearchFunc(list, name, compareSliceName); found {
+		return list[i]
+	}
+	return nil
+}
+
+func compareSliceName(s *EndpointSlice, name string) int { return strings.Compare(s.Name, name) }
+
+func cloneNode(n NodeInfo) NodeInfo {
+	n.Addresses = slices.Clone(n.Addresses)
+	n.PodCIDRs = slices.Clone(n.PodCIDRs)
+	return n
+}
+
+func nodeEqual(a, b NodeInfo) bool {
+	return a.Name == b.Name && a.Zone == b.Zone &&
+		slices.Equal(a.Addresses, b.Addresses) && slices.Equal(a.PodCIDRs, b.PodCIDRs)
+}
+
+// Service returns the parsed Service called name.
+func (s *Snapshot) Service(name ServiceName) (*Service, bool) {
+	svc, ok := s.services[name]
+	return svc, ok
+}
+
+// Services yields every service, in no particular order.
+func (s *Snapshot) Services() iter.Seq[*Service] {
+	return func(yield func(*Service) bool) {
+		for _, svc := range s.services {
+			if !yield(svc) {
+				return
+			}
+		}
+	}
+}
+
+// NumServices counts the services in the snapshot.
+func (s *Snapshot) NumServices() int { return len(s.services) }
+
+// EndpointSlices returns the slices filed under a service, sorted by name.
+// Slices may exist for a service that does not (yet).
+func (s *Snapshot) EndpointSlices(name ServiceName) []*EndpointSlice { return s.slices[name] }
