@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -114,7 +116,80 @@ func (b *Bed) wire() error {
 			return err
 		}
 	}
+	return b.waitLinksUp()
+}
+
+// waitLinksUp waits until every veth is operationally up and no IPv6
+// address is still tentative. Until the kernel's link watcher gets to a new
+// link (it runs at most once a second, later on a busy machine) the link
+// drops what it is given, and IPv6 addresses come into use only after that,
+// from a work queue: a test's first packet would be lost.
+func (b *Bed) waitLinksUp() error {
+	type link struct {
+		ns  *NS
+		dev string
+	}
+	links := []link{{b.node, "eth0"}, {b.outside, "eth0"}}
+	for i, pod := range b.pods {
+		links = append(links, link{b.node, fmt.Sprintf("pod%d", i)}, link{pod, "eth0"})
+	}
+	deadline := time.Now().Add(linkUpTimeout)
+	for _, l := range links {
+		if err := waitOperUp(l.ns, l.dev, deadline); err != nil {
+			return err
+		}
+	}
+	for _, ns := range append([]*NS{b.node, b.outside}, b.pods...) {
+		if err := waitAddrsUsable(ns, deadline); err != nil {
+			return err
+		}
+	}
 	return nil
+}
+
+func waitAddrsUsable(ns *NS, deadline time.Time) error {
+	h, err := ns.Netlink()
+	if err != nil {
+		return fmt.Errorf("netlink in %s: %w", ns.Name, err)
+	}
+	defer h.Close()
+	for {
+		addrs, err := h.AddrList(nil, netlink.FAMILY_V6)
+		if err != nil {
+			return fmt.Errorf("listing addresses in %s: %w", ns.Name, err)
+		}
+		i := slices.IndexFunc(addrs, func(a netlink.Addr) bool { return a.Flags&unix.IFA_F_TENTATIVE != 0 })
+		if i < 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("address %s in %s still tentative after %v", addrs[i].IPNet, ns.Name, linkUpTimeout)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+const linkUpTimeout = 10 * time.Second
+
+func waitOperUp(ns *NS, dev string, deadline time.Time) error {
+	h, err := ns.Netlink()
+	if err != nil {
+		return fmt.Errorf("netlink in %s: %w", ns.Name, err)
+	}
+	defer h.Close()
+	for {
+		link, err := h.LinkByName(dev)
+		if err != nil {
+			return fmt.Errorf("finding %s in %s: %w", dev, ns.Name, err)
+		}
+		if link.Attrs().OperState == netlink.OperUp {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s in %s still %s after %v", dev, ns.Name, link.Attrs().OperState, linkUpTimeout)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // quickStart turns off what would make tests slow or flaky: duplicate
