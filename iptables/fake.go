@@ -1,0 +1,266 @@
+package iptables
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+)
+
+// FakeKernel is an in-memory iptables of one family for tests without
+// root. It serves both kernel seams of the Applier: as a Runner it answers
+// "*-save -t TABLE" and "*-restore --noflush" (committing each table
+// atomically, failing the way iptables does), and it is a RuleEditor. It
+// records every call and dumps its state as iptables-save would.
+type FakeKernel struct {
+	// Calls lists every call, in order, as a command line ("iptables-nft-save -t nat",
+	// "-t nat -I PREROUTING 1 -j SVCPROXY-SERVICES").
+	Calls []string
+	// FailRestoreOn makes a restore fail at the first input line containing it.
+	FailRestoreOn string
+
+	tables map[Table]fakeTable
+}
+
+// fakeTable maps each chain to its rules, each the text that follows
+// "-A CHAIN " in iptables-save output.
+type fakeTable map[string][]string
+
+func builtinChains(t Table) []string {
+	if t == TableNAT {
+		return []string{"PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"}
+	}
+	return []string{"INPUT", "FORWARD", "OUTPUT"}
+}
+
+func isBuiltin(t Table, chain string) bool { return slices.Contains(builtinChains(t), chain) }
+
+// NewFakeKernel returns empty filter and nat tables.
+func NewFakeKernel() *FakeKernel {
+	k := &FakeKernel{tables: map[Table]fakeTable{}}
+	for _, t := range []Table{TableFilter, TableNAT} {
+		k.tables[t] = fakeTable{}
+		for _, c := range builtinChains(t) {
+			k.tables[t][c] = nil
+		}
+	}
+	return k
+}
+
+// Save returns a table as iptables-save shows it: built-in chains first,
+// then the others sorted, then the rules.
+func (k *FakeKernel) Save(table Table) string {
+	t := k.tables[table]
+	chains := builtinChains(table)
+	var others []string
+	for c := range t {
+		if !isBuiltin(table, c) {
+			others = append(others, c)
+		}
+	}
+	slices.Sort(others)
+	chains = append(chains, others...)
+	var b strings.Builder
+	b.WriteString("*" + string(table) + "\n")
+	for _, c := range chains {
+		policy := "-"
+		if isBuiltin(table, c) {
+			policy = "ACCEPT"
+		}
+		fmt.Fprintf(&b, ":%s %s [0:0]\n", c, policy)
+	}
+	for _, c := range chains {
+		for _, r := range t[c] {
+			fmt.Fprintf(&b, "-A %s %s\n", c, r)
+		}
+	}
+	b.WriteString("COMMIT\n")
+	return b.String()
+}
+
+// Flush empties every chain of a table, as `iptables -t TABLE -F` does.
+func (k *FakeKernel) Flush(table Table) {
+	for c := range k.tables[table] {
+		k.tables[table][c] = nil
+	}
+}
+
+// AddChain creates a chain with rules, as another program might.
+func (k *FakeKernel) AddChain(table Table, chain string, rules ...string) {
+	k.tables[table][chain] = rules
+}
+
+// DeleteRule deletes a rule given as save text, as `iptables -D` does.
+func (k *FakeKernel) DeleteRule(table Table, chain, rule string) {
+	t := k.tables[table]
+	if i := slices.Index(t[chain], rule); i >= 0 {
+		t[chain] = slices.Delete(t[chain], i, i+1)
+	}
+}
+
+// Run implements Runner.
+func (k *FakeKernel) Run(_ context.Context, name string, args []string, stdin []byte) ([]byte, error) {
+	k.Calls = append(k.Calls, strings.TrimSpace(name+" "+strings.Join(args, " ")))
+	fail := func(format string, a ...any) error {
+		return &ExecError{Name: name, Args: args, Stderr: fmt.Sprintf(format, a...), Err: errors.New("exit status 1")}
+	}
+	switch {
+	case strings.HasSuffix(name, "-save") && len(args) == 2 && args[0] == "-t":
+		if _, ok := k.tables[Table(args[1])]; !ok {
+			return nil, fail("%s: Table does not exist", name)
+		}
+		return []byte(k.Save(Table(args[1]))), nil
+	case strings.HasSuffix(name, "-restore") && slices.Contains(args, "--noflush"):
+		return nil, k.restore(name, string(stdin), fail)
+	}
+	return nil, fail("fake kernel: cannot run %s %v", name, args)
+}
+
+// restore applies restore input table by table; a table whose lines fail
+// keeps its rules, as COMMIT is atomic.
+func (k *FakeKernel) restore(name, input string, fail func(string, ...any) error) error {
+	var table Table
+	var work fakeTable
+	for i, line := range strings.Split(input, "\n") {
+		n := i + 1
+		if k.FailRestoreOn != "" && strings.Contains(line, k.FailRestoreOn) {
+			return fail("%s: line %d failed", name, n)
+		}
+		var err error
+		switch {
+		case line == "" || strings.HasPrefix(line, "#"):
+		case strings.HasPrefix(line, "*"):
+			table = Table(line[1:])
+			if _, ok := k.tables[table]; !ok {
+				return fail("%s: line %d failed: table %s does not exist", name, n, table)
+			}
+			work = maps.Clone(k.tables[table])
+		case work == nil:
+			return fail("%s: line %d failed: no table", name, n)
+		case line == "COMMIT":
+			k.tables[table], work = work, nil
+		default:
+			err = work.apply(table, line)
+		}
+		if err != nil {
+			return fail("%s: line %d failed: %v", name, n, err)
+		}
+	}
+	if work != nil {
+		return fail("%s: COMMIT expected at end of input", name)
+	}
+	return nil
+}
+
+// apply runs one restore line (":CHAIN", "-A", "-X") on a table copy.
+func (t fakeTable) apply(table Table, line string) error {
+	op, rest, _ := strings.Cut(line, " ")
+	chain, rule, _ := strings.Cut(rest, " ")
+	switch {
+	case strings.HasPrefix(op, ":"):
+		// Declaring a chain creates or flushes it (built-in ones keep their rules).
+		if c := op[1:]; !isBuiltin(table, c) {
+			t[c] = nil
+		}
+		return nil
+	case op == "-A":
+		if _, ok := t[chain]; !ok {
+			return fmt.Errorf("chain %s does not exist", chain)
+		}
+		if target := jumpTarget(rule); target != "" && IsOwned(target) {
+			if _, ok := t[target]; !ok {
+				return fmt.Errorf("no chain/target/match by the name %s", target)
+			}
+		}
+		t[chain] = append(slices.Clip(t[chain]), rule)
+		return nil
+	case op == "-X":
+		if _, ok := t[chain]; !ok || isBuiltin(table, chain) {
+			return fmt.Errorf("cannot delete chain %s", chain)
+		}
+		if len(t[chain]) > 0 || t.referenced(chain) {
+			return fmt.Errorf("chain %s is not empty or still referenced", chain)
+		}
+		delete(t, chain)
+		return nil
+	}
+	return fmt.Errorf("fake kernel: unknown restore line %q", line)
+}
+
+func (t fakeTable) referenced(chain string) bool {
+	for _, rules := range t {
+		for _, r := range rules {
+			if jumpTarget(r) == chain {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// jumpTarget returns the chain or target a rule jumps or goes to.
+func jumpTarget(rule string) string {
+	fields := strings.Fields(rule)
+	for i := 0; i+1 < len(fields); i++ {
+		if fields[i] == "-j" || fields[i] == "-g" {
+			return fields[i+1]
+		}
+	}
+	return ""
+}
+
+// saveText renders rule arguments the way iptables-save prints them:
+// arguments with spaces in double quotes.
+func saveText(rule []string) string {
+	parts := make([]string, len(rule))
+	for i, arg := range rule {
+		if strings.ContainsAny(arg, " \t") {
+			arg = `"` + arg + `"`
+		}
+		parts[i] = arg
+	}
+	return strings.Join(parts, " ")
+}
+
+func (k *FakeKernel) record(op, table, chain string, rule []string) {
+	k.Calls = append(k.Calls, strings.TrimSpace(fmt.Sprintf("-t %s %s %s %s", table, op, chain, saveText(rule))))
+}
+
+// Exists implements RuleEditor.
+func (k *FakeKernel) Exists(table, chain string, rule ...string) (bool, error) {
+	k.record("-C", table, chain, rule)
+	return slices.Contains(k.tables[Table(table)][chain], saveText(rule)), nil
+}
+
+// Insert implements RuleEditor.
+func (k *FakeKernel) Insert(table, chain string, pos int, rule ...string) error {
+	k.record("-I", table, chain+" "+fmt.Sprint(pos), rule)
+	t := k.tables[Table(table)]
+	if _, ok := t[chain]; !ok {
+		return fmt.Errorf("fake kernel: chain %s does not exist", chain)
+	}
+	if target := jumpTarget(saveText(rule)); IsOwned(target) {
+		if _, ok := t[target]; !ok {
+			return fmt.Errorf("fake kernel: no chain/target/match by the name %s", target)
+		}
+	}
+	pos = min(max(pos, 1), len(t[chain])+1)
+	t[chain] = slices.Insert(slices.Clip(t[chain]), pos-1, saveText(rule))
+	return nil
+}
+
+// DeleteIfExists implements RuleEditor.
+func (k *FakeKernel) DeleteIfExists(table, chain string, rule ...string) error {
+	k.record("-D", table, chain, rule)
+	k.DeleteRule(Table(table), chain, saveText(rule))
+	return nil
+}
+
+// ChainExists implements RuleEditor.
+func (k *FakeKernel) ChainExists(table, chain string) (bool, error) {
+	k.record("-S", table, chain+" 1", nil)
+	_, ok := k.tables[Table(table)][chain]
+	return ok, nil
+}

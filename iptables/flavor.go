@@ -1,0 +1,121 @@
+package iptables
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os/exec"
+	"strings"
+
+	"github.com/svcproxy/svcproxy/proxier"
+)
+
+// Flavor is the iptables implementation that programs the kernel: nft
+// (iptables-nft, rules in nf_tables) or legacy (x_tables). Rules of one are
+// invisible to the other's tools, so svcproxy must use the one the host's
+// other programs use.
+type Flavor string
+
+// The two flavors of iptables 1.8.
+const (
+	FlavorNFT    Flavor = "nft"
+	FlavorLegacy Flavor = "legacy"
+)
+
+// ParseFlavor accepts "nft" and "legacy".
+func ParseFlavor(s string) (Flavor, error) {
+	switch f := Flavor(s); f {
+	case FlavorNFT, FlavorLegacy:
+		return f, nil
+	}
+	return "", fmt.Errorf("iptables flavor %q: want nft or legacy", s)
+}
+
+// Binary names the flavor's tool for a family: tool is "" for iptables
+// itself, "-save" or "-restore" ("ip6tables-legacy-restore").
+func (f Flavor) Binary(family proxier.Family, tool string) string {
+	base := "iptables"
+	if family == proxier.IPv6 {
+		base = "ip6tables"
+	}
+	return base + "-" + string(f) + tool
+}
+
+// Runner runs one iptables binary with arguments and standard input and
+// returns its standard output: the applier's only way to the kernel
+// besides RuleEditor. A failure is an *ExecError.
+type Runner interface {
+	Run(ctx context.Context, name string, args []string, stdin []byte) ([]byte, error)
+}
+
+// ExecError is a binary that failed, with what it said.
+type ExecError struct {
+	Name   string
+	Args   []string
+	Stderr string
+	Err    error // the exit status, or why it did not run
+}
+
+func (e *ExecError) Error() string {
+	return fmt.Sprintf("%s %s: %v: %s", e.Name, strings.Join(e.Args, " "), e.Err, strings.TrimSpace(e.Stderr))
+}
+
+func (e *ExecError) Unwrap() error { return e.Err }
+
+// ExecRunner runs binaries from PATH in the caller's network namespace.
+type ExecRunner struct{}
+
+// Run implements Runner.
+func (ExecRunner) Run(ctx context.Context, name string, args []string, stdin []byte) ([]byte, error) {
+	var stdout, stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Stdin = bytes.NewReader(stdin)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return stdout.Bytes(), &ExecError{Name: name, Args: args, Stderr: stderr.String(), Err: err}
+	}
+	return stdout.Bytes(), nil
+}
+
+// DetectFlavor picks the flavor the host already uses, as kube-proxy's
+// iptables-wrapper does: the one whose save shows more rules, in both
+// families; nft when they tie (a fresh host shows none in either). A
+// flavor whose tools are missing or fail counts as having no rules; if
+// both fail, the error says why.
+func DetectFlavor(ctx context.Context, run Runner) (Flavor, error) {
+	nft, nftErr := countRules(ctx, run, FlavorNFT)
+	legacy, legacyErr := countRules(ctx, run, FlavorLegacy)
+	if nftErr != nil && legacyErr != nil {
+		return "", fmt.Errorf("detecting the iptables flavor: %w", errors.Join(nftErr, legacyErr))
+	}
+	if legacy > nft {
+		return FlavorLegacy, nil
+	}
+	return FlavorNFT, nil
+}
+
+// countRules counts the rules ("-A" lines) of every table of both families.
+func countRules(ctx context.Context, run Runner, f Flavor) (int, error) {
+	n := 0
+	var errs []error
+	for _, family := range []proxier.Family{proxier.IPv4, proxier.IPv6} {
+		out, err := run.Run(ctx, f.Binary(family, "-save"), nil, nil)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		sc := bufio.NewScanner(bytes.NewReader(out))
+		sc.Buffer(nil, 1<<20)
+		for sc.Scan() {
+			if strings.HasPrefix(sc.Text(), "-A ") {
+				n++
+			}
+		}
+	}
+	if len(errs) == 2 {
+		return 0, errors.Join(errs...)
+	}
+	return n, nil
+}
