@@ -144,6 +144,12 @@ type ServicePort struct {
 	// ExternalPolicyLocal is set (ready ones, else serving terminating ones).
 	// Sorted by address.
 	LocalEndpoints []Endpoint
+	// ExternalClusterEndpoints is set only when InternalPolicyLocal narrows
+	// ClusterEndpoints to this node but the port is externally accessible:
+	// external traffic under ExternalPolicyLocal=false, and pod traffic to
+	// an external address (short-circuited as kube-proxy does), still go to
+	// endpoints anywhere in the cluster, after topology. Sorted by address.
+	ExternalClusterEndpoints []Endpoint
 }
 
 // Protocol is a shorthand for Name.Protocol.
@@ -161,11 +167,34 @@ func (sp *ServicePort) ExternalEndpoints() []Endpoint {
 	if sp.ExternalPolicyLocal {
 		return sp.LocalEndpoints
 	}
+	return sp.ClusterPolicyEndpoints()
+}
+
+// ClusterPolicyEndpoints are the endpoints anywhere in the cluster that
+// Cluster traffic policy uses (kube-proxy's cluster endpoints): external
+// traffic under ExternalPolicyLocal=false, and traffic from this node's pods
+// to an external address, which is short-circuited to them even under
+// ExternalPolicyLocal.
+func (sp *ServicePort) ClusterPolicyEndpoints() []Endpoint {
+	if sp.InternalPolicyLocal {
+		return sp.ExternalClusterEndpoints
+	}
 	return sp.ClusterEndpoints
+}
+
+// ReachableEndpoints is every endpoint some traffic to this port can reach,
+// sorted and without duplicates: what a backend makes per-endpoint state for.
+func (sp *ServicePort) ReachableEndpoints() []Endpoint {
+	all := slices.Concat(sp.ClusterEndpoints, sp.LocalEndpoints, sp.ExternalClusterEndpoints)
+	slices.SortFunc(all, func(a, b Endpoint) int { return a.Addr.Compare(b.Addr) })
+	return slices.CompactFunc(all, func(a, b Endpoint) bool { return a.Addr == b.Addr })
 }
 
 // Equal reports whether two service ports would be programmed identically.
 func (sp *ServicePort) Equal(o *ServicePort) bool {
+	if sp == o {
+		return true // successive views share unchanged ports (see Update)
+	}
 	return sp.Name == o.Name && sp.ClusterIP == o.ClusterIP && sp.Port == o.Port &&
 		sp.NodePort == o.NodePort &&
 		slices.Equal(sp.ExternalIPs, o.ExternalIPs) &&
@@ -176,7 +205,8 @@ func (sp *ServicePort) Equal(o *ServicePort) bool {
 		sp.AffinitySeconds == o.AffinitySeconds &&
 		sp.HealthCheckNodePort == o.HealthCheckNodePort &&
 		slices.Equal(sp.ClusterEndpoints, o.ClusterEndpoints) &&
-		slices.Equal(sp.LocalEndpoints, o.LocalEndpoints)
+		slices.Equal(sp.LocalEndpoints, o.LocalEndpoints) &&
+		slices.Equal(sp.ExternalClusterEndpoints, o.ExternalClusterEndpoints)
 }
 
 // NodeInfo is what svcproxy knows of the node it runs on.
@@ -188,7 +218,9 @@ type NodeInfo struct {
 }
 
 // NodeView is the outcome of Compute for one IP family: every service port
-// this node must program, keyed by name. Backends see nothing else.
+// this node must program, keyed by name. Backends see nothing else. A view
+// and its ServicePorts are immutable once made: successive views share the
+// ports that did not change.
 type NodeView struct {
 	Family   Family
 	Node     NodeInfo

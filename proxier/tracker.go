@@ -77,6 +77,16 @@ type Snapshot struct {
 
 	services map[ServiceName]*Service
 	slices   map[ServiceName][]*EndpointSlice
+	// origin and seq identify the snapshot, so Update can tell that two
+	// snapshots are consecutive and ChangedServices is all that differs.
+	origin *Tracker
+	seq    uint64
+}
+
+// follows reports whether s is the snapshot taken right after prev by the
+// same tracker.
+func (s *Snapshot) follows(prev *Snapshot) bool {
+	return s.origin != nil && s.origin == prev.origin && s.seq == prev.seq+1
 }
 
 // NewTracker returns an empty tracker; clock stamps when changes are queued.
@@ -219,6 +229,8 @@ func (t *Tracker) Snapshot() *Snapshot {
 		TriggerTimes: t.pending.triggerTimes,
 		services:     t.services,
 		slices:       t.slices,
+		origin:       t,
+		seq:          t.last.seq + 1,
 	}
 	slices.SortFunc(snap.TriggerTimes, time.Time.Compare)
 	snap.ChangedServices = t.effectiveChanges(snap)
