@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -359,12 +360,12 @@ func (p *serviceParser) loadBalancerIPs() []netip.Addr {
 func (p *serviceParser) sourceRanges() []netip.Prefix {
 	var out []netip.Prefix
 	for i, s := range p.svc.Spec.LoadBalancerSourceRanges {
-		pfx, err := netip.ParsePrefix(strings.TrimSpace(s))
-		if err != nil {
+		pfx, ok := parsePrefix(strings.TrimSpace(s))
+		if !ok {
 			p.fail(fmt.Sprintf("spec.loadBalancerSourceRanges[%d]", i), s, "not a CIDR")
 			continue
 		}
-		out = append(out, pfx.Masked())
+		out = append(out, pfx)
 	}
 	return sortedUnique(out, comparePrefixes)
 }
@@ -508,12 +509,48 @@ func parseTriggerTime(s string, dropped []string) (time.Time, []string) {
 
 // parseAddr parses an IP address the way the API stored it. Zones
 // ("fe80::1%eth0") are never valid for a service or endpoint address.
+// IPv4 with leading zeros ("010.000.000.001") is accepted and read as
+// decimal: the API allowed it before 1.20 and keeps it on old objects, and
+// kube-proxy (ParseIPSloppy) programs such services.
 func parseAddr(s string) (netip.Addr, bool) {
 	ip, err := netip.ParseAddr(s)
-	if err != nil || ip.Zone() != "" {
+	if err != nil {
+		return parseLegacyIPv4(s)
+	}
+	if ip.Zone() != "" {
 		return netip.Addr{}, false
 	}
 	return ip, true
+}
+
+func parseLegacyIPv4(s string) (netip.Addr, bool) {
+	parts := strings.Split(s, ".")
+	if len(parts) != 4 {
+		return netip.Addr{}, false
+	}
+	var b [4]byte
+	for i, p := range parts {
+		n, err := strconv.ParseUint(p, 10, 8)
+		if err != nil {
+			return netip.Addr{}, false
+		}
+		b[i] = byte(n)
+	}
+	return netip.AddrFrom4(b), true
+}
+
+// parsePrefix is parseAddr for CIDRs, masked.
+func parsePrefix(s string) (netip.Prefix, bool) {
+	if pfx, err := netip.ParsePrefix(s); err == nil {
+		return pfx.Masked(), true
+	}
+	addr, bits, found := strings.Cut(s, "/")
+	ip, ok := parseLegacyIPv4(addr)
+	n, err := strconv.Atoi(bits)
+	if !found || !ok || err != nil || n < 0 || n > 32 {
+		return netip.Prefix{}, false
+	}
+	return netip.PrefixFrom(ip, n).Masked(), true
 }
 
 func deref(s *string) string {

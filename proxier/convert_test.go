@@ -310,3 +310,26 @@ func TestParseEndpointSliceIPv6(t *testing.T) {
 		t.Errorf("family %v, endpoints %v, dropped %v; want IPv6 with the IPv4 address dropped", got.Family, got.Endpoints, dropped)
 	}
 }
+
+func TestParseLegacyLeadingZeroAddresses(t *testing.T) {
+	svc := pt.Service("ns", "old", []string{"010.096.000.010"}, pt.Port("", "TCP", 80),
+		pt.ExternalIPs("192.000.002.001"), pt.SourceRanges("010.0.0.0/08"))
+	got, err := ParseService(svc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(got.ClusterIPs, addrs("10.96.0.10")) || !slices.Equal(got.ExternalIPs, addrs("192.0.2.1")) ||
+		!slices.Equal(got.SourceRanges, prefixes("10.0.0.0/8")) {
+		t.Errorf("legacy addresses read as %v %v %v, want decimal", got.ClusterIPs, got.ExternalIPs, got.SourceRanges)
+	}
+	for _, bad := range []string{"1.2.3", "1.2.3.4.5", "1.2.3.256", "1.2..4", "1.2.3.-4", "1.2.3.0x4"} {
+		if ip, ok := parseAddr(bad); ok {
+			t.Errorf("parseAddr(%q) = %v, want rejected", bad, ip)
+		}
+	}
+	for _, bad := range []string{"010.0.0.0/33", "010.0.0.0", "010.0.0.0/", "010.0.0.0/-1"} {
+		if p, ok := parsePrefix(bad); ok {
+			t.Errorf("parsePrefix(%q) = %v, want rejected", bad, p)
+		}
+	}
+}
