@@ -1,0 +1,89 @@
+package iptables_test
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"testing"
+
+	"github.com/svcproxy/svcproxy/iptables"
+	"github.com/svcproxy/svcproxy/proxier"
+)
+
+// bigView is a cluster-sized view: services ports with endpoints each,
+// ClusterIPs at random in a /12 as the API server allocates them; one in
+// ten is a NodePort, one in twenty a LoadBalancer.
+func bigView(services, endpoints int) *proxier.NodeView {
+	r := rand.New(rand.NewPCG(7, 7))
+	v := view(proxier.IPv4)
+	for i := range services {
+		ip := netip.AddrFrom4([4]byte{10, byte(96 + r.IntN(16)), byte(r.IntN(256)), byte(r.IntN(256))})
+		var opts []portOpt
+		var addrs []string
+		for j := range endpoints {
+			addrs = append(addrs, fmt.Sprintf("10.%d.%d.%d:8080", 128+j, i/256, i%256))
+		}
+		opts = append(opts, eps(addrs...))
+		if i%10 == 0 {
+			opts = append(opts, nodePort(uint16(30000+i%2768)))
+		}
+		if i%20 == 0 {
+			opts = append(opts, loadBalancer(fmt.Sprintf("198.51.%d.%d", i/256%256, i%256)))
+		}
+		sp := port("bench", fmt.Sprintf("svc-%05d", i), "http", proxier.TCP, ip.String(), 80, opts...)
+		v.Services[sp.Name] = sp
+	}
+	return v
+}
+
+// BenchmarkCompileFull10k compiles and renders the full plan of 10k
+// services with 10 endpoints each.
+func BenchmarkCompileFull10k(b *testing.B) {
+	v := bigView(10_000, 10)
+	b.ReportAllocs()
+	var plan *iptables.Plan
+	var rendered int
+	for b.Loop() {
+		plan = iptables.Compile(testCfg, v, nil)
+		rendered = len(plan.Render(nil))
+	}
+	b.ReportMetric(float64(rendered), "rendered-bytes")
+	b.ReportMetric(float64(len(plan.Write)), "chains")
+	b.ReportMetric(float64(plan.Rules()), "rules")
+}
+
+// BenchmarkCompileOneEndpoint10k compiles and renders the partial plan of
+// one endpoint changing among 10k services with 10 endpoints each.
+func BenchmarkCompileOneEndpoint10k(b *testing.B) {
+	prev := bigView(10_000, 10)
+	name := prev.SortedNames()[4321]
+	changed := *prev.Services[name]
+	changed.ClusterEndpoints = append(changed.ClusterEndpoints[1:len(changed.ClusterEndpoints):len(changed.ClusterEndpoints)],
+		proxier.Endpoint{Addr: netip.MustParseAddrPort("10.200.0.1:8080"), Ready: true, Serving: true})
+	next := withPort(prev, &changed)
+	b.ReportAllocs()
+	var plan *iptables.Plan
+	var rendered int
+	for b.Loop() {
+		plan = iptables.Compile(testCfg, next, prev)
+		rendered = len(plan.Render(nil))
+	}
+	b.ReportMetric(float64(rendered), "rendered-bytes")
+	b.ReportMetric(float64(len(plan.Write)), "chains")
+}
+
+// BenchmarkCompileAddService10k compiles the partial plan of one service
+// added to 10k: the destination buckets are recomputed for both views.
+func BenchmarkCompileAddService10k(b *testing.B) {
+	prev := bigView(10_000, 10)
+	next := withPort(prev, port("bench", "new", "http", proxier.TCP, "10.100.1.1", 80, nodePort(32700), eps("10.200.0.1:8080")))
+	b.ReportAllocs()
+	var plan *iptables.Plan
+	var rendered int
+	for b.Loop() {
+		plan = iptables.Compile(testCfg, next, prev)
+		rendered = len(plan.Render(nil))
+	}
+	b.ReportMetric(float64(rendered), "rendered-bytes")
+	b.ReportMetric(float64(len(plan.Write)), "chains")
+}

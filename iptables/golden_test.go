@@ -1,0 +1,147 @@
+package iptables_test
+
+import (
+	"bytes"
+	"flag"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/svcproxy/svcproxy/iptables"
+	"github.com/svcproxy/svcproxy/proxier"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files under testdata/golden")
+
+// scenario is a view to compile, with the view it changes from if the plan
+// is partial. The golden test checks its rendering; the trace test checks
+// what packets do under it.
+type scenario struct {
+	name string
+	cfg  iptables.Config
+	view *proxier.NodeView
+	prev *proxier.NodeView // nil: full plan
+}
+
+func (sc scenario) plan() *iptables.Plan { return iptables.Compile(sc.cfg, sc.view, sc.prev) }
+
+// web is the workhorse service: default/web:http, TCP 10.96.0.10:80.
+func web(opts ...portOpt) *proxier.ServicePort {
+	return port("default", "web", "http", proxier.TCP, "10.96.0.10", 80, opts...)
+}
+
+var twoRemote = eps("10.244.2.5:8080", "10.244.3.7:8080")
+
+func scenarios() []scenario {
+	v4 := func(ports ...*proxier.ServicePort) *proxier.NodeView { return view(proxier.IPv4, ports...) }
+	return []scenario{
+		{name: "clusterip", cfg: testCfg, view: v4(web(eps("10.244.2.5:8080")))},
+		{name: "multiple-endpoints", cfg: testCfg, view: v4(web(eps("10.244.2.5:8080", "10.244.3.7:8080", "10.244.4.9:8080")))},
+		{name: "no-endpoints", cfg: testCfg, view: v4(
+			web(nodePort(30080)),
+			port("kube-system", "dns", "dns", proxier.UDP, "10.96.0.53", 53),
+		)},
+		{name: "nodeport", cfg: testCfg, view: v4(web(nodePort(30080), twoRemote))},
+		{name: "loadbalancer-source-ranges", cfg: testCfg, view: v4(web(
+			nodePort(30080), loadBalancer("198.51.100.10"), sourceRanges("203.0.113.0/24"), twoRemote,
+		))},
+		{name: "external-ips", cfg: testCfg, view: v4(web(externalIPs("192.0.2.50"), twoRemote))},
+		{name: "external-local", cfg: testCfg, view: v4(web(
+			nodePort(30080), loadBalancer("198.51.100.10"), externalLocal(32000),
+			eps("local 10.244.1.5:8080", "10.244.2.5:8080"),
+		))},
+		{name: "external-local-none-here", cfg: testCfg, view: v4(web(
+			nodePort(30080), loadBalancer("198.51.100.10"), externalLocal(32000), twoRemote,
+		))},
+		{name: "internal-local", cfg: testCfg, view: v4(
+			web(internalLocal(), eps("local 10.244.1.5:8080", "10.244.2.5:8080")),
+			port("default", "api", "", proxier.TCP, "10.96.0.20", 443, internalLocal(), nodePort(30443), eps("10.244.2.6:6443")),
+		)},
+		{name: "affinity", cfg: testCfg, view: v4(web(affinity(10800), twoRemote))},
+		{name: "hairpin", cfg: testCfg, view: v4(
+			web(eps("local 10.244.1.5:8080")),
+			port("default", "db", "", proxier.TCP, "10.96.0.30", 5432, eps("local 10.244.1.5:5432", "local 10.244.1.6:5432")),
+		)},
+		{name: "masquerade-all", cfg: iptables.Config{ClusterCIDRs: podCIDRs, MasqueradeAll: true}, view: v4(web(twoRemote))},
+		{name: "no-cluster-cidr", cfg: iptables.Config{}, view: v4(
+			web(twoRemote),
+			port("default", "edge", "", proxier.TCP, "10.96.0.40", 443, loadBalancer("198.51.100.40"), externalLocal(32001),
+				eps("local 10.244.1.5:8443", "10.244.2.5:8443")),
+		)},
+		{name: "nodeport-addresses", cfg: iptables.Config{
+			ClusterCIDRs:      podCIDRs,
+			NodePortAddresses: []netip.Prefix{netip.MustParsePrefix("192.168.1.0/24"), netip.MustParsePrefix("fd00::/8")},
+		}, view: v4(
+			web(nodePort(30080), twoRemote),
+			port("default", "idle", "", proxier.TCP, "10.96.0.50", 80, nodePort(30090)),
+		)},
+		{name: "udp", cfg: testCfg, view: v4(port("kube-system", "dns", "dns", proxier.UDP, "10.96.0.53", 53, eps("10.244.2.8:53", "10.244.3.8:53")))},
+		{name: "sctp", cfg: testCfg, view: v4(port("default", "signal", "", proxier.SCTP, "10.96.0.60", 3868, nodePort(30868), eps("10.244.2.9:3868")))},
+		{name: "ipv6", cfg: testCfg, view: view(proxier.IPv6,
+			port("default", "web", "http", proxier.TCP, "fd00:96::10", 80, nodePort(30080),
+				loadBalancer("2001:db8::10"), sourceRanges("2001:db8:1::/48"),
+				eps("[fd00:10:244:2::5]:8080", "local [fd00:10:244:1::5]:8080")),
+			port("kube-system", "dns", "dns", proxier.UDP, "fd00:96::53", 53),
+		)},
+		partialScenario(),
+	}
+}
+
+// partialScenario changes one endpoint of one of three services.
+func partialScenario() scenario {
+	db := port("default", "db", "", proxier.TCP, "10.96.0.30", 5432, eps("10.244.2.7:5432"))
+	dns := port("kube-system", "dns", "dns", proxier.UDP, "10.96.0.53", 53, eps("10.244.2.8:53"))
+	prev := view(proxier.IPv4, web(nodePort(30080), twoRemote), db, dns)
+	next := withPort(prev, web(nodePort(30080), eps("10.244.2.5:8080", "10.244.3.8:8080")))
+	return scenario{name: "partial-endpoint-change", cfg: testCfg, view: next, prev: prev}
+}
+
+func TestGolden(t *testing.T) {
+	for _, sc := range scenarios() {
+		t.Run(sc.name, func(t *testing.T) {
+			checkGolden(t, sc.name, sc.plan().Render(nil))
+		})
+	}
+}
+
+// checkGolden compares got with testdata/golden/<name>.txt, naming the
+// first line that differs; -update rewrites the file instead.
+func checkGolden(t *testing.T, name string, got []byte) {
+	t.Helper()
+	path := filepath.Join("testdata", "golden", name+".txt")
+	if *update {
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test ./iptables -run TestGolden -update to create it)", err)
+	}
+	if msg := firstDifference(want, got); msg != "" {
+		t.Errorf("%s: %s\n(if the change is intended, run go test ./iptables -run TestGolden -update)", path, msg)
+	}
+}
+
+func firstDifference(want, got []byte) string {
+	wl, gl := bytes.Split(want, []byte("\n")), bytes.Split(got, []byte("\n"))
+	for i := 0; i < max(len(wl), len(gl)); i++ {
+		w, g := "<end of file>", "<end of file>"
+		if i < len(wl) {
+			w = string(wl[i])
+		}
+		if i < len(gl) {
+			g = string(gl[i])
+		}
+		if w != g {
+			return fmt.Sprintf("line %d differs:\n  want: %s\n  got:  %s", i+1, w, g)
+		}
+	}
+	return ""
+}
