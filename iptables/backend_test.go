@@ -1,0 +1,202 @@
+package iptables
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/svcproxy/svcproxy/internal/netnstest"
+	"github.com/svcproxy/svcproxy/proxier"
+)
+
+func webName() proxier.ServicePortName {
+	return proxier.ServicePortName{Namespace: "default", Name: "web", Port: "http", Protocol: proxier.TCP}
+}
+
+func dnsName() proxier.ServicePortName {
+	return proxier.ServicePortName{Namespace: "default", Name: "dns", Port: "dns", Protocol: proxier.UDP}
+}
+
+// backendView: web (TCP 80, NodePort 30080) served by the given pods on
+// 8080, and dns (UDP 53) with no endpoints.
+func backendView(family proxier.Family, endpoints ...netip.Addr) *proxier.NodeView {
+	vip, dnsVIP := netip.MustParseAddr("10.96.0.1"), netip.MustParseAddr("10.96.0.10")
+	if family == proxier.IPv6 {
+		vip, dnsVIP = netip.MustParseAddr("fd00:96::1"), netip.MustParseAddr("fd00:96::10")
+	}
+	web := &proxier.ServicePort{Name: webName(), ClusterIP: vip, Port: 80, NodePort: 30080}
+	for _, a := range endpoints {
+		web.ClusterEndpoints = append(web.ClusterEndpoints, proxier.Endpoint{Addr: netip.AddrPortFrom(a, 8080), Ready: true, Serving: true})
+	}
+	dns := &proxier.ServicePort{Name: dnsName(), ClusterIP: dnsVIP, Port: 53}
+	return &proxier.NodeView{Family: family, Services: map[proxier.ServicePortName]*proxier.ServicePort{web.Name: web, dns.Name: dns}}
+}
+
+func TestBackendSyncsThroughTheApplier(t *testing.T) {
+	ctx := context.Background()
+	k := NewFakeKernel()
+	a, err := NewApplier(ApplierConfig{Family: proxier.IPv4, Flavor: FlavorNFT, Jumps: JumpRules(Config{}, proxier.IPv4), TopChains: TopChains(), Run: k, Rules: k})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := NewBackend(Config{}, a)
+	two := backendView(proxier.IPv4, netip.MustParseAddr("10.244.0.11"), netip.MustParseAddr("10.244.0.12"))
+
+	full, err := b.Sync(ctx, two, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !full.Full || full.ChainsWritten == 0 || full.RulesWritten == 0 || full.Bytes == 0 {
+		t.Errorf("full sync result %+v", full)
+	}
+	if ok, err := b.Intact(ctx); !ok || err != nil {
+		t.Errorf("Intact after a full sync: %v, %v", ok, err)
+	}
+	if nat := k.Save(TableNAT); !strings.Contains(nat, "10.244.0.12:8080") {
+		t.Errorf("nat table lacks the endpoint 10.244.0.12:8080:\n%s", nat)
+	}
+
+	k.Calls = nil
+	one := backendView(proxier.IPv4, netip.MustParseAddr("10.244.0.11"))
+	partial, err := b.Sync(ctx, one, two)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if partial.Full || partial.ChainsWritten+partial.ChainsDeleted == 0 || partial.ChainsWritten >= full.ChainsWritten {
+		t.Errorf("partial sync result %+v after full %+v", partial, full)
+	}
+	if len(k.Calls) != 1 || !strings.HasPrefix(k.Calls[0], "iptables-nft-restore") {
+		t.Errorf("partial sync ran %q, want one restore", k.Calls)
+	}
+	if nat := k.Save(TableNAT); strings.Contains(nat, "10.244.0.12") {
+		t.Errorf("nat table still has the removed endpoint:\n%s", nat)
+	}
+
+	if _, err := b.Sync(ctx, backendView(proxier.IPv6), nil); err == nil {
+		t.Error("an IPv4 backend synced an IPv6 view")
+	}
+	if err := b.Cleanup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, table := range []Table{TableNAT, TableFilter} {
+		if got := k.Save(table); strings.Contains(got, ChainPrefix) {
+			t.Errorf("%s after Cleanup:\n%s", table, got)
+		}
+	}
+}
+
+// TestKernelBackendCarriesServiceTraffic syncs compiled views into a node
+// namespace and sends real traffic through them, in both flavors.
+func TestKernelBackendCarriesServiceTraffic(t *testing.T) {
+	for _, flavor := range flavors() {
+		for _, family := range []proxier.Family{proxier.IPv4, proxier.IPv6} {
+			t.Run(string(flavor)+"/"+family.String(), func(t *testing.T) {
+				testBackendTraffic(t, flavor, family)
+			})
+		}
+	}
+}
+
+func testBackendTraffic(t *testing.T, flavor Flavor, family proxier.Family) {
+	bed := netnstest.NewBed(t, 3)
+	client := bed.Pod(0)
+	client.Timeout = 500 * time.Millisecond
+	bed.Outside().Timeout = 500 * time.Millisecond
+	for _, pod := range bed.Pods()[1:] {
+		pod.ServeTCP(8080)
+	}
+	addr := func(ns *netnstest.NS) netip.Addr {
+		if family == proxier.IPv6 {
+			return ns.IPv6()
+		}
+		return ns.IPv4()
+	}
+	b, err := New(Config{}, family, flavor)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sync := func(view, prev *proxier.NodeView) {
+		t.Helper()
+		if err := bed.Node().Do(func() error { _, err := b.Sync(context.Background(), view, prev); return err }); err != nil {
+			t.Fatalf("Sync: %v", err)
+		}
+	}
+	t.Cleanup(func() { _ = bed.Node().Do(func() error { return b.Cleanup(context.Background()) }) })
+
+	intact := func() bool {
+		t.Helper()
+		var ok bool
+		if err := bed.Node().Do(func() (err error) { ok, err = b.Intact(context.Background()); return err }); err != nil {
+			t.Fatalf("Intact: %v", err)
+		}
+		return ok
+	}
+
+	two := backendView(family, addr(bed.Pod(1)), addr(bed.Pod(2)))
+	sync(two, nil)
+	// The jump rules as the kernel gives them back must still match what
+	// they were inserted as, or every check would ask for a full sync.
+	if !intact() {
+		t.Fatal("not Intact right after a full sync")
+	}
+	web := two.Services[webName()]
+	clusterIP := netip.AddrPortFrom(web.ClusterIP, web.Port)
+	nodePort := netip.AddrPortFrom(addr(bed.Node()), web.NodePort)
+
+	if got := answering(t, client, clusterIP); !slices.Equal(got, []string{"pod-1", "pod-2"}) {
+		t.Errorf("ClusterIP %s answered by %v, want pod-1 and pod-2", clusterIP, got)
+	}
+	if got := answering(t, bed.Outside(), nodePort); !slices.Equal(got, []string{"pod-1", "pod-2"}) {
+		t.Errorf("NodePort %s answered by %v, want pod-1 and pod-2", nodePort, got)
+	}
+	dns := two.Services[dnsName()]
+	if r, err := client.DialUDP(netip.AddrPortFrom(dns.ClusterIP, dns.Port)); !errors.Is(err, netnstest.ErrRefused) {
+		t.Errorf("UDP service without endpoints: %v, %v; want refused", r, err)
+	}
+
+	one := backendView(family, addr(bed.Pod(2)))
+	sync(one, two)
+	if got := answering(t, client, clusterIP); !slices.Equal(got, []string{"pod-2"}) {
+		t.Errorf("after pod-1 left, ClusterIP answered by %v, want pod-2 only", got)
+	}
+
+	bed.Node().MustRun(flavor.Binary(family, ""), "-t", "nat", "-F")
+	if intact() {
+		t.Error("Intact after iptables -t nat -F")
+	}
+	sync(one, nil)
+	if !intact() {
+		t.Error("not Intact after the full sync that followed the flush")
+	}
+	if got := answering(t, client, clusterIP); !slices.Equal(got, []string{"pod-2"}) {
+		t.Errorf("after the repair, ClusterIP answered by %v, want pod-2", got)
+	}
+}
+
+// answering dials dst a bounded number of times and returns which servers
+// answered, sorted.
+func answering(t *testing.T, client *netnstest.NS, dst netip.AddrPort) []string {
+	t.Helper()
+	seen := map[string]bool{}
+	for range 40 {
+		r, err := client.DialTCP(dst)
+		if err != nil {
+			t.Errorf("%s to %s: %v", client.Name, dst, err)
+			return nil
+		}
+		seen[r.Server] = true
+		if len(seen) == 2 {
+			break
+		}
+	}
+	var servers []string
+	for s := range seen {
+		servers = append(servers, s)
+	}
+	slices.Sort(servers)
+	return servers
+}
