@@ -28,13 +28,18 @@ func (in *fuzzInput) done() bool { return len(in.data) == 0 }
 
 func pickFrom[T any](in *fuzzInput, choices ...T) T { return choices[int(in.byte())%len(choices)] }
 
+// The choices below put valid, typical values first, so that low bytes
+// (and the zeros past the end of the input) build objects that are
+// programmed, and the fuzzer spends its time on policy rather than on
+// rejected input.
+
 // addr is mostly a valid address from a small space (so endpoints collide
 // and dedup is exercised), sometimes garbage.
 func (in *fuzzInput) addr() string {
 	switch in.byte() % 8 {
-	case 0:
+	case 7:
 		return pickFrom(in, "banana", "", "10.0.0.300", "fe80::1%eth0", "::ffff:10.0.0.1", "10.0.0.1/24", "010.0.0.1")
-	case 1, 2, 3:
+	case 4, 5, 6:
 		return fmt.Sprintf("fd00::%x", in.byte()%8)
 	default:
 		return fmt.Sprintf("10.0.0.%d", in.byte()%8)
@@ -42,7 +47,7 @@ func (in *fuzzInput) addr() string {
 }
 
 func (in *fuzzInput) port() int32 {
-	return pickFrom[int32](in, 80, 443, 53, 0, -1, 65535, 65536, 8080)
+	return pickFrom[int32](in, 80, 443, 53, 8080, 65535, 0, -1, 65536)
 }
 
 func (in *fuzzInput) protocol() string { return pickFrom(in, "TCP", "UDP", "SCTP", "", "ICMP", "tcp") }
@@ -61,7 +66,7 @@ func (in *fuzzInput) service() *v1.Service {
 		ips = []string{"None"}
 	}
 	opts := []pt.ServiceOption{}
-	for range in.byte() % 3 {
+	for range 1 + in.byte()%2 {
 		opts = append(opts, pt.Port(pickFrom(in, "", "p", "q"), in.protocol(), in.port()))
 	}
 	for flags := in.byte(); flags != 0; flags &= flags - 1 {
@@ -90,11 +95,11 @@ func (in *fuzzInput) service() *v1.Service {
 func (in *fuzzInput) slice() *discoveryv1.EndpointSlice {
 	svc := pickFrom(in, "a", "b", "c", "")
 	var opts []pt.SliceOption
-	for range in.byte() % 3 {
+	for range 1 + in.byte()%2 {
 		opts = append(opts, pt.SlicePort(pickFrom(in, "", "p", "q"), in.protocol(), in.port()))
 	}
 	var eps []pt.Endpoint
-	for range in.byte() % 5 {
+	for range 1 + in.byte()%4 {
 		e := pt.Endpoint{
 			Addr: in.addr(), Node: pickFrom(in, "node-a", "node-b", ""), Zone: pickFrom(in, "z1", "z2", ""),
 			Ready: in.boolPtr(), Serving: in.boolPtr(), Terminating: in.boolPtr(),
@@ -122,15 +127,40 @@ func (in *fuzzInput) slice() *discoveryv1.EndpointSlice {
 // snapshot, that Compute never panics, that its views keep their
 // invariants, and that Update from any earlier snapshot gives the same view.
 func FuzzCompute(f *testing.F) {
-	f.Add([]byte{0, 1, 2, 3, 4, 5, 6, 7, 8, 9})
+	// A walk through the main cases (more seeds in testdata/fuzz): an IPv4
+	// service and its slice, then Local policies, hints, trafficDistribution,
+	// a dual-stack service with an IPv6 slice, a slice deleted, the node
+	// renamed. Bytes are read by fuzzInput in the order of its methods.
+	f.Add([]byte{
+		0, 0, 0, 0, 10, 0, 0, 0, 0, 0, // service a 10.0.0.2, port 80/TCP
+		4, 0, 0, // node-a in z1
+		1, 0, 0, 0, 0, 0, 2, // slice for a, port 80/TCP, 3 endpoints:
+		0, 1, 0, 0, 0, 0, 0, 0, 0, //   10.0.0.1 on node-a, z1, ready
+		0, 3, 1, 1, 0, 0, 0, 0, 0, //   10.0.0.3 on node-b, z2, ready
+		0, 4, 1, 0, 2, 1, 1, 0, 0, //   10.0.0.4 on node-b, z1, serving terminating
+		1, 0, // address type from the addresses, name s1
+		5,                                    // snapshot
+		0, 0, 0, 0, 10, 0, 0, 0, 0, 25, 0, 5, // a again: NodePort 30005, external and internal Local
+		5,                   // snapshot
+		1, 0, 0, 0, 0, 0, 1, // slice s2 for a, 2 endpoints with hints
+		0, 5, 0, 0, 0, 0, 0, 1, 0, 1, 0,
+		0, 6, 1, 1, 0, 0, 0, 1, 1, 1, 1,
+		1, 1,
+		0, 0, 0, 0, 10, 0, 0, 0, 0, 32, 1, // a again: PreferSameZone
+		5,
+		0, 1, 1, 0, 20, 4, 3, 1, 1, 0, 0, 2, 1, 2, 6, 0, 7, 4, 2, // b: dual-stack, ports p and q, LB and external IPs
+		1, 1, 1, 1, 0, 3, 2, 1, 2, 1, // slice s3 for b: ports p 8080/TCP and q 53/UDP, 2 IPv6 endpoints
+		4, 1, 0, 0, 0, 0, 0, 0, 0,
+		4, 2, 1, 1, 0, 0, 0, 0, 0,
+		1, 2,
+		3, 0, // delete slice s1
+		5,
+		4, 1, 0, // the node becomes node-b
+	})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		in := &fuzzInput{data: data}
 		tr, _, _ := newTestTracker()
-		type computed struct {
-			snap  *Snapshot
-			views map[Family]*NodeView
-		}
-		var history []computed
+		var history []computedViews
 		for steps := 0; !in.done() && steps < 64; steps++ {
 			switch in.byte() % 6 {
 			case 0:
@@ -144,22 +174,36 @@ func FuzzCompute(f *testing.F) {
 			case 4:
 				tr.SetNode(NodeInfo{Name: pickFrom(in, "node-a", "node-b", ""), Zone: pickFrom(in, "z1", "z2", "")})
 			case 5:
-				snap := tr.Snapshot()
-				c := computed{snap: snap, views: map[Family]*NodeView{}}
-				for _, family := range []Family{IPv4, IPv6} {
-					view := Compute(snap, family)
-					checkView(t, snap, view)
-					for _, earlier := range history {
-						if d := viewDiff(Update(snap, family, earlier.snap, earlier.views[family]), view); d != "" {
-							t.Fatalf("Update from snapshot %d differs from Compute: %s", earlier.snap.seq, d)
-						}
-					}
-					c.views[family] = view
-				}
-				history = append(history, c)
+				history = append(history, checkSnapshot(t, tr.Snapshot(), history))
 			}
 		}
+		checkSnapshot(t, tr.Snapshot(), history)
 	})
+}
+
+// computedViews are the views of one snapshot, kept so that later
+// snapshots can check Update from them.
+type computedViews struct {
+	snap  *Snapshot
+	views map[Family]*NodeView
+}
+
+// checkSnapshot computes both families' views, checks their invariants and
+// that Update from every earlier snapshot agrees with Compute.
+func checkSnapshot(t *testing.T, snap *Snapshot, history []computedViews) computedViews {
+	t.Helper()
+	c := computedViews{snap: snap, views: map[Family]*NodeView{}}
+	for _, family := range []Family{IPv4, IPv6} {
+		view := Compute(snap, family)
+		checkView(t, snap, view)
+		for _, earlier := range history {
+			if d := viewDiff(Update(snap, family, earlier.snap, earlier.views[family]), view); d != "" {
+				t.Fatalf("Update from snapshot %d differs from Compute: %s", earlier.snap.seq, d)
+			}
+		}
+		c.views[family] = view
+	}
+	return c
 }
 
 // checkView asserts what any backend relies on in a view.
