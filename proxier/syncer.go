@@ -1,0 +1,149 @@
+package proxier
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.uber.org/zap"
+	"k8s.io/utils/clock"
+)
+
+// FlowCleaner deletes connection-tracking entries that a sync made stale
+// (UDP and SCTP flows pinned to endpoints that are gone).
+type FlowCleaner interface {
+	Clean(ctx context.Context, prev, next *NodeView) error
+}
+
+// SyncReport tells what one sync did, for metrics, health and logs.
+type SyncReport struct {
+	Start    time.Time
+	Duration time.Duration
+	Full     bool
+	// Snapshot is what the sync computed from, with the changes it took
+	// (their queue times and trigger times feed the latency metrics).
+	Snapshot *Snapshot
+	Families []FamilyReport
+}
+
+// Err joins the errors of every family.
+func (r *SyncReport) Err() error {
+	var errs []error
+	for _, f := range r.Families {
+		if f.Err != nil {
+			errs = append(errs, f.Err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// FamilyReport is one backend's part of a sync.
+type FamilyReport struct {
+	Family Family
+	View   *NodeView // what the backend was asked to program
+	Result SyncResult
+	Err    error
+}
+
+// Syncer is one sync, end to end: snapshot the tracker, compute each
+// family's view, let each backend program it, then drop stale flows.
+type Syncer struct {
+	tracker   *Tracker
+	backends  []Backend
+	flows     FlowCleaner // nil: no conntrack cleanup
+	clock     clock.PassiveClock
+	log       *zap.Logger
+	observers []func(*SyncReport)
+
+	// applied is, per family, the view of the last successful sync: the
+	// only memory carried from one sync to the next. Only the runner's
+	// goroutine touches it.
+	applied map[Family]*NodeView
+}
+
+// NewSyncer wires a tracker to backends; flows may be nil.
+func NewSyncer(tracker *Tracker, backends []Backend, flows FlowCleaner, clk clock.PassiveClock, log *zap.Logger) *Syncer {
+	return &Syncer{
+		tracker:  tracker,
+		backends: backends,
+		flows:    flows,
+		clock:    clk,
+		log:      log,
+		applied:  map[Family]*NodeView{},
+	}
+}
+
+// Observe registers a function called after every sync, on the runner's goroutine.
+func (s *Syncer) Observe(f func(*SyncReport)) { s.observers = append(s.observers, f) }
+
+// Sync is a SyncFunc for the Runner.
+func (s *Syncer) Sync(ctx context.Context, full bool) error {
+	report := &SyncReport{Start: s.clock.Now(), Full: full, Snapshot: s.tracker.Snapshot()}
+	for _, b := range s.backends {
+		report.Families = append(report.Families, s.syncFamily(ctx, b, report.Snapshot, full))
+	}
+	report.Duration = s.clock.Since(report.Start)
+	s.logReport(report)
+	for _, observe := range s.observers {
+		observe(report)
+	}
+	return report.Err()
+}
+
+func (s *Syncer) syncFamily(ctx context.Context, b Backend, snap *Snapshot, full bool) FamilyReport {
+	fam := b.Family()
+	view := Compute(snap, fam)
+	prev := s.applied[fam]
+	basis := prev
+	if full {
+		basis = nil
+	}
+	res, err := b.Sync(ctx, view, basis)
+	if err != nil {
+		// The kernel still holds the last successful state (restores are
+		// atomic), so prev stays the reference for conntrack cleanup.
+		return FamilyReport{Family: fam, View: view, Result: res, Err: fmt.Errorf("%v: %w", fam, err)}
+	}
+	s.applied[fam] = view
+	if s.flows != nil && prev != nil {
+		if err := s.flows.Clean(ctx, prev, view); err != nil {
+			// Stale flows age out on their own; a failed cleanup is not
+			// worth a resync of the rules.
+			s.log.Warn("conntrack cleanup failed", zap.Stringer("family", fam), zap.Error(err))
+		}
+	}
+	return FamilyReport{Family: fam, View: view, Result: res}
+}
+
+func (s *Syncer) logReport(r *SyncReport) {
+	for _, f := range r.Families {
+		fields := []zap.Field{
+			zap.Stringer("family", f.Family), zap.Bool("full", f.Result.Full),
+			zap.Int("servicePorts", len(f.View.Services)),
+			zap.Int("chainsWritten", f.Result.ChainsWritten), zap.Int("chainsDeleted", f.Result.ChainsDeleted),
+			zap.Int("rulesWritten", f.Result.RulesWritten), zap.Int("bytes", f.Result.Bytes),
+			zap.Duration("elapsed", r.Duration),
+		}
+		if f.Err != nil {
+			s.log.Error("sync failed", append(fields, zap.Error(f.Err))...)
+			continue
+		}
+		s.log.Debug("synced", fields...)
+	}
+}
+
+// Intact is a CheckFunc for the Runner: every backend must be intact.
+func (s *Syncer) Intact(ctx context.Context) bool {
+	for _, b := range s.backends {
+		ok, err := b.Intact(ctx)
+		if err != nil {
+			s.log.Warn("integrity check failed", zap.Stringer("family", b.Family()), zap.Error(err))
+			return false
+		}
+		if !ok {
+			return false
+		}
+	}
+	return true
+}

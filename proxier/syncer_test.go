@@ -1,0 +1,128 @@
+package proxier
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	clocktesting "k8s.io/utils/clock/testing"
+)
+
+// recordingBackend remembers what each Sync was given and fails on demand.
+type recordingBackend struct {
+	family Family
+	fail   bool
+	calls  []backendCall
+}
+
+type backendCall struct{ view, prev *NodeView }
+
+func (b *recordingBackend) Family() Family { return b.family }
+func (b *recordingBackend) Sync(_ context.Context, view, prev *NodeView) (SyncResult, error) {
+	b.calls = append(b.calls, backendCall{view, prev})
+	if b.fail {
+		return SyncResult{}, errors.New("iptables-restore: line 3 failed")
+	}
+	return SyncResult{Full: prev == nil}, nil
+}
+func (b *recordingBackend) Intact(context.Context) (bool, error) { return true, nil }
+func (b *recordingBackend) Cleanup(context.Context) error        { return nil }
+
+type recordingCleaner struct{ calls []backendCall }
+
+func (c *recordingCleaner) Clean(_ context.Context, prev, next *NodeView) error {
+	c.calls = append(c.calls, backendCall{next, prev})
+	return nil
+}
+
+func clusterIPService(name, ip string) *v1.Service {
+	return &v1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name},
+		Spec: v1.ServiceSpec{
+			Type:       v1.ServiceTypeClusterIP,
+			ClusterIP:  ip,
+			ClusterIPs: []string{ip},
+			Ports:      []v1.ServicePort{{Port: 80, Protocol: v1.ProtocolTCP}},
+		},
+	}
+}
+
+func TestSyncerPassesPrevOnlyForPartialSyncs(t *testing.T) {
+	tr := NewTracker(zap.NewNop(), time.Now)
+	b4 := &recordingBackend{family: IPv4}
+	flows := &recordingCleaner{}
+	s := NewSyncer(tr, []Backend{b4}, flows, clocktesting.NewFakeClock(time.Unix(0, 0)), zap.NewNop())
+	ctx := context.Background()
+
+	tr.UpsertService(clusterIPService("a", "10.96.0.1"))
+	if err := s.Sync(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	tr.UpsertService(clusterIPService("b", "10.96.0.2"))
+	if err := s.Sync(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if b4.calls[0].prev != nil {
+		t.Fatal("first (full) sync got a prev view")
+	}
+	if b4.calls[1].prev != b4.calls[0].view {
+		t.Fatal("partial sync did not get the previously applied view")
+	}
+	if got := len(b4.calls[1].view.Services); got != 2 {
+		t.Fatalf("second view has %d service ports, want 2", got)
+	}
+	// Conntrack cleanup runs only when there is an earlier view to compare:
+	// the first sync after a restart must not flush anything.
+	if len(flows.calls) != 1 || flows.calls[0].prev != b4.calls[0].view {
+		t.Fatalf("flow cleaner calls = %+v, want one comparing against the first view", flows.calls)
+	}
+}
+
+func TestSyncerKeepsLastGoodViewAcrossFailures(t *testing.T) {
+	tr := NewTracker(zap.NewNop(), time.Now)
+	b4 := &recordingBackend{family: IPv4}
+	b6 := &recordingBackend{family: IPv6}
+	flows := &recordingCleaner{}
+	s := NewSyncer(tr, []Backend{b4, b6}, flows, clocktesting.NewFakeClock(time.Unix(0, 0)), zap.NewNop())
+	ctx := context.Background()
+
+	tr.UpsertService(clusterIPService("a", "10.96.0.1"))
+	if err := s.Sync(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	good := b4.calls[0].view
+
+	b4.fail = true
+	tr.UpsertService(clusterIPService("b", "10.96.0.2"))
+	err := s.Sync(ctx, false)
+	if err == nil {
+		t.Fatal("a failing backend must fail the sync")
+	}
+	if len(b6.calls) != 2 {
+		t.Fatal("one family failing must not stop the other")
+	}
+
+	b4.fail = false
+	if err := s.Sync(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	last := b4.calls[len(b4.calls)-1]
+	if last.prev != nil {
+		t.Fatal("the retry was asked to be full but got a prev view")
+	}
+	// The failed sync never reached the kernel, so stale flows are judged
+	// against the last view that did.
+	var v4Clean *backendCall
+	for i := range flows.calls {
+		if flows.calls[i].view == last.view {
+			v4Clean = &flows.calls[i]
+		}
+	}
+	if v4Clean == nil || v4Clean.prev != good {
+		t.Fatal("conntrack cleanup after recovery did not compare against the last good view")
+	}
+}
