@@ -118,6 +118,7 @@ func (r *Runner) Run(ctx context.Context, changed <-chan struct{}) {
 	s := schedule{pending: true, full: true, urgent: true}
 	checks := r.clock.NewTicker(r.cfg.CheckPeriod)
 	defer checks.Stop()
+	var nextCheck time.Time
 
 	for {
 		now := r.clock.Now()
@@ -135,13 +136,32 @@ func (r *Runner) Run(ctx context.Context, changed <-chan struct{}) {
 			s.pending = true
 		case <-timer.C():
 		case <-checks.C():
-			if r.check != nil && s.failures == 0 && !r.check(ctx) {
+			if r.check == nil || s.failures > 0 || r.clock.Now().Before(nextCheck) {
+				break
+			}
+			intact, next := r.runCheck(ctx)
+			nextCheck = next
+			if !intact {
 				r.log.Warn("programmed rules went missing; resyncing everything")
 				s.full, s.urgent = true, true
 			}
 		}
 		timer.Stop()
 	}
+}
+
+// maxCheckShare caps the share of time the integrity check may take: with
+// iptables-legacy every check reads the whole table from the kernel, which
+// at 100k rules takes a fair part of a second.
+const maxCheckShare = 10
+
+// runCheck runs the integrity check and says when the next one may run:
+// after CheckPeriod, or later if the check itself was slow.
+func (r *Runner) runCheck(ctx context.Context) (bool, time.Time) {
+	start := r.clock.Now()
+	intact := r.check(ctx)
+	elapsed := r.clock.Since(start)
+	return intact, start.Add(max(r.cfg.CheckPeriod, maxCheckShare*elapsed))
 }
 
 func (r *Runner) attempt(ctx context.Context, full bool, failures int) error {

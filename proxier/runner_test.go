@@ -211,3 +211,27 @@ func TestScheduleBackoffIsCapped(t *testing.T) {
 		}
 	}
 }
+
+func TestRunnerSpacesOutSlowIntegrityChecks(t *testing.T) {
+	clk := clocktesting.NewFakeClock(time.Unix(0, 0))
+	checks := 0
+	slowCheck := func(context.Context) bool {
+		checks++
+		clk.Step(500 * time.Millisecond) // the check itself takes half a second
+		return true
+	}
+	r := NewRunner(RunnerConfig{CheckPeriod: time.Second}, clk, nil, slowCheck, zap.NewNop())
+	_, next := r.runCheck(context.Background())
+	if got := next.Sub(time.Unix(0, 0)); got != 5*time.Second {
+		t.Fatalf("next check after %v, want 5s (10x the check's own duration)", got)
+	}
+	fast := NewRunner(RunnerConfig{CheckPeriod: time.Second}, clk, nil, func(context.Context) bool { return true }, zap.NewNop())
+	start := clk.Now()
+	_, next = fast.runCheck(context.Background())
+	if got := next.Sub(start); got != time.Second {
+		t.Fatalf("a quick check is due again after %v, want the 1s check period", got)
+	}
+	if checks != 1 {
+		t.Fatalf("checks = %d", checks)
+	}
+}

@@ -56,10 +56,19 @@ type Syncer struct {
 	log       *zap.Logger
 	observers []func(*SyncReport)
 
-	// applied is, per family, the view of the last successful sync: the
-	// only memory carried from one sync to the next. Only the runner's
-	// goroutine touches it.
-	applied map[Family]*NodeView
+	// What is carried from one sync to the next, per family; only the
+	// runner's goroutine touches it. applied is the view of the last
+	// successful sync (what the kernel holds); computed is the last view
+	// computed and the snapshot it came from, which lets Update redo only
+	// the services that changed (it is a memo: dropping it costs time, not
+	// correctness).
+	applied  map[Family]*NodeView
+	computed map[Family]computedView
+}
+
+type computedView struct {
+	snap *Snapshot
+	view *NodeView
 }
 
 // NewSyncer wires a tracker to backends; flows may be nil.
@@ -71,6 +80,7 @@ func NewSyncer(tracker *Tracker, backends []Backend, flows FlowCleaner, clk cloc
 		clock:    clk,
 		log:      log,
 		applied:  map[Family]*NodeView{},
+		computed: map[Family]computedView{},
 	}
 }
 
@@ -93,7 +103,9 @@ func (s *Syncer) Sync(ctx context.Context, full bool) error {
 
 func (s *Syncer) syncFamily(ctx context.Context, b Backend, snap *Snapshot, full bool) FamilyReport {
 	fam := b.Family()
-	view := Compute(snap, fam)
+	last := s.computed[fam]
+	view := Update(snap, fam, last.snap, last.view)
+	s.computed[fam] = computedView{snap: snap, view: view}
 	prev := s.applied[fam]
 	basis := prev
 	if full {
