@@ -1,0 +1,210 @@
+// Command syncbench measures svcproxy's iptables rule sync at scale: the
+// cold-start full sync, one endpoint change, one service add, a periodic
+// full resync and the integrity check, with the iptables-restore bytes of
+// each and the peak memory. It programs the network namespace it runs in,
+// so it must run in a fresh one (make bench runs it under unshare --net).
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"runtime/pprof"
+	"slices"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+	"k8s.io/utils/clock"
+
+	"github.com/svcproxy/svcproxy/bench"
+	"github.com/svcproxy/svcproxy/iptables"
+	"github.com/svcproxy/svcproxy/proxier"
+)
+
+func main() {
+	w := bench.Workload{}
+	flavorName := flag.String("flavor", "nft", "iptables flavor: nft or legacy")
+	flag.IntVar(&w.Services, "services", 10000, "services")
+	flag.IntVar(&w.Endpoints, "endpoints", 10, "endpoints per service")
+	flag.IntVar(&w.Nodes, "nodes", 100, "nodes the endpoints are spread over")
+	rounds := flag.Int("rounds", 15, "measured endpoint changes and service adds")
+	flag.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the partial syncs to this file")
+	ownNetns := flag.Bool("in-own-netns", false, "required: confirms this process runs in a network namespace of its own")
+	flag.Parse()
+
+	if !*ownNetns {
+		fail("refusing to program iptables without -in-own-netns; run it under `unshare --net` (make bench does)")
+	}
+	flavor, err := iptables.ParseFlavor(*flavorName)
+	if err != nil {
+		fail(err.Error())
+	}
+	if err := run(w, flavor, *rounds); err != nil {
+		fail(err.Error())
+	}
+}
+
+var cpuProfile string
+
+func fail(msg string) {
+	fmt.Fprintln(os.Stderr, "syncbench:", msg)
+	os.Exit(1)
+}
+
+// harness is the pipeline the daemon runs, minus the informers.
+type harness struct {
+	tracker *proxier.Tracker
+	syncer  *proxier.Syncer
+	backend *iptables.Backend
+	last    *proxier.SyncReport
+}
+
+func newHarness(flavor iptables.Flavor) (*harness, error) {
+	backend, err := iptables.New(iptables.Config{}, proxier.IPv4, flavor)
+	if err != nil {
+		return nil, err
+	}
+	h := &harness{backend: backend}
+	h.tracker = proxier.NewTracker(zap.NewNop(), time.Now)
+	h.tracker.SetNode(proxier.NodeInfo{Name: bench.NodeName})
+	h.syncer = proxier.NewSyncer(h.tracker, []proxier.Backend{backend}, nil, clock.RealClock{}, zap.NewNop())
+	h.syncer.Observe(func(r *proxier.SyncReport) { h.last = r })
+	return h, nil
+}
+
+// sample is one timed sync.
+type sample struct {
+	elapsed time.Duration
+	result  proxier.SyncResult
+}
+
+func (h *harness) sync(full bool) (sample, error) {
+	start := time.Now()
+	err := h.syncer.Sync(context.Background(), full)
+	s := sample{elapsed: time.Since(start)}
+	if len(h.last.Families) > 0 {
+		s.result = h.last.Families[0].Result
+	}
+	return s, err
+}
+
+func run(w bench.Workload, flavor iptables.Flavor, rounds int) error {
+	h, err := newHarness(flavor)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("svcproxy iptables sync, flavor %s: %d services x %d endpoints (%d nodes)\n",
+		flavor, w.Services, w.Endpoints, w.Nodes)
+
+	loadStart := time.Now()
+	for i := 0; i < w.Services; i++ {
+		h.tracker.UpsertService(w.Service(i))
+		h.tracker.UpsertEndpointSlice(w.Slice(i, 0))
+	}
+	fmt.Printf("  %-34s %10s\n", "load objects into tracker", round(time.Since(loadStart)))
+
+	cold, err := h.sync(true)
+	if err != nil {
+		return fmt.Errorf("cold full sync: %w", err)
+	}
+	report("cold-start full sync", []sample{cold})
+
+	if cpuProfile != "" {
+		f, err := os.Create(cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	var changes []sample
+	for r := 1; r <= rounds; r++ {
+		i := (r * 7919) % w.Services
+		h.tracker.UpsertEndpointSlice(w.Slice(i, r))
+		s, err := h.sync(false)
+		if err != nil {
+			return fmt.Errorf("endpoint change: %w", err)
+		}
+		changes = append(changes, s)
+	}
+	report("one endpoint change (partial)", changes)
+
+	var adds []sample
+	for r := 0; r < rounds; r++ {
+		i := w.Services + r
+		h.tracker.UpsertService(w.Service(i))
+		h.tracker.UpsertEndpointSlice(w.Slice(i, 0))
+		s, err := h.sync(false)
+		if err != nil {
+			return fmt.Errorf("service add: %w", err)
+		}
+		adds = append(adds, s)
+	}
+	report("one service add (partial)", adds)
+
+	resync, err := h.sync(true)
+	if err != nil {
+		return fmt.Errorf("periodic full sync: %w", err)
+	}
+	report("periodic full resync", []sample{resync})
+
+	checkStart := time.Now()
+	intact, err := h.backend.Intact(context.Background())
+	if err != nil || !intact {
+		return fmt.Errorf("integrity check after syncs: intact=%v err=%v", intact, err)
+	}
+	fmt.Printf("  %-34s %10s\n", "integrity check (Intact)", round(time.Since(checkStart)))
+
+	printMemory()
+	return nil
+}
+
+// report prints the median and worst of a set of samples, with the
+// restore size and chain count of the median one.
+func report(what string, samples []sample) {
+	slices.SortFunc(samples, func(a, b sample) int { return int(a.elapsed - b.elapsed) })
+	med := samples[len(samples)/2]
+	worst := samples[len(samples)-1]
+	if len(samples) == 1 {
+		fmt.Printf("  %-34s %10s  restore %s, %d chains, %d rules\n",
+			what, round(med.elapsed), size(med.result.Bytes), med.result.ChainsWritten, med.result.RulesWritten)
+		return
+	}
+	fmt.Printf("  %-34s p50 %8s  max %8s  restore %s, %d chains, %d rules (n=%d)\n",
+		what, round(med.elapsed), round(worst.elapsed), size(med.result.Bytes),
+		med.result.ChainsWritten, med.result.RulesWritten, len(samples))
+}
+
+func printMemory() {
+	var self, children syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &self)
+	_ = syscall.Getrusage(syscall.RUSAGE_CHILDREN, &children)
+	// Maxrss is in KiB on Linux.
+	fmt.Printf("  %-34s %7.0f MiB (largest iptables-restore child: %.0f MiB)\n",
+		"peak RSS, svcproxy process", float64(self.Maxrss)/1024, float64(children.Maxrss)/1024)
+}
+
+func round(d time.Duration) time.Duration {
+	switch {
+	case d > time.Second:
+		return d.Round(10 * time.Millisecond)
+	case d > time.Millisecond:
+		return d.Round(10 * time.Microsecond)
+	}
+	return d
+}
+
+func size(n int) string {
+	switch {
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
+}
