@@ -50,8 +50,8 @@ build_into() {
   local dir="$1" major minor
   major="${k8s_version#v}"; major="${major%%.*}"
   minor="${k8s_version#v*.}"; minor="${minor%%.*}"
-  # Without these the apiserver reports v0.0.0 at /version, which clients
-  # that check the server's version would refuse.
+  # Without these the apiserver reports v0.0.0 at /version, and kubectl or
+  # any client comparing versions would think it talks to an ancient server.
   local pkg=k8s.io/component-base/version
   local ldflags="-s -w -X $pkg.gitVersion=$k8s_version -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
   ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
@@ -67,7 +67,7 @@ build_into() {
 }
 
 mkdir -p "$cache_root"
-exec 9>"$cache_root/.build.lock"
+exec 9>"$cache_root/.lock"
 flock 9
 # Another caller may have finished the build while this one waited.
 if is_built; then
