@@ -5,12 +5,17 @@ export PATH := /usr/local/go/bin:$(HOME)/go/bin:$(PATH)
 GO ?= go
 BIN := bin
 
-.PHONY: all build test unit vet fmt-check deps bench run clean
+.PHONY: all build test vet fmt-check deps controlplane bench run clean
 
 all: build
 
 deps:
 	@hack/install-deps.sh
+
+# kube-apiserver, kube-controller-manager and etcd built from the Go module
+# proxy into a cache outside the tree: ~10 minutes once, a no-op after.
+controlplane:
+	@echo "control plane binaries: $$(hack/controlplane-bins.sh)"
 
 build:
 	$(GO) build -o $(BIN)/svcproxy ./cmd/svcproxy
@@ -26,7 +31,7 @@ vet:
 # datapath tests (each in network namespaces of its own, under both
 # iptables-nft and iptables-legacy). The race detector runs on the packages
 # with concurrency of their own.
-test: deps fmt-check vet
+test: deps controlplane fmt-check vet
 	$(GO) test -count=1 -timeout 30m ./...
 	$(GO) test -count=1 -timeout 10m -race ./proxier/...
 
@@ -40,7 +45,7 @@ bench: deps
 		unshare --net $(BIN)/syncbench -in-own-netns -flavor $$flavor $(BENCH_ARGS) || exit 1; \
 	done
 
-run: deps build
+run: deps controlplane build
 	hack/run.sh
 
 clean:
