@@ -5,7 +5,6 @@ import (
 	"net"
 	"net/netip"
 	"slices"
-	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -54,7 +53,7 @@ type Bed struct {
 // NewBed builds a node with the given number of pods and an outside client,
 // all removed when the test ends. It skips the test without root and fails
 // it if the kernel cannot build the bed.
-func NewBed(t testing.TB, pods int) *Bed {
+func NewBed(t TB, pods int) *Bed {
 	t.Helper()
 	RequireRoot(t)
 	if pods < 0 || pods > MaxPods {

@@ -201,3 +201,26 @@ func hasInterface(procNetDev, name string) bool {
 	}
 	return false
 }
+
+func TestSessionBuildsABedOutsideATestAndCloseRemovesIt(t *testing.T) {
+	RequireRoot(t)
+	var s Session
+	var bed *Bed
+	if err := s.Build(func() { bed = NewBed(&s, 1) }); err != nil {
+		t.Fatal(err)
+	}
+	bed.Pod(0).ServeTCP(8080)
+	if _, err := bed.Node().DialTCP(netip.AddrPortFrom(PodIP4(0), 8080)); err != nil {
+		t.Fatalf("node to pod through a session's bed: %v", err)
+	}
+	s.Close()
+	for _, ns := range append([]*NS{bed.Node(), bed.Outside()}, bed.Pods()...) {
+		if ns.Handle().IsOpen() {
+			t.Fatalf("%s is still open after Close", ns.Name)
+		}
+	}
+	if err := s.Build(func() { NewBed(&s, MaxPods+1) }); err == nil {
+		t.Fatal("a failing build must return its error")
+	}
+	s.Close()
+}

@@ -16,7 +16,6 @@ import (
 	"runtime"
 	"strings"
 	"sync"
-	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -35,7 +34,7 @@ func init() { runtime.LockOSThread() }
 const DefaultTimeout = time.Second
 
 // RequireRoot skips the test when it cannot create network namespaces.
-func RequireRoot(t testing.TB) {
+func RequireRoot(t TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to create network namespaces")
@@ -104,7 +103,7 @@ func newUnnamedNS() (netns.NsHandle, error) {
 type NS struct {
 	Name string
 
-	t      testing.TB
+	t      TB
 	handle netns.NsHandle
 	v4, v6 netip.Addr // the namespace's main addresses; invalid if it has none
 
@@ -118,7 +117,7 @@ type NS struct {
 
 // NewNS creates an empty namespace with loopback up, removed when the test
 // ends. Most tests want NewBed; this is for tests that need no traffic.
-func NewNS(t testing.TB, name string) *NS {
+func NewNS(t TB, name string) *NS {
 	t.Helper()
 	RequireRoot(t)
 	handle, err := newUnnamedNS()
