@@ -40,10 +40,11 @@ func (r *SyncReport) Err() error {
 
 // FamilyReport is one backend's part of a sync.
 type FamilyReport struct {
-	Family Family
-	View   *NodeView // what the backend was asked to program
-	Result SyncResult
-	Err    error
+	Family   Family
+	View     *NodeView // what the backend was asked to program
+	Result   SyncResult
+	Err      error
+	Duration time.Duration // this family's compute, apply and conntrack cleanup
 }
 
 // Syncer is one sync, end to end: snapshot the tracker, compute each
@@ -91,7 +92,10 @@ func (s *Syncer) Observe(f func(*SyncReport)) { s.observers = append(s.observers
 func (s *Syncer) Sync(ctx context.Context, full bool) error {
 	report := &SyncReport{Start: s.clock.Now(), Full: full, Snapshot: s.tracker.Snapshot()}
 	for _, b := range s.backends {
-		report.Families = append(report.Families, s.syncFamily(ctx, b, report.Snapshot, full))
+		start := s.clock.Now()
+		fr := s.syncFamily(ctx, b, report.Snapshot, full)
+		fr.Duration = s.clock.Since(start)
+		report.Families = append(report.Families, fr)
 	}
 	report.Duration = s.clock.Since(report.Start)
 	s.logReport(report)

@@ -41,6 +41,13 @@ type Tracker struct {
 	node       NodeInfo
 	pending    pendingChanges
 	last       *Snapshot
+	// counts feeds ChangeStats: cumulative counts and the latest queue time.
+	counts changeCounts
+}
+
+type changeCounts struct {
+	services, endpoints uint64
+	lastQueued          time.Time
 }
 
 type sliceKey struct{ namespace, name string }
@@ -48,7 +55,7 @@ type sliceKey struct{ namespace, name string }
 // pendingChanges accumulates what changed between two snapshots; a burst of
 // updates to one service is one entry.
 type pendingChanges struct {
-	services     map[ServiceName]struct{}
+	services     map[ServiceName]changeKinds
 	node         bool
 	oldest       time.Time // zero: nothing pending
 	triggerTimes []time.Time
@@ -98,7 +105,7 @@ func NewTracker(log *zap.Logger, clock func() time.Time) *Tracker {
 		services:   map[ServiceName]*Service{},
 		slices:     map[ServiceName][]*EndpointSlice{},
 		sliceOwner: map[sliceKey]ServiceName{},
-		pending:    pendingChanges{services: map[ServiceName]struct{}{}},
+		pending:    pendingChanges{services: map[ServiceName]changeKinds{}},
 		last:       &Snapshot{},
 	}
 }
@@ -127,7 +134,7 @@ func (t *Tracker) UpsertService(svc *v1.Service) {
 	}
 	t.writable()
 	t.services[name] = parsed
-	t.touch(name)
+	t.touch(name, serviceChange)
 }
 
 // DeleteService records that a Service is gone.
@@ -143,7 +150,7 @@ func (t *Tracker) removeService(name ServiceName) bool {
 	}
 	t.writable()
 	delete(t.services, name)
-	t.touch(name)
+	t.touch(name, serviceChange)
 	return true
 }
 
@@ -172,11 +179,11 @@ func (t *Tracker) UpsertEndpointSlice(es *discoveryv1.EndpointSlice) {
 	t.writable()
 	if known && owner != parsed.Service {
 		t.unfileSlice(owner, es.Name)
-		t.touch(owner)
+		t.touch(owner, endpointsChange)
 	}
 	t.sliceOwner[key] = parsed.Service
 	t.slices[parsed.Service] = withSlice(t.slices[parsed.Service], parsed)
-	t.touch(parsed.Service)
+	t.touch(parsed.Service, endpointsChange)
 	if !parsed.TriggerTime.IsZero() {
 		t.pending.triggerTimes = append(t.pending.triggerTimes, parsed.TriggerTime)
 	}
@@ -194,7 +201,7 @@ func (t *Tracker) DeleteEndpointSlice(namespace, name string) {
 	t.writable()
 	delete(t.sliceOwner, key)
 	t.unfileSlice(owner, name)
-	t.touch(owner)
+	t.touch(owner, endpointsChange)
 }
 
 // SetNode records this node's name, zone, addresses and CIDRs.
@@ -218,6 +225,35 @@ func (t *Tracker) OldestPending() (time.Time, bool) {
 	return t.pending.oldest, !t.pending.oldest.IsZero()
 }
 
+// ChangeStats counts the changes a tracker accepted, for metrics.
+type ChangeStats struct {
+	// ServicesPending and EndpointsPending count the services whose Service,
+	// respectively EndpointSlices, changed since the last Snapshot.
+	ServicesPending, EndpointsPending int
+	// ServiceChanges and EndpointChanges count every accepted change to a
+	// Service, respectively an EndpointSlice, since the tracker was made.
+	ServiceChanges, EndpointChanges uint64
+	// LastQueued is when the latest change (node changes included) was
+	// queued; zero if none ever was.
+	LastQueued time.Time
+}
+
+// Stats returns the change counts as of now.
+func (t *Tracker) Stats() ChangeStats {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	st := ChangeStats{ServiceChanges: t.counts.services, EndpointChanges: t.counts.endpoints, LastQueued: t.counts.lastQueued}
+	for _, kinds := range t.pending.services {
+		if kinds&serviceChange != 0 {
+			st.ServicesPending++
+		}
+		if kinds&endpointsChange != 0 {
+			st.EndpointsPending++
+		}
+	}
+	return st
+}
+
 // Snapshot returns the current state and drains the pending changes.
 func (t *Tracker) Snapshot() *Snapshot {
 	t.mu.Lock()
@@ -236,7 +272,7 @@ func (t *Tracker) Snapshot() *Snapshot {
 	snap.ChangedServices = t.effectiveChanges(snap)
 	t.shared = true
 	t.last = snap
-	t.pending = pendingChanges{services: map[ServiceName]struct{}{}}
+	t.pending = pendingChanges{services: map[ServiceName]changeKinds{}}
 	// Everything signalled so far is in this snapshot; a stale signal would
 	// only cost the runner an empty sync.
 	select {
@@ -280,15 +316,31 @@ func (t *Tracker) writable() {
 	t.shared = false
 }
 
-func (t *Tracker) touch(name ServiceName) {
-	t.pending.services[name] = struct{}{}
+// changeKinds says what changed about a pending service: its Service, its
+// EndpointSlices or both (kube-proxy counts the two apart in its metrics).
+type changeKinds uint8
+
+const (
+	serviceChange changeKinds = 1 << iota
+	endpointsChange
+)
+
+func (t *Tracker) touch(name ServiceName, kind changeKinds) {
+	t.pending.services[name] |= kind
+	if kind == serviceChange {
+		t.counts.services++
+	} else {
+		t.counts.endpoints++
+	}
 	t.queued()
 }
 
 func (t *Tracker) queued() {
+	now := t.clock()
 	if t.pending.oldest.IsZero() {
-		t.pending.oldest = t.clock()
+		t.pending.oldest = now
 	}
+	t.counts.lastQueued = now
 	select {
 	case t.changed <- struct{}{}:
 	default:

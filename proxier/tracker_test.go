@@ -435,3 +435,25 @@ func TestTrackerConcurrent(t *testing.T) {
 		}
 	}
 }
+
+func TestTrackerStatsCountServiceAndEndpointChangesApart(t *testing.T) {
+	tr, clock, _ := newTestTracker()
+	tr.UpsertService(webService())
+	clock.Advance(time.Second)
+	tr.UpsertEndpointSlice(webSlice("web-1", "10.0.0.1"))
+	tr.UpsertEndpointSlice(webSlice("web-1", "10.0.0.2"))
+	tr.UpsertService(pt.Service("ns", "api", []string{"10.96.0.11"}, pt.Port("http", "TCP", 80)))
+
+	got := tr.Stats()
+	want := ChangeStats{ServicesPending: 2, EndpointsPending: 1, ServiceChanges: 2, EndpointChanges: 2, LastQueued: t0.Add(time.Second)}
+	if got != want {
+		t.Fatalf("before a snapshot: got %+v, want %+v", got, want)
+	}
+
+	tr.Snapshot()
+	tr.UpsertService(webService()) // unchanged: not a change
+	want.ServicesPending, want.EndpointsPending = 0, 0
+	if got := tr.Stats(); got != want {
+		t.Fatalf("after a snapshot: got %+v, want %+v", got, want)
+	}
+}
