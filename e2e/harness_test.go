@@ -1,0 +1,557 @@
+// Package e2e proves svcproxy's iptables mode in a real kernel: real
+// Services and EndpointSlices go through the Tracker, Compute, the iptables
+// backend and the conntrack cleaner into a node network namespace, and real
+// TCP and UDP connections from pods, the node and an outside client show
+// which backend answered and the source address it saw. Every test runs
+// under iptables-nft and iptables-legacy, in namespaces of its own.
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
+	v1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/utils/clock"
+
+	"github.com/svcproxy/svcproxy/conntrack"
+	"github.com/svcproxy/svcproxy/internal/netnstest"
+	"github.com/svcproxy/svcproxy/iptables"
+	"github.com/svcproxy/svcproxy/proxier"
+	"github.com/svcproxy/svcproxy/proxier/proxiertest"
+)
+
+// The node svcproxy runs on, and a name for "some other node" whose
+// endpoints are still reachable pods of the bed.
+const (
+	nodeName  = "node-a"
+	otherNode = "node-b"
+	namespace = "default"
+)
+
+// The ports every test pod serves and every test service exposes.
+const (
+	podTCP = 8080
+	podUDP = 5353
+	svcTCP = 80
+	svcUDP = 53
+)
+
+// shortTimeout bounds dials that are meant to be dropped: answers in the
+// bed come back in a millisecond or two.
+const shortTimeout = 400 * time.Millisecond
+
+// clusterCIDRs are the bed's pod ranges: traffic from inside them keeps its
+// source on the way to a ClusterIP.
+func clusterCIDRs() []netip.Prefix {
+	return []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:244::/64")}
+}
+
+func forEachFlavor(t *testing.T, test func(t *testing.T, flavor iptables.Flavor)) {
+	for _, flavor := range []iptables.Flavor{iptables.FlavorNFT, iptables.FlavorLegacy} {
+		t.Run(string(flavor), func(t *testing.T) { test(t, flavor) })
+	}
+}
+
+// option changes how a cluster's svcproxy is configured.
+type option func(*settings)
+
+type settings struct {
+	cfg  iptables.Config
+	zone string
+}
+
+// masqueradeAll is --masquerade-all.
+func masqueradeAll() option { return func(s *settings) { s.cfg.MasqueradeAll = true } }
+
+// inZone puts the node in a topology zone.
+func inZone(zone string) option { return func(s *settings) { s.zone = zone } }
+
+// cluster is a test bed whose node runs svcproxy, and the API objects it
+// watches. The objects are kept so that a restarted svcproxy can be fed
+// them again, as its informers would.
+type cluster struct {
+	*netnstest.Bed
+	t        *testing.T
+	flavor   iptables.Flavor
+	settings settings
+	flows    *conntrack.Kernel
+	proc     *process
+
+	// The API's objects, all in one namespace, by name.
+	services map[string]*v1.Service
+	slices   map[string]*discoveryv1.EndpointSlice
+}
+
+// process is one svcproxy process's state: what a restart throws away.
+type process struct {
+	tracker *proxier.Tracker
+	syncer  *proxier.Syncer
+
+	mu      sync.Mutex // reports are appended by the runner's goroutine
+	reports []*proxier.SyncReport
+}
+
+func (p *process) record(r *proxier.SyncReport) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.reports = append(p.reports, r)
+}
+
+// reportsSince returns the reports of the syncs that started at or after t.
+func (p *process) reportsSince(t time.Time) []*proxier.SyncReport {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	i := slices.IndexFunc(p.reports, func(r *proxier.SyncReport) bool { return !r.Start.Before(t) })
+	if i < 0 {
+		return nil
+	}
+	return slices.Clone(p.reports[i:])
+}
+
+// newCluster builds a bed with pods serving TCP podTCP and UDP podUDP, and
+// starts svcproxy for both families on its node. Everything svcproxy
+// programmed is removed, and checked to be gone, when the test ends.
+func newCluster(t *testing.T, flavor iptables.Flavor, pods int, opts ...option) *cluster {
+	t.Helper()
+	c := &cluster{
+		Bed:      netnstest.NewBed(t, pods),
+		t:        t,
+		flavor:   flavor,
+		settings: settings{cfg: iptables.Config{ClusterCIDRs: clusterCIDRs()}},
+		services: map[string]*v1.Service{},
+		slices:   map[string]*discoveryv1.EndpointSlice{},
+	}
+	for _, o := range opts {
+		o(&c.settings)
+	}
+	for _, pod := range c.Pods() {
+		pod.ServeTCP(podTCP)
+		pod.ServeUDP(podUDP)
+	}
+	flows, err := conntrack.Open(c.Node().Handle())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.flows = flows
+	c.proc = c.start()
+	t.Cleanup(c.cleanup)
+	return c
+}
+
+// nodeInfo is what the Node object says of the bed's node.
+func (c *cluster) nodeInfo() proxier.NodeInfo {
+	return proxier.NodeInfo{
+		Name:      nodeName,
+		Zone:      c.settings.zone,
+		Addresses: []netip.Addr{c.Node().IPv4(), c.Node().IPv6()},
+		PodCIDRs:  []netip.Prefix{netip.MustParsePrefix("10.244.0.0/24"), netip.MustParsePrefix("fd00:244::/64")},
+	}
+}
+
+// start makes a fresh svcproxy process and feeds it every object the API
+// holds; it has not synced yet.
+func (c *cluster) start() *process {
+	c.t.Helper()
+	log := zaptest.NewLogger(c.t, zaptest.Level(zap.WarnLevel))
+	p := &process{tracker: proxier.NewTracker(log, time.Now)}
+	var backends []proxier.Backend
+	for _, family := range []proxier.Family{proxier.IPv4, proxier.IPv6} {
+		b, err := iptables.New(c.settings.cfg, family, c.flavor)
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		backends = append(backends, b)
+	}
+	p.syncer = proxier.NewSyncer(p.tracker, backends, flowCleaner{c.flows}, clock.RealClock{}, log)
+	p.syncer.Observe(p.record)
+	p.tracker.SetNode(c.nodeInfo())
+	for _, svc := range c.services {
+		p.tracker.UpsertService(svc)
+	}
+	for _, es := range c.slices {
+		p.tracker.UpsertEndpointSlice(es)
+	}
+	return p
+}
+
+// flowCleaner is the conntrack cleanup svcproxy runs after each sync.
+type flowCleaner struct{ table conntrack.Table }
+
+func (f flowCleaner) Clean(_ context.Context, prev, next *proxier.NodeView) error {
+	_, err := conntrack.Clean(f.table, prev, next)
+	return err
+}
+
+// restart replaces the svcproxy process by a new one, which knows nothing
+// of what the old one programmed, and lets it do its first (full) sync.
+func (c *cluster) restart() {
+	c.t.Helper()
+	c.proc = c.start()
+	c.sync()
+}
+
+// upsertService creates or updates a Service in the API.
+func (c *cluster) upsertService(svc *v1.Service) {
+	c.services[svc.Name] = svc
+	c.proc.tracker.UpsertService(svc)
+}
+
+func (c *cluster) deleteService(name string) {
+	delete(c.services, name)
+	c.proc.tracker.DeleteService(namespace, name)
+}
+
+// upsertSlice creates or updates an EndpointSlice in the API.
+func (c *cluster) upsertSlice(es *discoveryv1.EndpointSlice) {
+	c.slices[es.Name] = es
+	c.proc.tracker.UpsertEndpointSlice(es)
+}
+
+func (c *cluster) deleteSlice(name string) {
+	delete(c.slices, name)
+	c.proc.tracker.DeleteEndpointSlice(namespace, name)
+}
+
+// sync runs one sync inside the node namespace, as the runner would after
+// changes; it is full only for a process's first sync.
+func (c *cluster) sync() *proxier.SyncReport {
+	c.t.Helper()
+	start := time.Now()
+	err := c.Node().Do(func() error { return c.proc.syncer.Sync(context.Background(), false) })
+	if err != nil {
+		c.t.Fatalf("sync: %v", err)
+	}
+	return c.proc.reportsSince(start)[0]
+}
+
+// run starts the real Runner (real clock) in the node namespace and
+// returns a function that stops it and waits for it. The test must not
+// call sync while it runs: the runner owns the syncer.
+func (c *cluster) run(cfg proxier.RunnerConfig) (stop func()) {
+	log := zaptest.NewLogger(c.t, zaptest.Level(zap.WarnLevel))
+	inNode := func(ctx context.Context, full bool) error {
+		// Stopping lets a sync in progress finish: killing iptables-restore
+		// after its commit would log a failure that is not one.
+		ctx = context.WithoutCancel(ctx)
+		return c.Node().Do(func() error { return c.proc.syncer.Sync(ctx, full) })
+	}
+	intact := func(ctx context.Context) bool {
+		var ok bool
+		_ = c.Node().Do(func() error { ok = c.proc.syncer.Intact(ctx); return nil })
+		return ok
+	}
+	r := proxier.NewRunner(cfg, clock.RealClock{}, inNode, intact, log)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		r.Run(ctx, c.proc.tracker.Changed())
+	}()
+	// Stopped before the test ends in any case: a runner logging after
+	// that would panic the test binary.
+	stop = sync.OnceFunc(func() {
+		cancel()
+		<-done
+	})
+	c.t.Cleanup(stop)
+	return stop
+}
+
+// iptables runs the flavor's iptables binary of a family in the node
+// namespace, as another program on the node would.
+func (c *cluster) iptables(family proxier.Family, args ...string) string {
+	c.t.Helper()
+	return c.Node().MustRun(c.flavor.Binary(family, ""), args...)
+}
+
+// save returns both tables of a family as iptables-save shows them.
+func (c *cluster) save(family proxier.Family) (string, error) {
+	var b strings.Builder
+	for _, table := range []string{"nat", "filter"} {
+		out, err := c.Node().Run(c.flavor.Binary(family, "-save"), "-t", table)
+		if err != nil {
+			return "", err
+		}
+		b.WriteString(out)
+	}
+	return b.String(), nil
+}
+
+// cleanup removes what svcproxy programmed, as `svcproxy --cleanup` would,
+// and checks that nothing of it is left; the bed then removes the
+// namespaces themselves.
+func (c *cluster) cleanup() {
+	defer c.flows.Close()
+	for _, family := range []proxier.Family{proxier.IPv4, proxier.IPv6} {
+		b, err := iptables.New(c.settings.cfg, family, c.flavor)
+		if err != nil {
+			c.t.Error(err)
+			continue
+		}
+		if err := c.Node().Do(func() error { return b.Cleanup(context.Background()) }); err != nil {
+			c.t.Errorf("cleanup %v: %v", family, err)
+		}
+		saved, err := c.save(family)
+		if err != nil {
+			c.t.Error(err)
+			continue
+		}
+		if strings.Contains(saved, iptables.ChainPrefix) {
+			c.t.Errorf("%v rules left after cleanup:\n%s", family, saved)
+		}
+	}
+}
+
+// Builders of the tests' Services and EndpointSlices.
+
+// service is a Service with a TCP port "http" (svcTCP) and a UDP port
+// "dns" (svcUDP), one ClusterIP per family given.
+func service(name string, clusterIPs []string, opts ...proxiertest.ServiceOption) *v1.Service {
+	ports := []proxiertest.ServiceOption{proxiertest.Port("http", "TCP", svcTCP), proxiertest.Port("dns", "UDP", svcUDP)}
+	return proxiertest.Service(namespace, name, clusterIPs, append(ports, opts...)...)
+}
+
+// nodePorts gives a service's two ports node ports tcp and udp.
+func nodePorts(tcp, udp int32) proxiertest.ServiceOption {
+	return func(s *v1.Service) {
+		proxiertest.NodePort("http", tcp)(s)
+		proxiertest.NodePort("dns", udp)(s)
+	}
+}
+
+// endpoints is the EndpointSlice of a service, named after it and the
+// family of its first endpoint, with the pods' ports.
+func endpoints(svc string, eps ...proxiertest.Endpoint) *discoveryv1.EndpointSlice {
+	suffix := "-v4"
+	if len(eps) > 0 && strings.Contains(eps[0].Addr, ":") {
+		suffix = "-v6"
+	}
+	return endpointsNamed(svc+suffix, svc, eps...)
+}
+
+func endpointsNamed(slice, svc string, eps ...proxiertest.Endpoint) *discoveryv1.EndpointSlice {
+	return proxiertest.Slice(namespace, slice, svc,
+		proxiertest.SlicePort("http", "TCP", podTCP), proxiertest.SlicePort("dns", "UDP", podUDP),
+		proxiertest.Endpoints(eps...))
+}
+
+// local is a ready endpoint of pod's IPv4 address on this node.
+func local(pod *netnstest.NS) proxiertest.Endpoint {
+	return proxiertest.Ready(pod.IPv4().String(), nodeName)
+}
+
+// remote is a ready endpoint on another node (still a pod of the bed, so
+// traffic that is sent there arrives).
+func remote(pod *netnstest.NS) proxiertest.Endpoint {
+	return proxiertest.Ready(pod.IPv4().String(), otherNode)
+}
+
+func local6(pod *netnstest.NS) proxiertest.Endpoint {
+	return proxiertest.Ready(pod.IPv6().String(), nodeName)
+}
+
+// Traffic checks.
+
+func tcp(ip string) netip.AddrPort { return netip.AddrPortFrom(mustAddr(ip), svcTCP) }
+func udp(ip string) netip.AddrPort { return netip.AddrPortFrom(mustAddr(ip), svcUDP) }
+
+func at(a netip.Addr, port uint16) netip.AddrPort { return netip.AddrPortFrom(a, port) }
+
+// expectReply dials dst once and wants server to answer, seeing source.
+func expectReply(t *testing.T, client *netnstest.NS, network string, dst netip.AddrPort, server string, source netip.Addr) {
+	t.Helper()
+	got, err := client.Dial(network, dst)
+	if err != nil {
+		t.Errorf("%s %s to %s: %v; want %s from %s", client.Name, network, dst, err, server, source)
+		return
+	}
+	if got.Server != server || got.Source.Addr() != source {
+		t.Errorf("%s %s to %s: answered %q; want %s from %s", client.Name, network, dst, got, server, source)
+	}
+}
+
+// expectFailure dials dst once and wants the given class of failure
+// (netnstest.ErrRefused, ErrTimeout, ...).
+func expectFailure(t *testing.T, client *netnstest.NS, network string, dst netip.AddrPort, class error) {
+	t.Helper()
+	got, err := client.Dial(network, dst)
+	if !errors.Is(err, class) {
+		t.Errorf("%s %s to %s: got %v, %v; want %v", client.Name, network, dst, got, err, class)
+	}
+}
+
+// tally is how many of a run of connections each server answered, and
+// every source address the servers saw.
+type tally struct {
+	dials   int
+	servers map[string]int
+	sources map[netip.Addr]bool
+}
+
+// answers makes n connections to dst and counts who answered; every one
+// must be answered.
+func answers(t *testing.T, client *netnstest.NS, network string, dst netip.AddrPort, n int) tally {
+	t.Helper()
+	got := tally{dials: n, servers: map[string]int{}, sources: map[netip.Addr]bool{}}
+	for range n {
+		r, err := client.Dial(network, dst)
+		if err != nil {
+			t.Errorf("%s %s to %s: %v", client.Name, network, dst, err)
+			return got
+		}
+		got.servers[r.Server]++
+		got.sources[r.Source.Addr()] = true
+	}
+	return got
+}
+
+// names lists the servers that answered, sorted.
+func (ty tally) names() []string {
+	var s []string
+	for name := range ty.servers {
+		s = append(s, name)
+	}
+	slices.Sort(s)
+	return s
+}
+
+func (ty tally) String() string {
+	var parts []string
+	for _, name := range ty.names() {
+		parts = append(parts, fmt.Sprintf("%s×%d", name, ty.servers[name]))
+	}
+	return strings.Join(parts, " ")
+}
+
+// expectServers dials dst n times and wants exactly the named servers to
+// answer (each at least once), all seeing source.
+func expectServers(t *testing.T, client *netnstest.NS, network string, dst netip.AddrPort, n int, source netip.Addr, servers ...string) {
+	t.Helper()
+	got := answers(t, client, network, dst, n)
+	slices.Sort(servers)
+	if !slices.Equal(got.names(), servers) {
+		t.Errorf("%s %s to %s, %d times: answered by %s; want each of %v", client.Name, network, dst, n, got, servers)
+	}
+	for src := range got.sources {
+		if src != source {
+			t.Errorf("%s %s to %s: a server saw source %s; want %s", client.Name, network, dst, src, source)
+		}
+	}
+}
+
+// names of pods as their servers answer.
+func podNames(pods ...*netnstest.NS) []string {
+	var s []string
+	for _, p := range pods {
+		s = append(s, p.Name)
+	}
+	return s
+}
+
+func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+func mustAddrPort(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
+
+// serveLines answers every line sent on a connection to port with one
+// reply line, keeping the connection open: the long-lived connection that
+// a restart of svcproxy must not break.
+func serveLines(t *testing.T, ns *netnstest.NS, port uint16) {
+	t.Helper()
+	var ln net.Listener
+	err := ns.Do(func() (err error) {
+		ln, err = net.Listen("tcp", fmt.Sprintf(":%d", port))
+		return err
+	})
+	if err != nil {
+		t.Fatalf("%s: serving lines on %d: %v", ns.Name, port, err)
+	}
+	var (
+		mu       sync.Mutex
+		conns    []net.Conn
+		accepts  sync.WaitGroup
+		handlers sync.WaitGroup
+	)
+	accepts.Go(func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return // closed at the end of the test
+			}
+			mu.Lock()
+			conns = append(conns, conn)
+			mu.Unlock()
+			handlers.Go(func() { answerLines(ns.Name, conn) })
+		}
+	})
+	t.Cleanup(func() {
+		_ = ln.Close()
+		accepts.Wait()
+		mu.Lock()
+		for _, conn := range conns {
+			_ = conn.Close()
+		}
+		mu.Unlock()
+		handlers.Wait()
+	})
+}
+
+func answerLines(server string, conn net.Conn) {
+	client, err := netip.ParseAddrPort(conn.RemoteAddr().String())
+	if err != nil {
+		return
+	}
+	reply := netnstest.Reply{Server: server, Source: netip.AddrPortFrom(client.Addr().Unmap(), client.Port())}
+	lines := bufio.NewScanner(conn)
+	for lines.Scan() {
+		if _, err := fmt.Fprintln(conn, reply); err != nil {
+			return
+		}
+	}
+}
+
+// lineConn is a long-lived connection to a serveLines server.
+type lineConn struct {
+	conn    net.Conn
+	replies *bufio.Reader
+}
+
+// dialLines connects from client to dst; the connection is closed when the
+// test ends.
+func dialLines(t *testing.T, client *netnstest.NS, dst netip.AddrPort) *lineConn {
+	t.Helper()
+	var conn net.Conn
+	err := client.Do(func() (err error) {
+		conn, err = net.DialTimeout("tcp", dst.String(), client.Timeout)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("%s: connecting to %s: %v", client.Name, dst, err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	return &lineConn{conn: conn, replies: bufio.NewReader(conn)}
+}
+
+// ask sends a line and reads the reply.
+func (l *lineConn) ask() (netnstest.Reply, error) {
+	_ = l.conn.SetDeadline(time.Now().Add(netnstest.DefaultTimeout))
+	if _, err := fmt.Fprintln(l.conn, "?"); err != nil {
+		return netnstest.Reply{}, err
+	}
+	line, err := l.replies.ReadString('\n')
+	if err != nil {
+		return netnstest.Reply{}, err
+	}
+	return netnstest.ParseReply(line)
+}

@@ -1,0 +1,131 @@
+package e2e
+
+import (
+	"testing"
+	"time"
+
+	"github.com/svcproxy/svcproxy/internal/netnstest"
+	"github.com/svcproxy/svcproxy/iptables"
+	"github.com/svcproxy/svcproxy/proxier/proxiertest"
+)
+
+// A pod keeps its own source address on the way to a ClusterIP (it is
+// inside --cluster-cidr); the node, whose address is not, is masqueraded to
+// its address on the pods' side.
+func TestClusterIP(t *testing.T) {
+	forEachFlavor(t, func(t *testing.T, flavor iptables.Flavor) {
+		c := newCluster(t, flavor, 2)
+		c.upsertService(service("web", []string{"10.96.0.10"}))
+		c.upsertSlice(endpoints("web", local(c.Pod(1))))
+		c.sync()
+
+		for _, network := range []string{"tcp", "udp"} {
+			dst := tcp("10.96.0.10")
+			if network == "udp" {
+				dst = udp("10.96.0.10")
+			}
+			expectReply(t, c.Pod(0), network, dst, "pod-1", c.Pod(0).IPv4())
+			expectReply(t, c.Node(), network, dst, "pod-1", c.PodGateway(c.Pod(1).IPv4()))
+		}
+	})
+}
+
+// NodePort, load-balancer ingress IPs and external IPs from a client off
+// the node: external traffic under the Cluster policy is masqueraded.
+func TestExternalAddresses(t *testing.T) {
+	forEachFlavor(t, func(t *testing.T, flavor iptables.Flavor) {
+		c := newCluster(t, flavor, 2)
+		c.upsertService(service("web", []string{"10.96.0.11"}, nodePorts(30080, 30053),
+			proxiertest.LoadBalancer("203.0.113.11"), proxiertest.ExternalIPs("198.51.100.11")))
+		c.upsertSlice(endpoints("web", local(c.Pod(1))))
+		c.sync()
+
+		masq := c.PodGateway(c.Pod(1).IPv4())
+		node := c.Node().IPv4()
+		expectReply(t, c.Outside(), "tcp", at(node, 30080), "pod-1", masq)
+		expectReply(t, c.Outside(), "udp", at(node, 30053), "pod-1", masq)
+		// The outside routes every address to the node, so the VIPs
+		// arrive there as a load balancer or a router would send them.
+		expectReply(t, c.Outside(), "tcp", tcp("203.0.113.11"), "pod-1", masq)
+		expectReply(t, c.Outside(), "udp", udp("203.0.113.11"), "pod-1", masq)
+		expectReply(t, c.Outside(), "tcp", tcp("198.51.100.11"), "pod-1", masq)
+		expectReply(t, c.Outside(), "udp", udp("198.51.100.11"), "pod-1", masq)
+		// A pod may use them too, and reaches the same endpoints.
+		expectReply(t, c.Pod(0), "tcp", tcp("203.0.113.11"), "pod-1", masq)
+	})
+}
+
+// A service without endpoints answers at once: TCP with a reset, UDP with
+// ICMP port unreachable, so clients fail fast instead of waiting.
+func TestNoEndpointsRejectPromptly(t *testing.T) {
+	forEachFlavor(t, func(t *testing.T, flavor iptables.Flavor) {
+		c := newCluster(t, flavor, 1)
+		c.upsertService(service("empty", []string{"10.96.0.12"}, nodePorts(30081, 30054)))
+		c.sync()
+
+		// A drop would show as a timeout after this long; a reject comes
+		// back in well under it.
+		c.Pod(0).Timeout = 2 * time.Second
+		c.Outside().Timeout = 2 * time.Second
+		node := c.Node().IPv4()
+		for _, d := range []struct {
+			client  *netnstest.NS
+			network string
+			dst     string
+		}{
+			{c.Pod(0), "tcp", "10.96.0.12:80"},
+			{c.Pod(0), "udp", "10.96.0.12:53"},
+			{c.Node(), "tcp", "10.96.0.12:80"},
+			{c.Outside(), "tcp", node.String() + ":30081"},
+			{c.Outside(), "udp", node.String() + ":30054"},
+		} {
+			expectPromptRefusal(t, d.client, d.network, d.dst)
+		}
+	})
+}
+
+func expectPromptRefusal(t *testing.T, client *netnstest.NS, network, dst string) {
+	t.Helper()
+	start := time.Now()
+	expectFailure(t, client, network, mustAddrPort(dst), netnstest.ErrRefused)
+	if took := time.Since(start); took > 500*time.Millisecond {
+		t.Errorf("%s %s to %s: failed after %v; want a refusal at once", client.Name, network, dst, took)
+	}
+}
+
+// IPv6 services, single and dual stack: ClusterIP, NodePort and the reject
+// of a service without endpoints, all in IPv6.
+func TestIPv6(t *testing.T) {
+	forEachFlavor(t, func(t *testing.T, flavor iptables.Flavor) {
+		c := newCluster(t, flavor, 3)
+		c.upsertService(service("web6", []string{"fd00:96::13"}, nodePorts(30082, 30055)))
+		c.upsertSlice(endpoints("web6", local6(c.Pod(1))))
+		c.upsertService(service("dual", []string{"10.96.0.14", "fd00:96::14"}, nodePorts(30083, 30056)))
+		c.upsertSlice(endpoints("dual", local(c.Pod(2))))
+		c.upsertSlice(endpoints("dual", local6(c.Pod(2))))
+		c.upsertService(service("empty6", []string{"fd00:96::15"}))
+		c.upsertService(service("empty-dual", []string{"10.96.0.16", "fd00:96::16"}))
+		c.sync()
+
+		pod0, masq := c.Pod(0).IPv6(), c.PodGateway(c.Pod(1).IPv6())
+		node := c.Node().IPv6()
+		for _, network := range []string{"tcp", "udp"} {
+			port, nodePort, dualNodePort := uint16(svcTCP), uint16(30082), uint16(30083)
+			if network == "udp" {
+				port, nodePort, dualNodePort = svcUDP, 30055, 30056
+			}
+			expectReply(t, c.Pod(0), network, at(mustAddr("fd00:96::13"), port), "pod-1", pod0)
+			expectReply(t, c.Outside(), network, at(node, nodePort), "pod-1", masq)
+
+			expectReply(t, c.Pod(0), network, at(mustAddr("fd00:96::14"), port), "pod-2", pod0)
+			expectReply(t, c.Pod(0), network, at(mustAddr("10.96.0.14"), port), "pod-2", c.Pod(0).IPv4())
+			expectReply(t, c.Outside(), network, at(node, dualNodePort), "pod-2", masq)
+			expectReply(t, c.Outside(), network, at(c.Node().IPv4(), dualNodePort), "pod-2", c.PodGateway(c.Pod(2).IPv4()))
+		}
+		c.Pod(0).Timeout = 2 * time.Second
+		for _, dst := range []string{"[fd00:96::15]", "[fd00:96::16]", "10.96.0.16"} {
+			expectPromptRefusal(t, c.Pod(0), "tcp", dst+":80")
+			expectPromptRefusal(t, c.Pod(0), "udp", dst+":53")
+		}
+	})
+}
