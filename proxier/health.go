@@ -1,0 +1,235 @@
+package proxier
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"sync"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/utils/clock"
+)
+
+// toBeDeletedTaint is the taint the cluster autoscaler puts on a node it is
+// about to remove; kube-proxy reports such a node as not eligible so load
+// balancers drain it first.
+const toBeDeletedTaint = "ToBeDeletedByClusterAutoscaler"
+
+// HealthConfig says what Health judges and how.
+type HealthConfig struct {
+	// Timeout is how long a change may wait to be programmed before the
+	// proxy counts as unhealthy: kube-proxy uses twice the sync period.
+	Timeout time.Duration
+	// Families are the families the proxy programs; each must keep up.
+	Families []Family
+	// Pending reports the oldest change no sync has taken yet
+	// (Tracker.OldestPending).
+	Pending func() (time.Time, bool)
+	Clock   clock.PassiveClock
+	// Served, if set, is told the status of every /healthz and /livez
+	// answer (for kube-proxy's proxy_healthz_total metrics).
+	Served func(path string, code int)
+}
+
+// Health is kube-proxy's health rule: the proxy is healthy while no change
+// has waited longer than the timeout to be programmed, in any family. A
+// change waits from when it was queued until a sync that took it succeeds:
+// while it is pending in the tracker, while a sync holding it runs (a sync
+// stuck on the xtables lock must show), and after that sync failed until
+// one succeeds. Time spent before the first sync starts (waiting for the
+// informers and the Node) does not count, as in kube-proxy, so a slow start
+// does not fail a liveness probe.
+//
+// /healthz also fails while the node is being deleted, so load balancers
+// stop sending to it; /livez does not, since restarting the proxy then would
+// only make things worse.
+type Health struct {
+	cfg HealthConfig
+
+	mu           sync.Mutex
+	firstSync    time.Time           // start of the first sync; zero before
+	inFlight     time.Time           // oldest change the running sync took; zero if none
+	unsynced     map[Family]time.Time // oldest change taken by syncs that failed since the last success
+	lastUpdated  map[Family]time.Time
+	nodeEligible bool
+}
+
+// NewHealth returns a Health with nothing synced yet and the node eligible.
+func NewHealth(cfg HealthConfig) *Health {
+	return &Health{
+		cfg:          cfg,
+		unsynced:     map[Family]time.Time{},
+		lastUpdated:  map[Family]time.Time{},
+		nodeEligible: true,
+	}
+}
+
+// Track wraps the runner's sync function so Health knows which changes a
+// running sync holds.
+func (h *Health) Track(sync SyncFunc) SyncFunc {
+	return func(ctx context.Context, full bool) error {
+		h.syncStarting()
+		defer h.syncEnded()
+		return sync(ctx, full)
+	}
+}
+
+func (h *Health) syncStarting() {
+	oldest, pending := h.cfg.Pending()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.firstSync.IsZero() {
+		h.firstSync = h.cfg.Clock.Now()
+	}
+	if pending {
+		h.inFlight = oldest
+	}
+}
+
+func (h *Health) syncEnded() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.inFlight = time.Time{}
+}
+
+// Observe records a sync's outcome; register it with Syncer.Observe.
+func (h *Health) Observe(r *SyncReport) {
+	now := h.cfg.Clock.Now()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, f := range r.Families {
+		if f.Err == nil {
+			delete(h.unsynced, f.Family)
+			h.lastUpdated[f.Family] = now
+			continue
+		}
+		h.unsynced[f.Family] = earliest(h.unsynced[f.Family], r.Snapshot.OldestChange)
+	}
+}
+
+// SetNode judges whether the node may take traffic: not when it is being
+// deleted or the cluster autoscaler marked it for removal. nil means the
+// Node object is gone.
+func (h *Health) SetNode(node *v1.Node) {
+	eligible := node != nil && node.DeletionTimestamp == nil
+	if node != nil {
+		for _, taint := range node.Spec.Taints {
+			if taint.Key == toBeDeletedTaint {
+				eligible = false
+			}
+		}
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.nodeEligible = eligible
+}
+
+// HealthStatus is what /healthz reports.
+type HealthStatus struct {
+	Healthy      bool // every family keeps up (node eligibility aside)
+	NodeEligible bool
+	// LastUpdated is the last successful sync of any family, or of the
+	// family that fell behind when Healthy is false.
+	LastUpdated time.Time
+	CurrentTime time.Time
+}
+
+// Status judges the proxy's health now.
+func (h *Health) Status() HealthStatus {
+	oldestPending, pending := h.cfg.Pending()
+	now := h.cfg.Clock.Now()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	st := HealthStatus{Healthy: true, NodeEligible: h.nodeEligible, CurrentTime: now}
+	for _, last := range h.lastUpdated {
+		if last.After(st.LastUpdated) {
+			st.LastUpdated = last
+		}
+	}
+	if h.firstSync.IsZero() {
+		return st
+	}
+	for _, fam := range h.cfg.Families {
+		waiting := earliest(h.inFlight, h.unsynced[fam])
+		if pending {
+			waiting = earliest(waiting, oldestPending)
+		}
+		if waiting.IsZero() {
+			continue
+		}
+		if waiting.Before(h.firstSync) {
+			waiting = h.firstSync
+		}
+		if now.Sub(waiting) >= h.cfg.Timeout {
+			st.Healthy = false
+			st.LastUpdated = h.lastUpdated[fam]
+			return st
+		}
+	}
+	return st
+}
+
+// Healthy reports whether every family keeps up, ignoring the node: what
+// the healthCheckNodePort servers add to their answers.
+func (h *Health) Healthy() bool { return h.Status().Healthy }
+
+// earliest returns the earlier of two times, a zero time meaning none.
+func earliest(a, b time.Time) time.Time {
+	if a.IsZero() || (!b.IsZero() && b.Before(a)) {
+		return b
+	}
+	return a
+}
+
+// Handler serves /healthz and /livez with kube-proxy's status codes and
+// bodies: 200 when healthy, 503 when not. As in kube-proxy, a healthy
+// answer reports lastUpdated as the current time, for clients written
+// when it meant "the sync loop last ran".
+func (h *Health) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		st := h.Status()
+		h.answer(w, "/healthz", st.Healthy && st.NodeEligible, healthzBody{
+			LastUpdated:  reported(st),
+			CurrentTime:  st.CurrentTime,
+			NodeEligible: &st.NodeEligible,
+		})
+	})
+	mux.HandleFunc("/livez", func(w http.ResponseWriter, _ *http.Request) {
+		st := h.Status()
+		h.answer(w, "/livez", st.Healthy, healthzBody{LastUpdated: reported(st), CurrentTime: st.CurrentTime})
+	})
+	return mux
+}
+
+type healthzBody struct {
+	LastUpdated  time.Time `json:"lastUpdated"`
+	CurrentTime  time.Time `json:"currentTime"`
+	NodeEligible *bool     `json:"nodeEligible,omitempty"`
+}
+
+func reported(st HealthStatus) time.Time {
+	if st.Healthy {
+		return st.CurrentTime
+	}
+	return st.LastUpdated
+}
+
+func (h *Health) answer(w http.ResponseWriter, path string, ok bool, body healthzBody) {
+	code := http.StatusOK
+	if !ok {
+		code = http.StatusServiceUnavailable
+	}
+	if h.cfg.Served != nil {
+		h.cfg.Served(path, code)
+	}
+	writeJSON(w, code, body)
+}
+
+func writeJSON(w http.ResponseWriter, code int, body any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(body)
+}
