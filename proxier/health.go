@@ -48,8 +48,8 @@ type Health struct {
 	cfg HealthConfig
 
 	mu           sync.Mutex
-	firstSync    time.Time           // start of the first sync; zero before
-	inFlight     time.Time           // oldest change the running sync took; zero if none
+	firstSync    time.Time            // start of the first sync; zero before
+	inFlight     time.Time            // oldest change the running sync took; zero if none
 	unsynced     map[Family]time.Time // oldest change taken by syncs that failed since the last success
 	lastUpdated  map[Family]time.Time
 	nodeEligible bool
