@@ -1,0 +1,191 @@
+package proxier
+
+import (
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/utils/clock"
+)
+
+// Metrics records kube-proxy's metrics (pkg/proxy/metrics in Kubernetes
+// 1.35: the same names, types, labels and buckets), so dashboards and
+// alerts written for kube-proxy keep working. Per-family metrics carry
+// ip_family="IPv4" or "IPv6".
+//
+// Two approximations: every failed sync of a family counts as an
+// iptables-restore failure (a failed save or jump-rule insert is rare and
+// as serious), and the network programming latency of a sync is observed
+// in each family it succeeded in, not only the family of the slice.
+type Metrics struct {
+	clock clock.PassiveClock
+
+	syncDuration           *prometheus.HistogramVec
+	fullSyncDuration       *prometheus.HistogramVec
+	partialSyncDuration    *prometheus.HistogramVec
+	programmingDuration    *prometheus.HistogramVec
+	lastSynced             *prometheus.GaugeVec
+	restoreFailures        *prometheus.CounterVec
+	partialRestoreFailures *prometheus.CounterVec
+	noLocalEndpoints       *prometheus.GaugeVec
+	healthz                *prometheus.CounterVec
+	livez                  *prometheus.CounterVec
+}
+
+const metricsSubsystem = "kubeproxy"
+
+// syncBuckets are kube-proxy's sync duration buckets: 1ms to about 16s.
+var syncBuckets = prometheus.ExponentialBuckets(0.001, 2, 15)
+
+// programmingBuckets are kube-proxy's network programming buckets, from 0
+// through 0.25s steps, 1s steps, 5s steps, to 5 minutes.
+func programmingBuckets() []float64 {
+	b := []float64{0}
+	b = append(b, prometheus.LinearBuckets(0.25, 0.25, 2)...)
+	b = append(b, prometheus.LinearBuckets(1, 1, 59)...)
+	b = append(b, prometheus.LinearBuckets(60, 5, 12)...)
+	return append(b, prometheus.LinearBuckets(120, 30, 7)...)
+}
+
+// NewMetrics registers the metrics with reg; the change counters and the
+// last-queued time are read from tracker when scraped.
+func NewMetrics(reg prometheus.Registerer, tracker *Tracker, families []Family, clk clock.PassiveClock) *Metrics {
+	family := []string{"ip_family"}
+	histogram := func(name, help string, buckets []float64) *prometheus.HistogramVec {
+		return prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Subsystem: metricsSubsystem, Name: name, Help: help, Buckets: buckets,
+		}, family)
+	}
+	m := &Metrics{
+		clock:               clk,
+		syncDuration:        histogram("sync_proxy_rules_duration_seconds", "SyncProxyRules latency in seconds", syncBuckets),
+		fullSyncDuration:    histogram("sync_full_proxy_rules_duration_seconds", "SyncProxyRules latency in seconds for full resyncs", syncBuckets),
+		partialSyncDuration: histogram("sync_partial_proxy_rules_duration_seconds", "SyncProxyRules latency in seconds for partial resyncs", syncBuckets),
+		programmingDuration: histogram("network_programming_duration_seconds", "In Cluster Network Programming Latency in seconds", programmingBuckets()),
+		lastSynced: prometheus.NewGaugeVec(prometheus.GaugeOpts{Subsystem: metricsSubsystem,
+			Name: "sync_proxy_rules_last_timestamp_seconds", Help: "The last time proxy rules were successfully synced"}, family),
+		restoreFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Subsystem: metricsSubsystem,
+			Name: "sync_proxy_rules_iptables_restore_failures_total", Help: "Cumulative proxy iptables restore failures"}, family),
+		partialRestoreFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Subsystem: metricsSubsystem,
+			Name: "sync_proxy_rules_iptables_partial_restore_failures_total", Help: "Cumulative proxy iptables partial restore failures"}, family),
+		noLocalEndpoints: prometheus.NewGaugeVec(prometheus.GaugeOpts{Subsystem: metricsSubsystem,
+			Name: "sync_proxy_rules_no_local_endpoints_total", Help: "Number of services with a Local traffic policy and no endpoints"},
+			[]string{"ip_family", "traffic_policy"}),
+		healthz: prometheus.NewCounterVec(prometheus.CounterOpts{Subsystem: metricsSubsystem,
+			Name: "proxy_healthz_total", Help: "Cumulative proxy healthz HTTP status"}, []string{"code"}),
+		livez: prometheus.NewCounterVec(prometheus.CounterOpts{Subsystem: metricsSubsystem,
+			Name: "proxy_livez_total", Help: "Cumulative proxy livez HTTP status"}, []string{"code"}),
+	}
+	reg.MustRegister(m.syncDuration, m.fullSyncDuration, m.partialSyncDuration, m.programmingDuration,
+		m.lastSynced, m.restoreFailures, m.partialRestoreFailures, m.noLocalEndpoints, m.healthz, m.livez,
+		newChangeCollector(tracker, families))
+	return m
+}
+
+// Observe records one sync; register it with Syncer.Observe.
+func (m *Metrics) Observe(r *SyncReport) {
+	now := m.clock.Now()
+	for _, f := range r.Families {
+		fam := f.Family.String()
+		full := r.Full || f.Result.Full
+		m.syncDuration.WithLabelValues(fam).Observe(f.Duration.Seconds())
+		if full {
+			m.fullSyncDuration.WithLabelValues(fam).Observe(f.Duration.Seconds())
+		} else {
+			m.partialSyncDuration.WithLabelValues(fam).Observe(f.Duration.Seconds())
+		}
+		if f.View != nil {
+			internal, external := countNoLocalEndpoints(f.View)
+			m.noLocalEndpoints.WithLabelValues(fam, "internal").Set(float64(internal))
+			m.noLocalEndpoints.WithLabelValues(fam, "external").Set(float64(external))
+		}
+		if f.Err != nil {
+			m.restoreFailures.WithLabelValues(fam).Inc()
+			if !full {
+				m.partialRestoreFailures.WithLabelValues(fam).Inc()
+			}
+			continue
+		}
+		m.lastSynced.WithLabelValues(fam).Set(unixSeconds(now))
+		for _, trigger := range r.Snapshot.TriggerTimes {
+			m.programmingDuration.WithLabelValues(fam).Observe(now.Sub(trigger).Seconds())
+		}
+	}
+}
+
+// countNoLocalEndpoints counts, as kube-proxy does, the service ports that
+// have endpoints but none this node may use for a Local policy: internal
+// (the ClusterIP drops traffic) and external (outside traffic is dropped).
+func countNoLocalEndpoints(v *NodeView) (internal, external int) {
+	for _, sp := range v.Services {
+		if len(sp.ClusterEndpoints)+len(sp.LocalEndpoints)+len(sp.ExternalClusterEndpoints) == 0 {
+			continue
+		}
+		if sp.InternalPolicyLocal && len(sp.ClusterEndpoints) == 0 {
+			internal++
+		}
+		if sp.ExternalPolicyLocal && sp.ExternallyAccessible() && len(sp.LocalEndpoints) == 0 {
+			external++
+		}
+	}
+	return internal, external
+}
+
+// Served counts a /healthz or /livez answer; it is a HealthConfig.Served.
+func (m *Metrics) Served(path string, code int) {
+	c := m.healthz
+	if path == "/livez" {
+		c = m.livez
+	}
+	c.WithLabelValues(strconv.Itoa(code)).Inc()
+}
+
+func unixSeconds(t time.Time) float64 {
+	if t.IsZero() {
+		return 0
+	}
+	return float64(t.UnixNano()) / 1e9
+}
+
+// changeCollector reads the tracker's change counts once per scrape, so
+// the pending gauges and totals are as of the scrape and agree.
+type changeCollector struct {
+	tracker  *Tracker
+	families []Family
+
+	endpointsPending, endpointsTotal, servicesPending, servicesTotal, lastQueued *prometheus.Desc
+}
+
+func newChangeCollector(tracker *Tracker, families []Family) *changeCollector {
+	name := func(n string) string { return prometheus.BuildFQName(metricsSubsystem, "", n) }
+	return &changeCollector{
+		tracker:          tracker,
+		families:         families,
+		endpointsPending: prometheus.NewDesc(name("sync_proxy_rules_endpoint_changes_pending"), "Pending proxy rules Endpoint changes", nil, nil),
+		endpointsTotal:   prometheus.NewDesc(name("sync_proxy_rules_endpoint_changes_total"), "Cumulative proxy rules Endpoint changes", nil, nil),
+		servicesPending:  prometheus.NewDesc(name("sync_proxy_rules_service_changes_pending"), "Pending proxy rules Service changes", nil, nil),
+		servicesTotal:    prometheus.NewDesc(name("sync_proxy_rules_service_changes_total"), "Cumulative proxy rules Service changes", nil, nil),
+		lastQueued: prometheus.NewDesc(name("sync_proxy_rules_last_queued_timestamp_seconds"),
+			"The last time a sync of proxy rules was queued", []string{"ip_family"}, nil),
+	}
+}
+
+func (c *changeCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.endpointsPending
+	ch <- c.endpointsTotal
+	ch <- c.servicesPending
+	ch <- c.servicesTotal
+	ch <- c.lastQueued
+}
+
+func (c *changeCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.tracker.Stats()
+	ch <- prometheus.MustNewConstMetric(c.endpointsPending, prometheus.GaugeValue, float64(st.EndpointsPending))
+	ch <- prometheus.MustNewConstMetric(c.endpointsTotal, prometheus.CounterValue, float64(st.EndpointChanges))
+	ch <- prometheus.MustNewConstMetric(c.servicesPending, prometheus.GaugeValue, float64(st.ServicesPending))
+	ch <- prometheus.MustNewConstMetric(c.servicesTotal, prometheus.CounterValue, float64(st.ServiceChanges))
+	// One tracker feeds every family, so a change is queued for all of them.
+	for _, f := range c.families {
+		ch <- prometheus.MustNewConstMetric(c.lastQueued, prometheus.GaugeValue, unixSeconds(st.LastQueued), f.String())
+	}
+}

@@ -1,0 +1,157 @@
+package proxier
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+	clocktesting "k8s.io/utils/clock/testing"
+
+	pt "github.com/svcproxy/svcproxy/proxier/proxiertest"
+)
+
+// scrape gathers reg into "name{label=value,...}" -> value; a histogram
+// gives name_count and name_sum, and name_bucket for each upper bound.
+func scrape(t *testing.T, reg *prometheus.Registry) map[string]float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatalf("gather: %v", err)
+	}
+	out := map[string]float64{}
+	for _, mf := range families {
+		for _, m := range mf.GetMetric() {
+			var labels []string
+			for _, l := range m.GetLabel() {
+				labels = append(labels, l.GetName()+"="+l.GetValue())
+			}
+			key := func(suffix string, extra ...string) string {
+				return fmt.Sprintf("%s%s{%s}", mf.GetName(), suffix, strings.Join(append(slices.Clone(labels), extra...), ","))
+			}
+			switch {
+			case m.GetHistogram() != nil:
+				h := m.GetHistogram()
+				out[key("_count")] = float64(h.GetSampleCount())
+				out[key("_sum")] = h.GetSampleSum()
+				for _, b := range h.GetBucket() {
+					out[key("_bucket", fmt.Sprintf("le=%g", b.GetUpperBound()))] = float64(b.GetCumulativeCount())
+				}
+			case m.GetCounter() != nil:
+				out[key("")] = m.GetCounter().GetValue()
+			case m.GetGauge() != nil:
+				out[key("")] = m.GetGauge().GetValue()
+			}
+		}
+	}
+	return out
+}
+
+func endpointAt(addr string, local bool) Endpoint {
+	return Endpoint{Addr: netip.MustParseAddrPort(addr), Local: local, Ready: true, Serving: true}
+}
+
+// noLocalView has one port of each kind kube-proxy counts: internal policy
+// Local without a local endpoint, external policy Local without one, and
+// one that is fine.
+func noLocalView(fam Family) *NodeView {
+	port := func(name string) ServicePortName { return ServicePortName{"ns", name, "http", TCP} }
+	remote := []Endpoint{endpointAt("10.0.1.5:8080", false)}
+	return &NodeView{Family: fam, Services: map[ServicePortName]*ServicePort{
+		port("internal-local"): {Name: port("internal-local"), InternalPolicyLocal: true, ExternalClusterEndpoints: remote, NodePort: 30001},
+		port("external-local"): {Name: port("external-local"), ExternalPolicyLocal: true, NodePort: 30002, ClusterEndpoints: remote},
+		port("fine"):           {Name: port("fine"), ClusterEndpoints: remote},
+		port("no-endpoints"):   {Name: port("no-endpoints"), InternalPolicyLocal: true},
+	}}
+}
+
+func TestMetricsFromSyncReport(t *testing.T) {
+	clock := clocktesting.NewFakeClock(t0)
+	tracker := NewTracker(zap.NewNop(), clock.Now)
+	reg := prometheus.NewRegistry()
+	m := NewMetrics(reg, tracker, []Family{IPv4, IPv6}, clock)
+
+	tracker.UpsertService(webService())
+	tracker.UpsertEndpointSlice(pt.Slice("ns", "web-1", "web", pt.SlicePort("http", "TCP", 8080),
+		pt.Endpoints(pt.Ready("10.0.0.1", "node-a")), pt.TriggerTime(t0.Add(-1500*time.Millisecond).Format(time.RFC3339Nano))))
+	snap := tracker.Snapshot()
+	clock.Step(time.Second) // the sync ends 2.5s after the trigger
+
+	m.Observe(&SyncReport{Full: false, Snapshot: snap, Families: []FamilyReport{
+		{Family: IPv4, View: noLocalView(IPv4), Result: SyncResult{Full: true}, Duration: 30 * time.Millisecond},
+		{Family: IPv6, View: noLocalView(IPv6), Err: errors.New("ip6tables-restore: exit status 1"), Duration: 3 * time.Millisecond},
+	}})
+	m.Served("/healthz", 200)
+	m.Served("/healthz", 503)
+	m.Served("/livez", 200)
+	clock.Step(time.Second)
+	tracker.UpsertEndpointSlice(pt.Slice("ns", "web-1", "web", pt.SlicePort("http", "TCP", 8080), pt.Endpoints(pt.Ready("10.0.0.2", "node-a"))))
+
+	got := scrape(t, reg)
+	synced := float64(t0.Add(time.Second).Unix())
+	queued := float64(t0.Add(2 * time.Second).Unix())
+	want := map[string]float64{
+		"kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family=IPv4}":                           1,
+		"kubeproxy_sync_proxy_rules_duration_seconds_sum{ip_family=IPv4}":                             0.03,
+		"kubeproxy_sync_proxy_rules_duration_seconds_bucket{ip_family=IPv4,le=0.032}":                 1,
+		"kubeproxy_sync_proxy_rules_duration_seconds_bucket{ip_family=IPv4,le=0.016}":                 0,
+		"kubeproxy_sync_full_proxy_rules_duration_seconds_count{ip_family=IPv4}":                      1,
+		"kubeproxy_sync_partial_proxy_rules_duration_seconds_count{ip_family=IPv6}":                   1,
+		"kubeproxy_network_programming_duration_seconds_count{ip_family=IPv4}":                        1,
+		"kubeproxy_network_programming_duration_seconds_sum{ip_family=IPv4}":                          2.5,
+		"kubeproxy_network_programming_duration_seconds_bucket{ip_family=IPv4,le=2}":                  0,
+		"kubeproxy_network_programming_duration_seconds_bucket{ip_family=IPv4,le=3}":                  1,
+		"kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family=IPv4}":                           synced,
+		"kubeproxy_sync_proxy_rules_iptables_restore_failures_total{ip_family=IPv6}":                  1,
+		"kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total{ip_family=IPv6}":          1,
+		"kubeproxy_sync_proxy_rules_no_local_endpoints_total{ip_family=IPv4,traffic_policy=internal}": 1,
+		"kubeproxy_sync_proxy_rules_no_local_endpoints_total{ip_family=IPv4,traffic_policy=external}": 1,
+		"kubeproxy_sync_proxy_rules_endpoint_changes_pending{}":                                       1,
+		"kubeproxy_sync_proxy_rules_endpoint_changes_total{}":                                         2,
+		"kubeproxy_sync_proxy_rules_service_changes_pending{}":                                        0,
+		"kubeproxy_sync_proxy_rules_service_changes_total{}":                                          1,
+		"kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds{ip_family=IPv4}":                    queued,
+		"kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds{ip_family=IPv6}":                    queued,
+		"kubeproxy_proxy_healthz_total{code=200}":                                                     1,
+		"kubeproxy_proxy_healthz_total{code=503}":                                                     1,
+		"kubeproxy_proxy_livez_total{code=200}":                                                       1,
+	}
+	var wrong []string
+	for k, v := range want {
+		if g, ok := got[k]; !ok || g != v {
+			wrong = append(wrong, fmt.Sprintf("%s = %v (present %v), want %v", k, g, ok, v))
+		}
+	}
+	// A failed sync is no successful sync: IPv6 has no last timestamp and
+	// observes no programming latency.
+	for _, absent := range []string{
+		"kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family=IPv6}",
+		"kubeproxy_network_programming_duration_seconds_count{ip_family=IPv6}",
+		"kubeproxy_sync_partial_proxy_rules_duration_seconds_count{ip_family=IPv4}",
+	} {
+		if _, ok := got[absent]; ok {
+			wrong = append(wrong, absent+" is present")
+		}
+	}
+	sort.Strings(wrong)
+	for _, w := range wrong {
+		t.Error(w)
+	}
+}
+
+func TestMetricsBucketsMatchKubeProxy(t *testing.T) {
+	if len(syncBuckets) != 15 || syncBuckets[0] != 0.001 || syncBuckets[14] != 16.384 {
+		t.Errorf("sync buckets %v, want 0.001 doubling to 16.384", syncBuckets)
+	}
+	b := programmingBuckets()
+	// 0, then 2 + 59 + 12 + 7 steps, the last at 5 minutes.
+	if len(b) != 81 || b[0] != 0 || b[1] != 0.25 || b[3] != 1 || b[62] != 60 || b[74] != 120 || b[80] != 300 {
+		t.Errorf("network programming buckets %v", b)
+	}
+}
