@@ -50,8 +50,11 @@ func TestExternalAddresses(t *testing.T) {
 		expectReply(t, c.Outside(), "udp", udp("203.0.113.11"), "pod-1", masq)
 		expectReply(t, c.Outside(), "tcp", tcp("198.51.100.11"), "pod-1", masq)
 		expectReply(t, c.Outside(), "udp", udp("198.51.100.11"), "pod-1", masq)
-		// A pod may use them too, and reaches the same endpoints.
+		// Pods and the node itself may use them too.
 		expectReply(t, c.Pod(0), "tcp", tcp("203.0.113.11"), "pod-1", masq)
+		expectReply(t, c.Pod(0), "tcp", at(node, 30080), "pod-1", masq)
+		expectReply(t, c.Node(), "tcp", at(node, 30080), "pod-1", masq)
+		expectReply(t, c.Node(), "udp", at(node, 30053), "pod-1", masq)
 	})
 }
 
