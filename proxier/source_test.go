@@ -1,0 +1,181 @@
+package proxier
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
+
+	pt "github.com/svcproxy/svcproxy/proxier/proxiertest"
+)
+
+func sourceTestNode() *v1.Node {
+	return &v1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: "node-a", Labels: map[string]string{v1.LabelTopologyZone: "zone-1"}},
+		Spec:       v1.NodeSpec{PodCIDRs: []string{"10.244.1.0/24", "fd00:244:1::/64"}},
+		Status: v1.NodeStatus{Addresses: []v1.NodeAddress{
+			{Type: v1.NodeHostName, Address: "node-a"},
+			{Type: v1.NodeExternalIP, Address: "203.0.113.7"},
+			{Type: v1.NodeInternalIP, Address: "192.168.50.1"},
+			{Type: v1.NodeInternalIP, Address: "fd00:50::1"},
+		}},
+	}
+}
+
+// nodeLog records what a Source tells its OnNode.
+type nodeLog struct {
+	mu    sync.Mutex
+	nodes []*v1.Node
+}
+
+func (l *nodeLog) record(n *v1.Node) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.nodes = append(l.nodes, n)
+}
+
+func (l *nodeLog) last() (*v1.Node, int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.nodes) == 0 {
+		return nil, 0
+	}
+	return l.nodes[len(l.nodes)-1], len(l.nodes)
+}
+
+func startSource(t *testing.T, client *fake.Clientset) (*Tracker, *Source, *nodeLog) {
+	t.Helper()
+	tracker := NewTracker(zap.NewNop(), time.Now)
+	nodes := &nodeLog{}
+	src, err := NewSource(SourceConfig{Client: client, NodeName: "node-a", Tracker: tracker, OnNode: nodes.record, Log: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	src.Start(ctx)
+	return tracker, src, nodes
+}
+
+// eventually polls cond for up to five seconds.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting: %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestSourceFeedsTrackerFromInformers(t *testing.T) {
+	otherProxy := pt.Service("ns", "other", []string{"10.96.0.20"}, pt.Port("http", "TCP", 80))
+	otherProxy.Labels = map[string]string{labelServiceProxyName: "someone-else"}
+	headlessSlice := webSlice("headless-1", "10.0.0.9")
+	headlessSlice.Labels[labelHeadless] = ""
+	client := fake.NewClientset(sourceTestNode(), webService(), webSlice("web-1", "10.0.0.1"), otherProxy, headlessSlice)
+
+	tracker, src, nodes := startSource(t, client)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := src.WaitForSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	node, ok := src.WaitForNode(ctx)
+	if !ok {
+		t.Fatalf("WaitForNode: no addresses in %+v", node)
+	}
+
+	snap := tracker.Snapshot()
+	if _, ok := snap.Service(web); !ok {
+		t.Error("ns/web not in the tracker")
+	}
+	if _, ok := snap.Service(ServiceName{"ns", "other"}); ok {
+		t.Error("a service labelled for another proxy reached the tracker")
+	}
+	if got := sliceAddrs(snap, web); !slices.Equal(got, []string{"web-1=10.0.0.1"}) {
+		t.Errorf("web's endpoints %v (the headless slice must be left out)", got)
+	}
+	wantNode := NodeInfo{Name: "node-a", Zone: "zone-1",
+		Addresses: []netip.Addr{netip.MustParseAddr("192.168.50.1"), netip.MustParseAddr("fd00:50::1"), netip.MustParseAddr("203.0.113.7")},
+		PodCIDRs:  []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24"), netip.MustParsePrefix("fd00:244:1::/64")}}
+	if !nodeEqual(snap.Node, wantNode) || !nodeEqual(node, wantNode) {
+		t.Errorf("node info: tracker %+v, WaitForNode %+v, want %+v", snap.Node, node, wantNode)
+	}
+	if n, _ := nodes.last(); n == nil || n.Name != "node-a" {
+		t.Errorf("OnNode was not told about node-a: %v", n)
+	}
+
+	// Changes through the API reach the tracker.
+	if _, err := client.DiscoveryV1().EndpointSlices("ns").Update(ctx, webSlice("web-1", "10.0.0.2"), metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the slice update", func() bool {
+		return slices.Equal(sliceAddrs(tracker.Snapshot(), web), []string{"web-1=10.0.0.2"})
+	})
+	if err := client.CoreV1().Services("ns").Delete(ctx, "web", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the service delete", func() bool { _, ok := tracker.Snapshot().Service(web); return !ok })
+	if err := client.CoreV1().Nodes().Delete(ctx, "node-a", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "OnNode(nil) on the node delete", func() bool { n, count := nodes.last(); return n == nil && count > 1 })
+}
+
+func TestSourceWaitForSyncSaysWhyListingFailed(t *testing.T) {
+	client := fake.NewClientset()
+	client.PrependReactor("list", "endpointslices", func(k8stesting.Action) (bool, runtime.Object, error) {
+		return true, nil, errors.New(`endpointslices.discovery.k8s.io is forbidden: User "system:serviceaccount:kube-system:svcproxy" cannot list resource`)
+	})
+	_, src, _ := startSource(t, client)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	err := src.WaitForSync(ctx)
+	if err == nil || !strings.Contains(err.Error(), "could not list endpointslices") || !strings.Contains(err.Error(), "forbidden") {
+		t.Fatalf("WaitForSync: %v, want it to name endpointslices and the forbidden error", err)
+	}
+}
+
+func TestSourceWaitForNodeGivesUpWithoutAddresses(t *testing.T) {
+	bare := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a"}}
+	_, src, _ := startSource(t, fake.NewClientset(bare))
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	if err := src.WaitForSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if node, ok := src.WaitForNode(ctx); ok || node.Name != "node-a" {
+		t.Fatalf("WaitForNode = %+v, %v; want node-a without addresses, false", node, ok)
+	}
+}
+
+func TestNodeInfoFromNodeSkipsBadValues(t *testing.T) {
+	n := &v1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: "n"},
+		Spec:       v1.NodeSpec{PodCIDR: "10.244.3.7/24"},
+		Status: v1.NodeStatus{Addresses: []v1.NodeAddress{
+			{Type: v1.NodeInternalIP, Address: "not-an-ip"},
+			{Type: v1.NodeInternalIP, Address: "::ffff:192.168.1.1"},
+			{Type: v1.NodeExternalIP, Address: "192.168.1.1"},
+		}},
+	}
+	got := NodeInfoFromNode(n)
+	want := NodeInfo{Name: "n", Addresses: []netip.Addr{netip.MustParseAddr("192.168.1.1")},
+		PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.3.0/24")}}
+	if !nodeEqual(got, want) {
+		t.Errorf("got %+v, want %+v", got, want)
+	}
+}
