@@ -213,6 +213,17 @@ func (c *cluster) deleteService(name string) {
 	c.proc.tracker.DeleteService(namespace, name)
 }
 
+// deleteWhileDown deletes a service and its slices from the API without
+// telling svcproxy, as if it happened while svcproxy was not running.
+func (c *cluster) deleteWhileDown(name string) {
+	delete(c.services, name)
+	for sliceName, es := range c.slices {
+		if es.Labels[discoveryv1.LabelServiceName] == name {
+			delete(c.slices, sliceName)
+		}
+	}
+}
+
 // upsertSlice creates or updates an EndpointSlice in the API.
 func (c *cluster) upsertSlice(es *discoveryv1.EndpointSlice) {
 	c.slices[es.Name] = es

@@ -71,14 +71,12 @@ func TestRestartKeepsTraffic(t *testing.T) {
 		slice := endpoints("web", local(c.Pod(1)), local(c.Pod(2)))
 		proxiertest.SlicePort("long", "TCP", longPort)(slice)
 		c.upsertSlice(slice)
-		// A service deleted while svcproxy is down: the restarted one must
-		// remove its rules although it never knew it.
 		c.upsertService(service("gone", []string{"10.96.0.32"}))
 		c.upsertSlice(endpoints("gone", local(c.Pod(1))))
 		c.sync()
 
 		long := dialLines(t, c.Pod(0), at(mustAddr("10.96.0.31"), longPort))
-		before, err := long.ask()
+		longBefore, err := long.ask()
 		if err != nil {
 			t.Fatalf("long-lived connection: %v", err)
 		}
@@ -87,26 +85,14 @@ func TestRestartKeepsTraffic(t *testing.T) {
 		if err != nil {
 			t.Fatalf("UDP: %v", err)
 		}
+		// The restarted svcproxy must remove the rules of a service
+		// deleted while it was down, although it never knew it.
+		c.deleteWhileDown("gone")
 
-		probe := startProbe(c.Pod(0), tcp("10.96.0.31"))
-		time.Sleep(200 * time.Millisecond)
-		delete(c.services, "gone")
-		delete(c.slices, "gone-v4")
-		c.restart()
-		time.Sleep(200 * time.Millisecond)
-		made, failures := probe.stop()
-
-		if reps := c.proc.reportsSince(time.Time{}); len(reps) != 1 || !reps[0].Families[0].Result.Full {
-			t.Errorf("the restarted svcproxy's first sync was not full")
-		}
-		if len(failures) > 0 || made < 5 {
-			t.Errorf("new connections across the restart: %d made, %d failed: %v", made, len(failures), failures)
-		} else {
-			t.Logf("%d new connections across the restart, none failed", made)
-		}
+		restartUnderProbe(t, c, tcp("10.96.0.31"))
 		expectFlowKept(t, c.flows, resolver, udpBefore)
-		if after, err := long.ask(); err != nil || after != before {
-			t.Errorf("long-lived connection after the restart: %v, %v; want %v", after, err, before)
+		if after, err := long.ask(); err != nil || after != longBefore {
+			t.Errorf("long-lived connection after the restart: %v, %v; want %v", after, err, longBefore)
 		}
 		if after, err := resolver.Ask(); err != nil || after != udpBefore {
 			t.Errorf("UDP flow after the restart: %v, %v; want %v", after, err, udpBefore)
@@ -114,6 +100,28 @@ func TestRestartKeepsTraffic(t *testing.T) {
 		c.Pod(0).Timeout = shortTimeout
 		expectFailure(t, c.Pod(0), "tcp", tcp("10.96.0.32"), netnstest.ErrTimeout)
 	})
+}
+
+// restartUnderProbe restarts svcproxy while pod-0 makes new connections to
+// dst, and wants every one of them answered and the first sync full.
+func restartUnderProbe(t *testing.T, c *cluster, dst netip.AddrPort) {
+	t.Helper()
+	probe := startProbe(c.Pod(0), dst)
+	time.Sleep(200 * time.Millisecond)
+	c.restart()
+	time.Sleep(200 * time.Millisecond)
+	made, failures := probe.stop()
+
+	for _, f := range c.proc.reportsSince(time.Time{})[0].Families {
+		if !f.Result.Full {
+			t.Errorf("the restarted svcproxy's first %v sync was not full", f.Family)
+		}
+	}
+	if len(failures) > 0 || made < 5 {
+		t.Errorf("new connections across the restart: %d made, %d failed: %v", made, len(failures), failures)
+		return
+	}
+	t.Logf("%d new connections across the restart, none failed", made)
 }
 
 // expectFlowKept wants the UDP client's conntrack entry still in the table,
