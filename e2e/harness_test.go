@@ -373,6 +373,10 @@ func local6(pod *netnstest.NS) proxiertest.Endpoint {
 	return proxiertest.Ready(pod.IPv6().String(), nodeName)
 }
 
+func remote6(pod *netnstest.NS) proxiertest.Endpoint {
+	return proxiertest.Ready(pod.IPv6().String(), otherNode)
+}
+
 // Traffic checks.
 
 func tcp(ip string) netip.AddrPort { return netip.AddrPortFrom(mustAddr(ip), svcTCP) }

@@ -132,3 +132,33 @@ func TestIPv6(t *testing.T) {
 		}
 	})
 }
+
+// The policies that write family-specific rules (affinity masks, hairpin
+// and source-range matches, the Local policy's source checks) in IPv6.
+func TestIPv6Policies(t *testing.T) {
+	forEachFlavor(t, func(t *testing.T, flavor iptables.Flavor) {
+		c := newCluster(t, flavor, 4)
+		c.upsertService(service("sticky6", []string{"fd00:96::20"}, proxiertest.Affinity(0)))
+		c.upsertSlice(endpoints("sticky6", local6(c.Pod(1)), local6(c.Pod(2)), local6(c.Pod(3))))
+		c.upsertService(service("self6", []string{"fd00:96::21"}))
+		c.upsertSlice(endpoints("self6", local6(c.Pod(0))))
+		c.upsertService(service("local6", []string{"fd00:96::22"}, nodePorts(30110, 30111),
+			proxiertest.LoadBalancer("2001:db8::22"), proxiertest.SourceRanges(c.Outside().IPv6().String()+"/128"),
+			proxiertest.ExternalLocal(32001)))
+		c.upsertSlice(endpoints("local6", local6(c.Pod(1)), remote6(c.Pod(2))))
+		c.sync()
+
+		if got := answers(t, c.Pod(0), "tcp", at(mustAddr("fd00:96::20"), svcTCP), 20); len(got.servers) != 1 {
+			t.Errorf("IPv6 ClientIP affinity: answered by %s; want one endpoint", got)
+		}
+		expectReply(t, c.Pod(0), "tcp", at(mustAddr("fd00:96::21"), svcTCP), "pod-0", c.PodGateway(c.Pod(0).IPv6()))
+		expectReply(t, c.Node(), "tcp", at(mustAddr("fd00:96::21"), svcTCP), "pod-0", c.PodGateway(c.Pod(0).IPv6()))
+
+		outside := c.Outside().IPv6()
+		expectServers(t, c.Outside(), "tcp", at(c.Node().IPv6(), 30110), 10, outside, "pod-1")
+		expectServers(t, c.Outside(), "udp", at(c.Node().IPv6(), 30111), 10, outside, "pod-1")
+		expectServers(t, c.Outside(), "tcp", at(mustAddr("2001:db8::22"), svcTCP), 10, outside, "pod-1")
+		c.Pod(3).Timeout = shortTimeout
+		expectFailure(t, c.Pod(3), "tcp", at(mustAddr("2001:db8::22"), svcTCP), netnstest.ErrTimeout)
+	})
+}
