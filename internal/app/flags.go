@@ -1,0 +1,269 @@
+package app
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+	kubeproxy "k8s.io/kube-proxy/config/v1alpha1"
+	"sigs.k8s.io/yaml"
+)
+
+// Options is a parsed command line.
+type Options struct {
+	Config Config
+	// Cleanup asks to remove everything svcproxy programmed, then exit.
+	Cleanup bool
+	// InitOnly is kube-proxy's --init-only: svcproxy needs no privileged
+	// initialisation, so it has nothing to do and exits.
+	InitOnly bool
+	// WriteConfigTo, if set, asks to write KubeProxy there and exit.
+	WriteConfigTo string
+	// KubeProxy is the effective kube-proxy configuration.
+	KubeProxy kubeproxy.KubeProxyConfiguration
+	// Warnings name the flags that have no effect: kube-proxy flags
+	// svcproxy does not use, and flags a --config file overrides.
+	Warnings []string
+}
+
+// commandLine is the flag set and where its values land. As in kube-proxy,
+// the flags that mirror configuration fields write into a defaulted
+// KubeProxyConfiguration, which a --config file then replaces whole.
+type commandLine struct {
+	fs *pflag.FlagSet
+	kp kubeproxy.KubeProxyConfiguration
+
+	configFile, master, hostnameOverride, writeConfigTo string
+	cleanup, initOnly                                   bool
+	healthzPort, metricsPort                            int32
+	logFormat                                           string
+
+	flavor                  string
+	apiTimeout, nodeTimeout time.Duration
+
+	// fileWins are the flags whose settings a --config file replaces.
+	fileWins map[string]bool
+	// ignored are kube-proxy's flags that svcproxy accepts and ignores.
+	ignored []string
+}
+
+func newCommandLine() *commandLine {
+	c := &commandLine{
+		fs:       pflag.NewFlagSet("svcproxy", pflag.ContinueOnError),
+		kp:       DefaultKubeProxyConfiguration(),
+		fileWins: map[string]bool{},
+	}
+	// pflag would print every parse error and the whole usage; the caller
+	// prints the error, once, and Parse prints the usage for -h.
+	c.fs.SetOutput(io.Discard)
+	c.fs.Usage = func() {}
+	c.fs.SortFlags = false
+	c.addKubeProxyFlags()
+	c.addIgnoredKubeProxyFlags()
+	c.addSvcproxyFlags()
+	return c
+}
+
+// config registers a flag that mirrors a configuration field.
+func (c *commandLine) config(names ...string) {
+	for _, n := range names {
+		c.fileWins[n] = true
+	}
+}
+
+func (c *commandLine) addKubeProxyFlags() {
+	fs, kp := c.fs, &c.kp
+	fs.StringVar(&c.configFile, "config", "", "The path to the configuration file (a KubeProxyConfiguration, kubeproxy.config.k8s.io/v1alpha1, YAML or JSON). As in kube-proxy, it overrides the flags that mirror its fields.")
+	fs.StringVar(&c.writeConfigTo, "write-config-to", "", "If set, write the effective configuration to this file and exit.")
+	fs.BoolVar(&c.cleanup, "cleanup", false, "If true, remove every rule svcproxy programmed (both IP families, both iptables flavors) and exit.")
+	fs.BoolVar(&c.initOnly, "init-only", false, "Accepted for kube-proxy compatibility: svcproxy needs no privileged initialisation, so it exits at once.")
+	fs.StringVar(&kp.ClientConnection.Kubeconfig, "kubeconfig", "", "Path to a kubeconfig file. With neither --kubeconfig nor --master, the in-cluster configuration is used.")
+	fs.StringVar(&c.master, "master", "", "The address of the Kubernetes API server (overrides any value in kubeconfig).")
+	fs.StringVar(&kp.ClientConnection.ContentType, "kube-api-content-type", kp.ClientConnection.ContentType, "Content type of requests sent to the API server.")
+	fs.Int32Var(&kp.ClientConnection.Burst, "kube-api-burst", kp.ClientConnection.Burst, "Burst to use while talking with the API server.")
+	fs.Float32Var(&kp.ClientConnection.QPS, "kube-api-qps", kp.ClientConnection.QPS, "QPS to use while talking with the API server.")
+	fs.StringVar(&c.hostnameOverride, "hostname-override", "", "The name of this node's Node object; default the host name. Takes precedence over the config file.")
+	fs.StringVar((*string)(&kp.Mode), "proxy-mode", "", "Which proxy mode to use: iptables (the default). ipvs is not implemented yet.")
+	fs.StringVar((*string)(&kp.Mode), "mode", "", "Same as --proxy-mode.")
+	fs.StringVar(&kp.HealthzBindAddress, "healthz-bind-address", kp.HealthzBindAddress, "The IP address and port for the health server (/healthz, /livez); empty to disable.")
+	fs.StringVar(&kp.MetricsBindAddress, "metrics-bind-address", kp.MetricsBindAddress, "The IP address and port for the metrics server (/metrics); empty to disable.")
+	fs.Int32Var(&c.healthzPort, "healthz-port", defaultHealthzPort, "Deprecated: 0 disables the health server; use --healthz-bind-address.")
+	fs.Int32Var(&c.metricsPort, "metrics-port", defaultMetricsPort, "Deprecated: 0 disables the metrics server; use --metrics-bind-address.")
+	fs.StringVar(&kp.ClusterCIDR, "cluster-cidr", "", "The CIDR range of the pods in the cluster, or a comma-separated dual-stack pair. Traffic to a ClusterIP from outside it is masqueraded.")
+	fs.BoolVar(&kp.IPTables.MasqueradeAll, "masquerade-all", false, "SNAT all traffic sent via Service cluster IPs.")
+	fs.Int32Var(kp.IPTables.MasqueradeBit, "iptables-masquerade-bit", *kp.IPTables.MasqueradeBit, "The bit of the fwmark space that marks packets to SNAT, within [0, 31].")
+	fs.StringSliceVar(&kp.NodePortAddresses, "nodeport-addresses", nil, "CIDR ranges of the node IPs NodePorts accept connections on, or 'primary' for the Node's primary IPs; default every local IP.")
+	fs.DurationVar(&kp.IPTables.SyncPeriod.Duration, "iptables-sync-period", kp.IPTables.SyncPeriod.Duration, "The longest time between two full syncs of the rules.")
+	fs.DurationVar(&kp.IPTables.SyncPeriod.Duration, "sync-period", kp.IPTables.SyncPeriod.Duration, "Same as --iptables-sync-period.")
+	fs.DurationVar(&kp.IPTables.MinSyncPeriod.Duration, "iptables-min-sync-period", kp.IPTables.MinSyncPeriod.Duration, "The shortest time between two syncs; 0 syncs on every change.")
+	fs.DurationVar(&kp.IPTables.MinSyncPeriod.Duration, "min-sync-period", kp.IPTables.MinSyncPeriod.Duration, "Same as --iptables-min-sync-period.")
+	fs.DurationVar(&kp.ConfigSyncPeriod.Duration, "config-sync-period", kp.ConfigSyncPeriod.Duration, "How often the informers resync from their caches.")
+	fs.Uint32VarP((*uint32)(&kp.Logging.Verbosity), "v", "v", 0, "Log verbosity: 0 info, 1 and above debug, higher for client-go's detail.")
+	fs.StringVar(&kp.Logging.Format, "logging-format", kp.Logging.Format, "Log format: text or json.")
+	c.config("kubeconfig", "kube-api-content-type", "kube-api-burst", "kube-api-qps", "proxy-mode", "mode",
+		"healthz-bind-address", "metrics-bind-address", "healthz-port", "metrics-port", "cluster-cidr",
+		"masquerade-all", "iptables-masquerade-bit", "nodeport-addresses", "iptables-sync-period", "sync-period",
+		"iptables-min-sync-period", "min-sync-period", "config-sync-period")
+}
+
+// addIgnoredKubeProxyFlags accepts kube-proxy's other flags (those of
+// Kubernetes 1.35, the logging ones, and a few older ones still found in
+// manifests), so a kube-proxy DaemonSet's arguments work unchanged.
+func (c *commandLine) addIgnoredKubeProxyFlags() {
+	bools := []string{"bind-address-hard-fail", "profiling", "iptables-localhost-nodeports", "ipvs-strict-arp",
+		"conntrack-tcp-be-liberal", "log-json-split-stream", "log-text-split-stream", "logtostderr",
+		"alsologtostderr", "add-dir-header", "skip-headers", "skip-log-headers", "one-output"}
+	values := []string{"feature-gates", "bind-address", "show-hidden-metrics-for-version", "ipvs-sync-period",
+		"ipvs-min-sync-period", "ipvs-scheduler", "ipvs-exclude-cidrs", "ipvs-tcp-timeout", "ipvs-tcpfin-timeout",
+		"ipvs-udp-timeout", "detect-local-mode", "pod-bridge-interface", "pod-interface-name-prefix", "oom-score-adj",
+		"conntrack-max-per-core", "conntrack-min", "conntrack-tcp-timeout-established",
+		"conntrack-tcp-timeout-close-wait", "conntrack-udp-timeout", "conntrack-udp-timeout-stream",
+		"log-flush-frequency", "vmodule", "log-json-info-buffer-size", "log-text-info-buffer-size",
+		"proxy-port-range", "udp-timeout", "boot-id-file", "machine-id-file", "log-dir", "log-file",
+		"log-file-max-size", "stderrthreshold", "log-backtrace-at"}
+	for _, name := range bools {
+		c.fs.String(name, "", "kube-proxy flag, accepted and ignored.")
+		c.fs.Lookup(name).NoOptDefVal = "true"
+	}
+	for _, name := range values {
+		c.fs.String(name, "", "kube-proxy flag, accepted and ignored.")
+	}
+	c.ignored = slices.Concat(bools, values)
+}
+
+func (c *commandLine) addSvcproxyFlags() {
+	c.fs.StringVar(&c.flavor, "iptables-flavor", "auto", "svcproxy: iptables implementation, nft, legacy, or auto (the one the host's rules already use).")
+	c.fs.StringVar(&c.logFormat, "log-format", "", "svcproxy: log format, console (same as text) or json; overrides --logging-format.")
+	c.fs.DurationVar(&c.apiTimeout, "api-timeout", 30*time.Second, "svcproxy: how long to wait at startup for the API server to list Services, EndpointSlices and the Node before giving up.")
+	c.fs.DurationVar(&c.nodeTimeout, "node-timeout", 30*time.Second, "svcproxy: how long to wait at startup for this node's Node object to have addresses; after that svcproxy runs without node information.")
+}
+
+// Parse reads the command line (without the program name). With -h it
+// prints the usage to out and returns pflag.ErrHelp.
+func Parse(args []string, out io.Writer) (*Options, error) {
+	c := newCommandLine()
+	if err := c.fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			c.usage(out)
+		}
+		return nil, err
+	}
+	if c.fs.NArg() > 0 {
+		return nil, fmt.Errorf("svcproxy takes no arguments, got %q", c.fs.Args())
+	}
+	opts := &Options{Cleanup: c.cleanup, InitOnly: c.initOnly, WriteConfigTo: c.writeConfigTo}
+	opts.Warnings = c.ignoredWarnings()
+	kp, warnings, err := c.effectiveConfiguration()
+	if err != nil {
+		return nil, err
+	}
+	opts.Warnings = append(opts.Warnings, warnings...)
+	opts.KubeProxy = kp
+	if opts.Config, err = resolve(&kp); err != nil {
+		return nil, err
+	}
+	if err := c.applySvcproxyFlags(&opts.Config); err != nil {
+		return nil, err
+	}
+	return opts, nil
+}
+
+func (c *commandLine) ignoredWarnings() []string {
+	var w []string
+	for _, name := range c.ignored {
+		if c.fs.Changed(name) {
+			w = append(w, fmt.Sprintf("flag --%s is a kube-proxy flag svcproxy does not use; ignored", name))
+		}
+	}
+	return w
+}
+
+// effectiveConfiguration is kube-proxy's precedence: without --config the
+// flags apply over the defaults; with it the file replaces them all,
+// except the logging flags and --hostname-override, which still win.
+func (c *commandLine) effectiveConfiguration() (kubeproxy.KubeProxyConfiguration, []string, error) {
+	kp := c.kp
+	var warnings []string
+	if c.configFile == "" {
+		c.applyDeprecatedPorts(&kp)
+	} else {
+		file, err := LoadConfigFile(c.configFile)
+		if err != nil {
+			return kp, nil, err
+		}
+		c.fs.Visit(func(f *pflag.Flag) {
+			if c.fileWins[f.Name] {
+				warnings = append(warnings, fmt.Sprintf("flag --%s is ignored: --config is given and, as in kube-proxy, the file wins", f.Name))
+			}
+		})
+		if c.fs.Changed("v") {
+			file.Logging.Verbosity = kp.Logging.Verbosity
+		}
+		if c.fs.Changed("logging-format") {
+			file.Logging.Format = kp.Logging.Format
+		}
+		kp = file
+	}
+	if c.fs.Changed("hostname-override") {
+		name := strings.ToLower(strings.TrimSpace(c.hostnameOverride))
+		if name == "" {
+			return kp, nil, errors.New("empty --hostname-override is invalid")
+		}
+		kp.HostnameOverride = name
+	}
+	return kp, warnings, nil
+}
+
+// applyDeprecatedPorts is kube-proxy's reading of --healthz-port and
+// --metrics-port: 0 turns the server off.
+func (c *commandLine) applyDeprecatedPorts(kp *kubeproxy.KubeProxyConfiguration) {
+	if c.healthzPort == 0 {
+		kp.HealthzBindAddress = ""
+	}
+	if c.metricsPort == 0 {
+		kp.MetricsBindAddress = ""
+	}
+}
+
+func (c *commandLine) applySvcproxyFlags(cfg *Config) error {
+	cfg.Master = c.master
+	switch c.flavor {
+	case "auto", "nft", "legacy":
+		cfg.Flavor = c.flavor
+	default:
+		return fmt.Errorf("--iptables-flavor %q: want auto, nft or legacy", c.flavor)
+	}
+	switch c.logFormat {
+	case "":
+	case "console", "text":
+		cfg.LogFormat = "text"
+	case "json":
+		cfg.LogFormat = "json"
+	default:
+		return fmt.Errorf("--log-format %q: want console or json", c.logFormat)
+	}
+	if c.apiTimeout <= 0 || c.nodeTimeout < 0 {
+		return fmt.Errorf("--api-timeout %v must be positive and --node-timeout %v not negative", c.apiTimeout, c.nodeTimeout)
+	}
+	cfg.APITimeout, cfg.NodeTimeout = c.apiTimeout, c.nodeTimeout
+	return nil
+}
+
+// WriteConfig writes a KubeProxyConfiguration as YAML (--write-config-to).
+func WriteConfig(kp kubeproxy.KubeProxyConfiguration, w io.Writer) error {
+	out, err := yaml.Marshal(kp)
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(out)
+	return err
+}
+
+func (c *commandLine) usage(out io.Writer) {
+	fmt.Fprint(out, "Usage: svcproxy [flags]\n\nsvcproxy replaces kube-proxy: it takes kube-proxy's flags and config file.\n\nFlags:\n")
+	fmt.Fprint(out, c.fs.FlagUsages())
+}

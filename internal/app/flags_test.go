@@ -1,0 +1,239 @@
+package app
+
+import (
+	"bytes"
+	"errors"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/pflag"
+)
+
+func prefixes(s ...string) []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range s {
+		out = append(out, netip.MustParsePrefix(p))
+	}
+	return out
+}
+
+func parse(t *testing.T, args ...string) *Options {
+	t.Helper()
+	opts, err := Parse(args, &bytes.Buffer{})
+	if err != nil {
+		t.Fatalf("Parse(%q): %v", args, err)
+	}
+	return opts
+}
+
+func parseErr(t *testing.T, args ...string) string {
+	t.Helper()
+	_, err := Parse(args, &bytes.Buffer{})
+	if err == nil {
+		t.Fatalf("Parse(%q) succeeded, want an error", args)
+	}
+	if strings.Contains(err.Error(), "\n") {
+		t.Errorf("Parse(%q): error %q spans lines; want one line", args, err)
+	}
+	return err.Error()
+}
+
+func writeFile(t *testing.T, name, text string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func TestParseDefaultsAreKubeProxys(t *testing.T) {
+	got := parse(t).Config
+	want := Config{
+		ContentType: "application/vnd.kubernetes.protobuf", QPS: 5, Burst: 10,
+		MasqueradeBit: 14, SyncPeriod: 30 * time.Second, MinSyncPeriod: time.Second,
+		ConfigSyncPeriod: 15 * time.Minute, HealthzBindAddress: "0.0.0.0:10256",
+		MetricsBindAddress: "127.0.0.1:10249", Flavor: "auto", APITimeout: 30 * time.Second,
+		NodeTimeout: 30 * time.Second, LogFormat: "text",
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("defaults:\n got %+v\nwant %+v", got, want)
+	}
+}
+
+func TestParseKubeProxyFlags(t *testing.T) {
+	opts := parse(t, "--kubeconfig=/etc/kube/config", "--master=https://10.0.0.1:6443", "--proxy-mode=iptables",
+		"--hostname-override= Node-A ", "--cluster-cidr=10.244.0.0/16,fd00:244::/56", "--masquerade-all",
+		"--nodeport-addresses=192.168.50.0/24,fd00:50::1/64", "--iptables-sync-period=10s", "--min-sync-period=0",
+		"--iptables-masquerade-bit=15", "--metrics-bind-address=0.0.0.0:9249", "--healthz-bind-address=[::]:10256",
+		"-v=3", "--iptables-flavor=legacy", "--log-format=json", "--api-timeout=5s", "--node-timeout=0s")
+	got := opts.Config
+	want := Config{
+		Kubeconfig: "/etc/kube/config", Master: "https://10.0.0.1:6443",
+		ContentType: "application/vnd.kubernetes.protobuf", QPS: 5, Burst: 10, NodeName: "node-a",
+		ClusterCIDRs: prefixes("10.244.0.0/16", "fd00:244::/56"), MasqueradeAll: true, MasqueradeBit: 15,
+		NodePortAddresses: prefixes("192.168.50.0/24", "fd00:50::/64"),
+		SyncPeriod:        10 * time.Second, MinSyncPeriod: 0, ConfigSyncPeriod: 15 * time.Minute,
+		HealthzBindAddress: "[::]:10256", MetricsBindAddress: "0.0.0.0:9249",
+		Flavor: "legacy", APITimeout: 5 * time.Second, NodeTimeout: 0, Verbosity: 3, LogFormat: "json",
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("flags:\n got %+v\nwant %+v", got, want)
+	}
+	if len(opts.Warnings) != 0 {
+		t.Errorf("warnings %q, want none", opts.Warnings)
+	}
+	if c := parse(t, "--mode=iptables", "--nodeport-addresses=primary").Config; !c.NodePortPrimary || c.NodePortAddresses != nil {
+		t.Errorf("--nodeport-addresses=primary: %+v", c)
+	}
+	if c := parse(t, "--healthz-port=0", "--metrics-port=0").Config; c.HealthzBindAddress != "" || c.MetricsBindAddress != "" {
+		t.Errorf("--healthz-port=0 --metrics-port=0 leave servers at %q and %q, want both off", c.HealthzBindAddress, c.MetricsBindAddress)
+	}
+}
+
+func TestParseWarnsOnceForEachUnusedKubeProxyFlag(t *testing.T) {
+	// Arguments of a typical kube-proxy DaemonSet.
+	opts := parse(t, "--conntrack-max-per-core=0", "--profiling", "--feature-gates=A=true,B=false",
+		"--oom-score-adj", "-999", "--v=2", "--detect-local-mode=ClusterCIDR", "--cluster-cidr=10.244.0.0/16")
+	want := []string{
+		"flag --profiling is a kube-proxy flag svcproxy does not use; ignored",
+		"flag --feature-gates is a kube-proxy flag svcproxy does not use; ignored",
+		"flag --detect-local-mode is a kube-proxy flag svcproxy does not use; ignored",
+		"flag --oom-score-adj is a kube-proxy flag svcproxy does not use; ignored",
+		"flag --conntrack-max-per-core is a kube-proxy flag svcproxy does not use; ignored",
+	}
+	if !slices.Equal(sorted(opts.Warnings), sorted(want)) {
+		t.Errorf("warnings:\n%s\nwant:\n%s", strings.Join(opts.Warnings, "\n"), strings.Join(want, "\n"))
+	}
+	if opts.Config.Verbosity != 2 {
+		t.Errorf("--v=2 gave verbosity %d", opts.Config.Verbosity)
+	}
+}
+
+func sorted(s []string) []string { s = slices.Clone(s); slices.Sort(s); return s }
+
+func TestParseRejectsBadInputInOneLine(t *testing.T) {
+	cases := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--proxy-mode=ipvs"}, `proxy mode "ipvs" is not implemented yet`},
+		{[]string{"--mode=userspace"}, `unknown proxy mode "userspace"`},
+		{[]string{"--no-such-flag"}, "unknown flag: --no-such-flag"},
+		{[]string{"--iptables-masquerade-bit=32"}, "masquerade bit 32"},
+		{[]string{"--cluster-cidr=10.0.0.0/8,10.1.0.0/16"}, "one of each IP family"},
+		{[]string{"--cluster-cidr=10.0.0.0"}, `cluster CIDR "10.0.0.0"`},
+		{[]string{"--nodeport-addresses=primary,10.0.0.0/8"}, `want CIDRs or "primary"`},
+		{[]string{"--iptables-sync-period=0"}, "sync period 0s: must be greater than 0"},
+		{[]string{"--min-sync-period=1m"}, "min sync period 1m0s"},
+		{[]string{"--metrics-bind-address=localhost:10249"}, `metrics bind address "localhost:10249"`},
+		{[]string{"--iptables-flavor=xtables"}, `--iptables-flavor "xtables"`},
+		{[]string{"--log-format=xml"}, `--log-format "xml"`},
+		{[]string{"--hostname-override=  "}, "empty --hostname-override"},
+		{[]string{"stray"}, `takes no arguments, got ["stray"]`},
+	}
+	for _, c := range cases {
+		if got := parseErr(t, c.args...); !strings.Contains(got, c.want) {
+			t.Errorf("Parse(%q): %q, want it to contain %q", c.args, got, c.want)
+		}
+	}
+}
+
+func TestParseHelp(t *testing.T) {
+	var out bytes.Buffer
+	if _, err := Parse([]string{"-h"}, &out); !errors.Is(err, pflag.ErrHelp) {
+		t.Fatalf("-h: %v, want pflag.ErrHelp", err)
+	}
+	if !strings.Contains(out.String(), "--iptables-sync-period") {
+		t.Errorf("usage does not list --iptables-sync-period:\n%s", out.String())
+	}
+}
+
+const configYAML = `apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection:
+  kubeconfig: /var/lib/kube-proxy/kubeconfig.conf
+hostnameOverride: file-node
+mode: iptables
+clusterCIDR: 10.244.0.0/16
+iptables:
+  masqueradeAll: true
+  syncPeriod: 45s
+logging:
+  verbosity: 1
+`
+
+func TestConfigFileWinsOverFlagsExceptLoggingAndHostname(t *testing.T) {
+	path := writeFile(t, "config.yaml", configYAML)
+	opts := parse(t, "--config="+path, "--iptables-sync-period=5s", "--kubeconfig=/other", "--hostname-override=flag-node",
+		"-v=4", "--iptables-flavor=nft")
+	c := opts.Config
+	if c.SyncPeriod != 45*time.Second || c.Kubeconfig != "/var/lib/kube-proxy/kubeconfig.conf" || !c.MasqueradeAll ||
+		!slices.Equal(c.ClusterCIDRs, prefixes("10.244.0.0/16")) {
+		t.Errorf("the file's values must win: %+v", c)
+	}
+	if c.MinSyncPeriod != time.Second || c.HealthzBindAddress != "0.0.0.0:10256" || c.MasqueradeBit != 14 {
+		t.Errorf("fields the file leaves out must take kube-proxy's defaults: %+v", c)
+	}
+	if c.NodeName != "flag-node" || c.Verbosity != 4 || c.Flavor != "nft" {
+		t.Errorf("--hostname-override, -v and svcproxy's own flags must win over the file: %+v", c)
+	}
+	want := []string{
+		"flag --iptables-sync-period is ignored: --config is given and, as in kube-proxy, the file wins",
+		"flag --kubeconfig is ignored: --config is given and, as in kube-proxy, the file wins",
+	}
+	if !slices.Equal(sorted(opts.Warnings), want) {
+		t.Errorf("warnings %q, want %q", opts.Warnings, want)
+	}
+	if c := parse(t, "--config="+path).Config; c.NodeName != "file-node" || c.Verbosity != 1 {
+		t.Errorf("without flags the file's hostnameOverride and verbosity apply: %+v", c)
+	}
+}
+
+func TestConfigFileJSON(t *testing.T) {
+	path := writeFile(t, "config.json", `{"apiVersion":"kubeproxy.config.k8s.io/v1alpha1","kind":"KubeProxyConfiguration","iptables":{"minSyncPeriod":"3s"},"nodePortAddresses":["primary"]}`)
+	c := parse(t, "--config="+path).Config
+	if c.MinSyncPeriod != 3*time.Second || !c.NodePortPrimary {
+		t.Errorf("JSON config: %+v", c)
+	}
+}
+
+func TestConfigFileIsDecodedStrictly(t *testing.T) {
+	head := "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n"
+	cases := []struct{ name, text, want string }{
+		{"unknown field", head + "masqueradeAl: true\n", `unknown field "masqueradeAl"`},
+		{"unknown nested field", head + "iptables:\n  syncPerod: 5s\n", `unknown field "iptables.syncPerod"`},
+		{"duplicate key", head + "mode: iptables\nmode: ipvs\n", `"mode"`},
+		{"wrong kind", "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeletConfiguration\n", `kind "KubeletConfiguration"`},
+		{"not YAML", "mode: [iptables\n", "config file"},
+		{"bad value", head + "iptables:\n  syncPeriod: soon\n", "config file"},
+		{"unsupported mode", head + "mode: ipvs\n", `proxy mode "ipvs" is not implemented yet`},
+	}
+	for _, c := range cases {
+		path := writeFile(t, "config.yaml", c.text)
+		if got := parseErr(t, "--config="+path); !strings.Contains(got, c.want) {
+			t.Errorf("%s: %q, want it to contain %q", c.name, got, c.want)
+		}
+	}
+	if got := parseErr(t, "--config=/no/such/file"); !strings.Contains(got, "no such file") {
+		t.Errorf("missing file: %q", got)
+	}
+}
+
+func TestWriteConfigRoundTrips(t *testing.T) {
+	opts := parse(t, "--iptables-sync-period=7s", "--cluster-cidr=10.244.0.0/16")
+	var out bytes.Buffer
+	if err := WriteConfig(opts.KubeProxy, &out); err != nil {
+		t.Fatal(err)
+	}
+	back := parse(t, "--config="+writeFile(t, "written.yaml", out.String())).Config
+	if !reflect.DeepEqual(back, opts.Config) {
+		t.Errorf("written config reads back as\n%+v\nwant\n%+v\n%s", back, opts.Config, out.String())
+	}
+}
