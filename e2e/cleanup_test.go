@@ -23,35 +23,43 @@ import (
 // kernel frees them with their rules. (Every cluster's cleanup also checks
 // that svcproxy's own cleanup removed its rules.)
 func TestNothingOutlivesACluster(t *testing.T) {
-	var inodes []uint64
-	t.Run("cluster", func(t *testing.T) {
-		c := newCluster(t, iptables.FlavorNFT, 2)
-		serveLines(t, c.Pod(1), 9000)
-		c.upsertService(service("web", []string{"10.96.0.60"}))
-		c.upsertSlice(endpoints("web", local(c.Pod(1))))
-		cfg := proxier.DefaultRunnerConfig()
-		cfg.MinSyncPeriod = 10 * time.Millisecond
-		c.run(cfg)
-		if _, ok := waitFor(c.Pod(0), tcp("10.96.0.60"), "pod-1", 5*time.Second); !ok {
-			t.Fatal("the runner's first sync did not carry traffic")
+	forEachFlavor(t, func(t *testing.T, flavor iptables.Flavor) {
+		var inodes []uint64
+		t.Run("cluster", func(t *testing.T) { inodes = busyCluster(t, flavor) })
+		// Threads that entered a namespace exit just after their goroutine.
+		var left []string
+		for range 50 {
+			if left = refsTo(inodes); len(left) == 0 {
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
-		dialLines(t, c.Pod(0), at(c.Pod(1).IPv4(), 9000))
-		udpClient(t, c.Pod(0), udp("10.96.0.60"))
-		for _, ns := range append([]*netnstest.NS{c.Node(), c.Outside()}, c.Pods()...) {
-			inodes = append(inodes, nsInode(t, ns))
+		for _, ref := range left {
+			t.Errorf("%s still refers to a namespace of the finished test", ref)
 		}
 	})
-	// Threads that entered a namespace exit just after their goroutine.
-	var left []string
-	for range 50 {
-		if left = refsTo(inodes); len(left) == 0 {
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
+}
+
+// busyCluster runs a cluster with everything the harness can start and
+// returns the inodes of its namespaces.
+func busyCluster(t *testing.T, flavor iptables.Flavor) []uint64 {
+	c := newCluster(t, flavor, 2)
+	serveLines(t, c.Pod(1), 9000)
+	c.upsertService(service("web", []string{"10.96.0.60"}))
+	c.upsertSlice(endpoints("web", local(c.Pod(1))))
+	cfg := proxier.DefaultRunnerConfig()
+	cfg.MinSyncPeriod = 10 * time.Millisecond
+	c.run(cfg)
+	if _, ok := waitFor(c.Pod(0), tcp("10.96.0.60"), "pod-1", 5*time.Second); !ok {
+		t.Fatal("the runner's first sync did not carry traffic")
 	}
-	for _, ref := range left {
-		t.Errorf("%s still refers to a namespace of the finished test", ref)
+	dialLines(t, c.Pod(0), at(c.Pod(1).IPv4(), 9000))
+	udpClient(t, c.Pod(0), udp("10.96.0.60"))
+	var inodes []uint64
+	for _, ns := range append([]*netnstest.NS{c.Node(), c.Outside()}, c.Pods()...) {
+		inodes = append(inodes, nsInode(t, ns))
 	}
+	return inodes
 }
 
 func nsInode(t *testing.T, ns *netnstest.NS) uint64 {
