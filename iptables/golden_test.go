@@ -58,6 +58,8 @@ func scenarios() []scenario {
 		{name: "internal-local", cfg: testCfg, view: v4(
 			web(internalLocal(), eps("local 10.244.1.5:8080", "10.244.2.5:8080")),
 			port("default", "api", "", proxier.TCP, "10.96.0.20", 443, internalLocal(), nodePort(30443), eps("10.244.2.6:6443")),
+			port("default", "cache", "", proxier.TCP, "10.96.0.21", 6379, internalLocal(), eps("10.244.2.7:6379")),
+			port("default", "empty", "", proxier.TCP, "10.96.0.22", 80, internalLocal()),
 		)},
 		{name: "affinity", cfg: testCfg, view: v4(web(affinity(10800), twoRemote))},
 		{name: "hairpin", cfg: testCfg, view: v4(

@@ -387,7 +387,7 @@ func (c *compiler) filterRules(rp *resolvedPort) []string {
 	label := portLabel(rp.name())
 	if rp.clusterIP.IsValid() && len(rp.internal) == 0 {
 		target, why := c.reject(rp), " has no endpoints"
-		if rp.sp.InternalPolicyLocal && len(rp.cluster) > 0 {
+		if rp.sp.InternalPolicyLocal && rp.sp.HasEndpoints {
 			// As kube-proxy: endpoints exist, just not here.
 			target, why = "-j DROP", " has no local endpoints"
 		}

@@ -92,6 +92,8 @@ var traceCases = map[string][]traceCase{
 		{name: "ClusterIP goes to the local endpoint only", src: remotePod, dst: "10.96.0.10", port: 80, want: []string{"10.244.1.5:8080"}},
 		{name: "ClusterIP with no local endpoint dropped", src: localPod, dst: "10.96.0.20", port: 443, verdict: "DROP"},
 		{name: "NodePort still reaches remote endpoints", src: client, dst: nodeIP, dstLocal: true, port: 30443, want: []string{"10.244.2.6:6443"}, masq: true},
+		{name: "ClusterIP-only port with endpoints elsewhere dropped", src: localPod, dst: "10.96.0.21", port: 6379, verdict: "DROP"},
+		{name: "port with no endpoints anywhere rejected", src: localPod, dst: "10.96.0.22", port: 80, verdict: "REJECT", rejectWith: "tcp-reset"},
 	},
 	"affinity": {
 		{name: "a new client may get either endpoint", src: localPod, dst: "10.96.0.10", port: 80, want: []string{"10.244.2.5:8080", "10.244.3.7:8080"}},

@@ -46,6 +46,7 @@ func port(ns, name, portName string, proto proxier.Protocol, clusterIP string, p
 
 func (s *portSpec) finish() *proxier.ServicePort {
 	sp := s.sp
+	sp.HasEndpoints = len(s.all) > 0
 	var local []proxier.Endpoint
 	for _, ep := range s.all {
 		if ep.Local {

@@ -208,6 +208,7 @@ func selectEndpoints(sp *ServicePort, cands []candidate, dist TrafficDistributio
 	if len(cands) == 0 {
 		return
 	}
+	sp.HasEndpoints = slices.ContainsFunc(cands, func(c candidate) bool { return c.Ready || (c.Serving && c.Terminating) })
 	external := sp.ExternallyAccessible()
 	usesClusterPolicy := !sp.InternalPolicyLocal || external
 	usesLocalPolicy := sp.InternalPolicyLocal || sp.ExternalPolicyLocal

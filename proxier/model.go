@@ -150,6 +150,13 @@ type ServicePort struct {
 	// an external address (short-circuited as kube-proxy does), still go to
 	// endpoints anywhere in the cluster, after topology. Sorted by address.
 	ExternalClusterEndpoints []Endpoint
+
+	// HasEndpoints: some endpoint anywhere in the cluster can serve
+	// (ready, or serving and terminating), whatever the policies leave to
+	// this node. It tells a port that has endpoints, just none for this
+	// node's traffic (dropped, as kube-proxy does), from one that has none
+	// at all (rejected).
+	HasEndpoints bool
 }
 
 // Protocol is a shorthand for Name.Protocol.
@@ -204,6 +211,7 @@ func (sp *ServicePort) Equal(o *ServicePort) bool {
 		sp.InternalPolicyLocal == o.InternalPolicyLocal &&
 		sp.AffinitySeconds == o.AffinitySeconds &&
 		sp.HealthCheckNodePort == o.HealthCheckNodePort &&
+		sp.HasEndpoints == o.HasEndpoints &&
 		slices.Equal(sp.ClusterEndpoints, o.ClusterEndpoints) &&
 		slices.Equal(sp.LocalEndpoints, o.LocalEndpoints) &&
 		slices.Equal(sp.ExternalClusterEndpoints, o.ExternalClusterEndpoints)
