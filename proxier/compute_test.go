@@ -551,3 +551,29 @@ func TestReachableEndpointsIsTheUnion(t *testing.T) {
 		t.Errorf("ReachableEndpoints = [%s], want the local and the remote ready endpoint once each", got)
 	}
 }
+
+// HasEndpoints tells "endpoints, none for this node" (traffic dropped) from
+// "no endpoints anywhere" (traffic rejected), whatever the policies.
+func TestComputeHasEndpoints(t *testing.T) {
+	tests := []struct {
+		name    string
+		svcOpts []pt.ServiceOption
+		eps     []pt.Endpoint
+		want    bool
+	}{
+		{"ready endpoints", nil, []pt.Endpoint{readyRemote}, true},
+		{"internalTrafficPolicy Local with remote endpoints only", []pt.ServiceOption{pt.InternalLocal()}, []pt.Endpoint{readyRemote}, true},
+		{"serving terminating endpoints only", nil, []pt.Endpoint{termRemote}, true},
+		{"nothing that can serve", []pt.ServiceOption{pt.InternalLocal()}, []pt.Endpoint{notReady, termNotServing}, false},
+		{"no endpoints", nil, nil, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			svc := pt.Service("ns", "web", []string{"10.96.0.10"}, append([]pt.ServiceOption{pt.Port("http", "TCP", 80)}, tc.svcOpts...)...)
+			slice := pt.Slice("ns", "web-1", "web", pt.SlicePort("http", "TCP", 8080), pt.Endpoints(tc.eps...))
+			if got := webPort(computeView(t, IPv4, testNode, []*v1.Service{svc}, slice), t).HasEndpoints; got != tc.want {
+				t.Fatalf("HasEndpoints = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
