@@ -21,15 +21,10 @@ type HealthConfig struct {
 	// Timeout is how long a change may wait to be programmed before the
 	// proxy counts as unhealthy: kube-proxy uses twice the sync period.
 	Timeout time.Duration
-	// Families are the families the proxy programs; each must keep up.
-	Families []Family
 	// Pending reports the oldest change no sync has taken yet
 	// (Tracker.OldestPending).
 	Pending func() (time.Time, bool)
 	Clock   clock.PassiveClock
-	// Served, if set, is told the status of every /healthz and /livez
-	// answer (for kube-proxy's proxy_healthz_total metrics).
-	Served func(path string, code int)
 }
 
 // Health is kube-proxy's health rule: the proxy is healthy while no change
@@ -130,7 +125,7 @@ type HealthStatus struct {
 	Healthy      bool // every family keeps up (node eligibility aside)
 	NodeEligible bool
 	// LastUpdated is the last successful sync of any family, or of the
-	// family that fell behind when Healthy is false.
+	// family that fell behind when only one did.
 	LastUpdated time.Time
 	CurrentTime time.Time
 }
@@ -150,24 +145,35 @@ func (h *Health) Status() HealthStatus {
 	if h.firstSync.IsZero() {
 		return st
 	}
-	for _, fam := range h.cfg.Families {
-		waiting := earliest(h.inFlight, h.unsynced[fam])
-		if pending {
-			waiting = earliest(waiting, oldestPending)
-		}
-		if waiting.IsZero() {
-			continue
-		}
-		if waiting.Before(h.firstSync) {
-			waiting = h.firstSync
-		}
-		if now.Sub(waiting) >= h.cfg.Timeout {
-			st.Healthy = false
-			st.LastUpdated = h.lastUpdated[fam]
+	// Changes pending or in a running sync wait for every family; those of
+	// failed syncs only for the families that failed.
+	shared := h.inFlight
+	if pending {
+		shared = earliest(shared, oldestPending)
+	}
+	if h.late(shared, now) {
+		st.Healthy = false
+		return st
+	}
+	for fam, waiting := range h.unsynced {
+		if h.late(waiting, now) {
+			st.Healthy, st.LastUpdated = false, h.lastUpdated[fam]
 			return st
 		}
 	}
 	return st
+}
+
+// late reports whether a change queued at waiting (zero: none) has waited
+// too long, not counting the time before the first sync.
+func (h *Health) late(waiting, now time.Time) bool {
+	if waiting.IsZero() {
+		return false
+	}
+	if waiting.Before(h.firstSync) {
+		waiting = h.firstSync
+	}
+	return now.Sub(waiting) >= h.cfg.Timeout
 }
 
 // Healthy reports whether every family keeps up, ignoring the node: what
@@ -190,7 +196,7 @@ func (h *Health) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		st := h.Status()
-		h.answer(w, "/healthz", st.Healthy && st.NodeEligible, healthzBody{
+		answer(w, st.Healthy && st.NodeEligible, healthzBody{
 			LastUpdated:  reported(st),
 			CurrentTime:  st.CurrentTime,
 			NodeEligible: &st.NodeEligible,
@@ -198,7 +204,7 @@ func (h *Health) Handler() http.Handler {
 	})
 	mux.HandleFunc("/livez", func(w http.ResponseWriter, _ *http.Request) {
 		st := h.Status()
-		h.answer(w, "/livez", st.Healthy, healthzBody{LastUpdated: reported(st), CurrentTime: st.CurrentTime})
+		answer(w, st.Healthy, healthzBody{LastUpdated: reported(st), CurrentTime: st.CurrentTime})
 	})
 	return mux
 }
@@ -216,13 +222,10 @@ func reported(st HealthStatus) time.Time {
 	return st.LastUpdated
 }
 
-func (h *Health) answer(w http.ResponseWriter, path string, ok bool, body healthzBody) {
+func answer(w http.ResponseWriter, ok bool, body healthzBody) {
 	code := http.StatusOK
 	if !ok {
 		code = http.StatusServiceUnavailable
-	}
-	if h.cfg.Served != nil {
-		h.cfg.Served(path, code)
 	}
 	writeJSON(w, code, body)
 }

@@ -1,6 +1,7 @@
 package proxier
 
 import (
+	"net/http"
 	"strconv"
 	"time"
 
@@ -131,13 +132,29 @@ func countNoLocalEndpoints(v *NodeView) (internal, external int) {
 	return internal, external
 }
 
-// Served counts a /healthz or /livez answer; it is a HealthConfig.Served.
-func (m *Metrics) Served(path string, code int) {
-	c := m.healthz
-	if path == "/livez" {
-		c = m.livez
-	}
-	c.WithLabelValues(strconv.Itoa(code)).Inc()
+// InstrumentHealth counts the answers of a /healthz and /livez handler by
+// status code, as kube-proxy's proxy_healthz_total and proxy_livez_total.
+func (m *Metrics) InstrumentHealth(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
+		h.ServeHTTP(rec, r)
+		switch r.URL.Path {
+		case "/healthz":
+			m.healthz.WithLabelValues(strconv.Itoa(rec.code)).Inc()
+		case "/livez":
+			m.livez.WithLabelValues(strconv.Itoa(rec.code)).Inc()
+		}
+	})
+}
+
+type statusRecorder struct {
+	http.ResponseWriter
+	code int
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	r.code = code
+	r.ResponseWriter.WriteHeader(code)
 }
 
 func unixSeconds(t time.Time) float64 {

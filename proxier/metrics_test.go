@@ -3,6 +3,8 @@ package proxier
 import (
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"slices"
 	"sort"
@@ -87,9 +89,14 @@ func TestMetricsFromSyncReport(t *testing.T) {
 		{Family: IPv4, View: noLocalView(IPv4), Result: SyncResult{Full: true}, Duration: 30 * time.Millisecond},
 		{Family: IPv6, View: noLocalView(IPv6), Err: errors.New("ip6tables-restore: exit status 1"), Duration: 3 * time.Millisecond},
 	}})
-	m.Served("/healthz", 200)
-	m.Served("/healthz", 503)
-	m.Served("/livez", 200)
+	probes := m.InstrumentHealth(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Has("down") {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+	}))
+	for _, target := range []string{"/healthz", "/healthz?down", "/livez", "/other"} {
+		probes.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(http.MethodGet, target, nil))
+	}
 	clock.Step(time.Second)
 	tracker.UpsertEndpointSlice(pt.Slice("ns", "web-1", "web", pt.SlicePort("http", "TCP", 8080), pt.Endpoints(pt.Ready("10.0.0.2", "node-a"))))
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"net/url"
 	"slices"
 	"sync"
 	"time"
@@ -170,6 +171,11 @@ func (s *Source) notSynced() error {
 	slices.Sort(names)
 	for _, name := range names {
 		if err := s.lastError[name]; err != nil {
+			// The request's URL is long and says nothing the cause does not.
+			var ue *url.Error
+			if errors.As(err, &ue) {
+				err = ue.Err
+			}
 			return fmt.Errorf("could not list %s from the API server: %w", name, err)
 		}
 	}

@@ -1,0 +1,297 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/vishvananda/netns"
+	"go.uber.org/zap"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	"k8s.io/utils/clock"
+
+	"github.com/svcproxy/svcproxy/conntrack"
+	"github.com/svcproxy/svcproxy/iptables"
+	"github.com/svcproxy/svcproxy/proxier"
+)
+
+// Run runs the proxy until ctx ends (SIGTERM), then stops its servers and
+// leaves the rules in place, so traffic flows while it restarts. It
+// returns an error for anything that keeps it from starting.
+func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
+	d := &daemon{cfg: cfg, log: log, ipt: hostIPTables(), client: newClient, flows: openConntrack}
+	return d.run(ctx)
+}
+
+// daemon is Run's wiring with its outside world swappable: the API
+// client, iptables and conntrack.
+type daemon struct {
+	cfg    Config
+	log    *zap.Logger
+	ipt    iptablesAccess
+	client func(Config) (kubernetes.Interface, error)
+	flows  func(*zap.Logger) (proxier.FlowCleaner, func())
+}
+
+// proxy is what the startup steps build for the sync loop.
+type proxy struct {
+	tracker  *proxier.Tracker
+	health   *proxier.Health
+	source   *proxier.Source
+	node     proxier.NodeInfo
+	families []proxier.Family
+	backends []proxier.Backend
+}
+
+func (d *daemon) run(ctx context.Context) error {
+	// The informers live as long as run: they stop on a failed start too.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	p, err := d.start(ctx)
+	if err != nil || ctx.Err() != nil {
+		return err
+	}
+	flows, closeFlows := d.flows(d.log)
+	defer closeFlows()
+	clk := clock.RealClock{}
+	syncer := proxier.NewSyncer(p.tracker, p.backends, flows, clk, d.log.Named("sync"))
+	registry := newRegistry()
+	metrics := proxier.NewMetrics(registry, p.tracker, p.families, clk)
+	checks := proxier.NewHealthCheckServers("", p.health.Healthy, d.log.Named("healthcheck"))
+	defer checks.Close()
+	syncer.Observe(metrics.Observe)
+	syncer.Observe(p.health.Observe)
+	syncer.Observe(checks.Observe)
+
+	servers, err := d.serve(metrics.InstrumentHealth(p.health.Handler()), registry)
+	if err != nil {
+		return err
+	}
+	defer servers.shutdown()
+	runner := proxier.NewRunner(d.runnerConfig(), clk, p.health.Track(syncer.Sync), syncer.Intact, d.log.Named("runner"))
+	d.log.Info("svcproxy running", zap.String("node", p.node.Name), zap.Stringers("families", p.families))
+	runner.Run(ctx, p.tracker.Changed())
+	d.log.Info("svcproxy stopping; the rules stay in place")
+	return nil
+}
+
+// start connects to the API server and waits, bounded, for what the first
+// sync needs: every Service and EndpointSlice, and this node's addresses,
+// which decide the IP families.
+func (d *daemon) start(ctx context.Context) (*proxy, error) {
+	client, err := d.client(d.cfg)
+	if err != nil {
+		return nil, err
+	}
+	nodeName, err := d.nodeName()
+	if err != nil {
+		return nil, err
+	}
+	p := &proxy{tracker: proxier.NewTracker(d.log.Named("tracker"), time.Now)}
+	p.health = proxier.NewHealth(proxier.HealthConfig{
+		// kube-proxy's rule: a change may wait twice the sync period.
+		Timeout: 2 * d.cfg.SyncPeriod, Pending: p.tracker.OldestPending, Clock: clock.RealClock{},
+	})
+	p.source, err = proxier.NewSource(proxier.SourceConfig{Client: client, NodeName: nodeName,
+		Resync: d.cfg.ConfigSyncPeriod, Tracker: p.tracker, OnNode: p.health.SetNode, Log: d.log.Named("source")})
+	if err != nil {
+		return nil, err
+	}
+	p.source.Start(ctx)
+	if err := d.waitForAPI(ctx, p.source); err != nil || ctx.Err() != nil {
+		return nil, err
+	}
+	p.node = d.waitForNode(ctx, p.source, nodeName)
+	if err := d.makeBackends(ctx, p); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+func (d *daemon) nodeName() (string, error) {
+	if d.cfg.NodeName != "" {
+		return d.cfg.NodeName, nil
+	}
+	host, err := os.Hostname()
+	if err != nil {
+		return "", fmt.Errorf("finding this node's name (set --hostname-override): %w", err)
+	}
+	return strings.ToLower(strings.TrimSpace(host)), nil
+}
+
+// newClient is kube-proxy's: the kubeconfig and --master when given, else
+// the in-cluster configuration.
+func newClient(cfg Config) (kubernetes.Interface, error) {
+	var rc *rest.Config
+	var err error
+	if cfg.Kubeconfig == "" && cfg.Master == "" {
+		if rc, err = rest.InClusterConfig(); err != nil {
+			return nil, fmt.Errorf("no --kubeconfig or --master given and not running in a pod: %w", err)
+		}
+	} else {
+		loader := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(
+			&clientcmd.ClientConfigLoadingRules{ExplicitPath: cfg.Kubeconfig},
+			&clientcmd.ConfigOverrides{ClusterInfo: clientcmdapi.Cluster{Server: cfg.Master}})
+		if rc, err = loader.ClientConfig(); err != nil {
+			return nil, fmt.Errorf("kubeconfig %q: %w", cfg.Kubeconfig, oneLine(err))
+		}
+	}
+	rc.ContentType, rc.QPS, rc.Burst = cfg.ContentType, cfg.QPS, int(cfg.Burst)
+	rc.UserAgent = "svcproxy"
+	return kubernetes.NewForConfig(rc)
+}
+
+func (d *daemon) waitForAPI(ctx context.Context, source *proxier.Source) error {
+	wait, cancel := context.WithTimeout(ctx, d.cfg.APITimeout)
+	defer cancel()
+	err := source.WaitForSync(wait)
+	if err == nil || ctx.Err() != nil {
+		return nil
+	}
+	return fmt.Errorf("waited %v for the API server: %w", d.cfg.APITimeout, err)
+}
+
+func (d *daemon) waitForNode(ctx context.Context, source *proxier.Source, name string) proxier.NodeInfo {
+	wait, cancel := context.WithTimeout(ctx, d.cfg.NodeTimeout)
+	defer cancel()
+	node, ok := source.WaitForNode(wait)
+	if !ok {
+		d.log.Warn("this node's Node object is missing or has no address; running without its addresses "+
+			"(IPv4 primary, no topology zone) until it appears",
+			zap.String("node", name), zap.Duration("waited", d.cfg.NodeTimeout))
+	}
+	return node
+}
+
+// makeBackends picks the iptables flavor and the families and makes one
+// backend per family.
+func (d *daemon) makeBackends(ctx context.Context, p *proxy) error {
+	flavor, err := d.ipt.flavor(ctx, d.cfg.Flavor)
+	if err != nil {
+		return err
+	}
+	p.families, err = chooseFamilies(p.node, func(f proxier.Family) error { return d.ipt.works(ctx, f, flavor) })
+	if err != nil {
+		return err
+	}
+	cfg := d.iptablesConfig(p.node)
+	for _, fam := range p.families {
+		b, err := d.ipt.backend(cfg, fam, flavor)
+		if err != nil {
+			return err
+		}
+		p.backends = append(p.backends, b)
+	}
+	d.log.Info("programming iptables", zap.String("flavor", string(flavor)), zap.Stringers("families", p.families))
+	return nil
+}
+
+func (d *daemon) iptablesConfig(node proxier.NodeInfo) iptables.Config {
+	cfg := iptables.Config{ClusterCIDRs: d.cfg.ClusterCIDRs, MasqueradeAll: d.cfg.MasqueradeAll,
+		NodePortAddresses: d.cfg.NodePortAddresses, MasqueradeBit: d.cfg.MasqueradeBit}
+	if d.cfg.MasqueradeBit == 0 {
+		d.log.Warn("masquerade bit 0 is not supported by the iptables backend; using 14")
+	}
+	if d.cfg.NodePortPrimary {
+		cfg.NodePortAddresses = primaryNodePortAddresses(node)
+		if len(cfg.NodePortAddresses) == 0 {
+			d.log.Warn("--nodeport-addresses=primary: the Node has no address; node ports answer on every local address")
+		}
+	}
+	return cfg
+}
+
+func (d *daemon) runnerConfig() proxier.RunnerConfig {
+	rc := proxier.DefaultRunnerConfig()
+	rc.SyncPeriod, rc.MinSyncPeriod = d.cfg.SyncPeriod, d.cfg.MinSyncPeriod
+	return rc
+}
+
+// openConntrack opens this network namespace's conntrack table for the
+// stale-flow cleanup; without it svcproxy still works, stale UDP flows
+// just age out.
+func openConntrack(log *zap.Logger) (proxier.FlowCleaner, func()) {
+	k, err := conntrack.Open(netns.None())
+	if err != nil {
+		log.Warn("conntrack unavailable; stale UDP and SCTP flows will only time out", zap.Error(err))
+		return nil, func() {}
+	}
+	return flowCleaner{table: k, log: log.Named("conntrack")}, k.Close
+}
+
+// flowCleaner is the conntrack table as the syncer's FlowCleaner.
+type flowCleaner struct {
+	table conntrack.Table
+	log   *zap.Logger
+}
+
+func (f flowCleaner) Clean(_ context.Context, prev, next *proxier.NodeView) error {
+	n, err := conntrack.Clean(f.table, prev, next)
+	if n > 0 {
+		f.log.Debug("deleted stale flows", zap.Stringer("family", next.Family), zap.Int("entries", n))
+	}
+	return err
+}
+
+func newRegistry() *prometheus.Registry {
+	r := prometheus.NewRegistry()
+	r.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return r
+}
+
+// servers are the health and metrics HTTP servers.
+type servers []*http.Server
+
+// serve starts the health server (/healthz, /livez) and the metrics server
+// (/metrics, plus kube-proxy's /healthz and /proxyMode there). An address
+// that cannot be bound stops the start: another proxy probably runs.
+func (d *daemon) serve(health http.Handler, registry *prometheus.Registry) (servers, error) {
+	metrics := http.NewServeMux()
+	metrics.Handle("/metrics", promhttp.HandlerFor(registry, promhttp.HandlerOpts{}))
+	metrics.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, "ok") })
+	metrics.HandleFunc("/proxyMode", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, "iptables") })
+	var s servers
+	for _, srv := range []struct {
+		name, addr string
+		handler    http.Handler
+	}{{"health", d.cfg.HealthzBindAddress, health}, {"metrics", d.cfg.MetricsBindAddress, metrics}} {
+		if srv.addr == "" {
+			continue
+		}
+		l, err := net.Listen("tcp", srv.addr)
+		if err != nil {
+			s.shutdown()
+			return nil, fmt.Errorf("%s server: %w", srv.name, err)
+		}
+		h := &http.Server{Handler: srv.handler, ReadHeaderTimeout: 10 * time.Second}
+		go d.serveOn(srv.name, h, l)
+		s = append(s, h)
+	}
+	return s, nil
+}
+
+func (d *daemon) serveOn(name string, h *http.Server, l net.Listener) {
+	d.log.Info("serving", zap.String("server", name), zap.Stringer("address", l.Addr()))
+	if err := h.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		d.log.Error("server stopped", zap.String("server", name), zap.Error(err))
+	}
+}
+
+func (s servers) shutdown() {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	for _, h := range s {
+		_ = h.Shutdown(ctx)
+	}
+}

@@ -1,0 +1,289 @@
+package app
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
+
+	"github.com/svcproxy/svcproxy/iptables"
+	"github.com/svcproxy/svcproxy/proxier"
+	pt "github.com/svcproxy/svcproxy/proxier/proxiertest"
+)
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func get(url string) (int, string, error) {
+	c := http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body), err
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func dualStackNode() *v1.Node {
+	return &v1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: "node-a"},
+		Status: v1.NodeStatus{Addresses: []v1.NodeAddress{
+			{Type: v1.NodeInternalIP, Address: "192.168.50.1"}, {Type: v1.NodeInternalIP, Address: "fd00:50::1"},
+		}},
+	}
+}
+
+func webObjects() []runtime.Object {
+	svc := pt.Service("ns", "web", []string{"10.96.0.10"}, pt.Port("http", "TCP", 80))
+	slice := pt.Slice("ns", "web-1", "web", pt.SlicePort("http", "TCP", 8080), pt.Endpoints(pt.Ready("10.244.0.11", "node-a")))
+	return []runtime.Object{svc, slice}
+}
+
+// testDaemon is the daemon on a fake clientset and fake iptables, with
+// its servers on loopback ports.
+type testDaemon struct {
+	d                    *daemon
+	client               *fake.Clientset
+	host                 *fakeHost
+	healthz, metricsAddr string
+}
+
+func newTestDaemon(t *testing.T, client *fake.Clientset, host *fakeHost, args ...string) *testDaemon {
+	td := &testDaemon{client: client, host: host, healthz: freeAddr(t), metricsAddr: freeAddr(t)}
+	opts, err := Parse(append([]string{"--hostname-override=node-a", "--iptables-flavor=nft", "--min-sync-period=0",
+		"--healthz-bind-address=" + td.healthz, "--metrics-bind-address=" + td.metricsAddr,
+		"--api-timeout=1s", "--node-timeout=1s"}, args...), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	td.d = &daemon{
+		cfg: opts.Config, log: zaptest.NewLogger(t), ipt: host.access(),
+		client: func(Config) (kubernetes.Interface, error) { return client, nil },
+		flows:  func(*zap.Logger) (proxier.FlowCleaner, func()) { return nil, func() {} },
+	}
+	return td
+}
+
+// start runs the daemon until the test ends and returns a stop that
+// cancels it and reports what run returned.
+func (td *testDaemon) start(t *testing.T) func() error {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- td.d.run(ctx) }()
+	stop := sync.OnceValue(func() error {
+		cancel()
+		select {
+		case err := <-done:
+			return err
+		case <-time.After(10 * time.Second):
+			return errors.New("run did not return within 10s of the cancel")
+		}
+	})
+	t.Cleanup(func() { _ = stop() })
+	return stop
+}
+
+func TestDaemonProgramsServesAndStopsLeavingRules(t *testing.T) {
+	host := newFakeHost("nft/IPv4", "nft/IPv6", "legacy/IPv4")
+	client := fake.NewClientset(append(webObjects(), dualStackNode())...)
+	td := newTestDaemon(t, client, host, "--cluster-cidr=10.244.0.0/16")
+	stop := td.start(t)
+
+	waitFor(t, "the service's ClusterIP in nft IPv4 nat", func() bool {
+		return strings.Contains(host.save("nft/IPv4", iptables.TableNAT), "10.244.0.11:8080")
+	})
+	if nat6 := host.save("nft/IPv6", iptables.TableNAT); !strings.Contains(nat6, ":SVCPROXY-SERVICES") {
+		t.Errorf("IPv6 works here, so it must be programmed too:\n%s", nat6)
+	}
+	if nat := host.save("legacy/IPv4", iptables.TableNAT); strings.Contains(nat, "SVCPROXY") {
+		t.Errorf("--iptables-flavor=nft, yet legacy was programmed:\n%s", nat)
+	}
+
+	// A change through the API reaches the kernel.
+	moved := pt.Slice("ns", "web-1", "web", pt.SlicePort("http", "TCP", 8080), pt.Endpoints(pt.Ready("10.244.0.12", "node-a")))
+	if _, err := client.DiscoveryV1().EndpointSlices("ns").Update(context.Background(), moved, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the moved endpoint in nat", func() bool {
+		nat := host.save("nft/IPv4", iptables.TableNAT)
+		return strings.Contains(nat, "10.244.0.12:8080") && !strings.Contains(nat, "10.244.0.11:8080")
+	})
+
+	checkServers(t, td)
+	checkNodeDeletionFailsHealthzOnly(t, td)
+
+	if err := stop(); err != nil {
+		t.Fatalf("run after cancel: %v", err)
+	}
+	if nat := host.save("nft/IPv4", iptables.TableNAT); !strings.Contains(nat, "10.244.0.12:8080") {
+		t.Errorf("the rules must stay in place after a stop:\n%s", nat)
+	}
+	if _, _, err := get("http://" + td.healthz + "/healthz"); err == nil {
+		t.Error("the health server still answers after the stop")
+	}
+}
+
+func checkServers(t *testing.T, td *testDaemon) {
+	t.Helper()
+	code, body, err := get("http://" + td.healthz + "/healthz")
+	if err != nil || code != http.StatusOK || !strings.Contains(body, `"nodeEligible":true`) {
+		t.Errorf("/healthz: %d %s %v", code, body, err)
+	}
+	code, body, err = get("http://" + td.metricsAddr + "/proxyMode")
+	if err != nil || code != http.StatusOK || body != "iptables" {
+		t.Errorf("/proxyMode: %d %q %v", code, body, err)
+	}
+	code, body, err = get("http://" + td.metricsAddr + "/healthz")
+	if err != nil || code != http.StatusOK || body != "ok" {
+		t.Errorf("metrics /healthz: %d %q %v", code, body, err)
+	}
+	_, metrics, err := get("http://" + td.metricsAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		`kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family="IPv4"}`,
+		`kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family="IPv6"}`,
+		`kubeproxy_sync_proxy_rules_duration_seconds_bucket{ip_family="IPv4",le="0.001"}`,
+		`kubeproxy_sync_full_proxy_rules_duration_seconds_count{ip_family="IPv4"}`,
+		`kubeproxy_sync_proxy_rules_endpoint_changes_total 2`,
+		`kubeproxy_proxy_healthz_total{code="200"} 1`,
+		"process_resident_memory_bytes", "go_goroutines",
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+}
+
+func checkNodeDeletionFailsHealthzOnly(t *testing.T, td *testDaemon) {
+	t.Helper()
+	node := dualStackNode()
+	now := metav1.Now()
+	node.DeletionTimestamp = &now
+	if _, err := td.client.CoreV1().Nodes().Update(context.Background(), node, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "/healthz to fail for a node being deleted", func() bool {
+		code, body, _ := get("http://" + td.healthz + "/healthz")
+		return code == http.StatusServiceUnavailable && strings.Contains(body, `"nodeEligible":false`)
+	})
+	if code, body, err := get("http://" + td.healthz + "/livez"); code != http.StatusOK {
+		t.Errorf("/livez for a node being deleted: %d %s %v; want 200", code, body, err)
+	}
+}
+
+func TestDaemonStartFailuresAreOneClearError(t *testing.T) {
+	forbidden := fake.NewClientset(dualStackNode())
+	forbidden.PrependReactor("list", "services", func(k8stesting.Action) (bool, runtime.Object, error) {
+		return true, nil, errors.New(`services is forbidden: User "svcproxy" cannot list resource "services"`)
+	})
+	v6Node := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a"},
+		Status: v1.NodeStatus{Addresses: []v1.NodeAddress{{Type: v1.NodeInternalIP, Address: "fd00:50::1"}}}}
+	cases := []struct {
+		name   string
+		client *fake.Clientset
+		host   *fakeHost
+		want   string
+	}{
+		{"API refuses", forbidden, newFakeHost("nft/IPv4"), "waited 1s for the API server: could not list services from the API server: failed to list *v1.Service: services is forbidden"},
+		{"primary family unusable", fake.NewClientset(v6Node), newFakeHost("nft/IPv4"), "no support for the node's primary IP family IPv6"},
+	}
+	for _, c := range cases {
+		td := newTestDaemon(t, c.client, c.host)
+		err := td.d.run(context.Background())
+		if err == nil || !strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%s: run = %v, want one line containing %q", c.name, err, c.want)
+		}
+	}
+}
+
+func TestDaemonRunsWithoutItsNode(t *testing.T) {
+	host := newFakeHost("nft/IPv4")
+	td := newTestDaemon(t, fake.NewClientset(webObjects()...), host, "--node-timeout=100ms")
+	td.start(t)
+	waitFor(t, "the service programmed without a Node", func() bool {
+		return strings.Contains(host.save("nft/IPv4", iptables.TableNAT), "10.244.0.11:8080")
+	})
+}
+
+func TestCleanupRemovesOnlySvcproxyRulesEverywhere(t *testing.T) {
+	// Rules svcproxy left in nft IPv4 and legacy IPv6, next to another
+	// program's chain; nft IPv6 does not work on this host.
+	host := newFakeHost("nft/IPv4", "legacy/IPv4", "legacy/IPv6")
+	client := fake.NewClientset(append(webObjects(), dualStackNode())...)
+	for _, key := range []string{"nft/IPv4", "legacy/IPv6"} {
+		host.addChain(key, iptables.TableNAT, "OTHER-PROGRAM", "-j RETURN")
+	}
+	for _, flavor := range []string{"nft", "legacy"} {
+		td := newTestDaemon(t, client, host, "--iptables-flavor="+flavor)
+		stop := td.start(t)
+		waitFor(t, flavor+" programmed", func() bool {
+			return strings.Contains(host.save(flavor+"/IPv4", iptables.TableNAT), "10.244.0.11:8080")
+		})
+		if err := stop(); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	var logs bytes.Buffer
+	if err := cleanup(context.Background(), host.access(), NewLogger("text", 0, zapSync(&logs))); err != nil {
+		t.Fatalf("cleanup: %v", err)
+	}
+	for _, key := range []string{"nft/IPv4", "legacy/IPv4", "legacy/IPv6"} {
+		for _, table := range []iptables.Table{iptables.TableNAT, iptables.TableFilter} {
+			if dump := host.save(key, table); strings.Contains(dump, "SVCPROXY") {
+				t.Errorf("%s %s still has svcproxy rules:\n%s", key, table, dump)
+			}
+		}
+	}
+	for _, key := range []string{"nft/IPv4", "legacy/IPv6"} {
+		if !strings.Contains(host.save(key, iptables.TableNAT), ":OTHER-PROGRAM") {
+			t.Errorf("%s: cleanup removed another program's chain", key)
+		}
+	}
+	if got := strings.Count(logs.String(), "cleaned up"); got != 3 {
+		t.Errorf("want 3 'cleaned up' lines (nft IPv4, legacy IPv4 and IPv6), got %d:\n%s", got, logs.String())
+	}
+}
+
+func zapSync(b *bytes.Buffer) zapWriter { return zapWriter{b} }
+
+// zapWriter makes a buffer a zapcore.WriteSyncer.
+type zapWriter struct{ *bytes.Buffer }
+
+func (zapWriter) Sync() error { return nil }

@@ -1,0 +1,112 @@
+package app
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+
+	"github.com/svcproxy/svcproxy/iptables"
+	"github.com/svcproxy/svcproxy/proxier"
+)
+
+// fakeHost is iptables of both flavors and families as fake kernels; a
+// missing kernel is a family or flavor whose tools fail. It serializes
+// every call, since the daemon's runner and the test both use it.
+type fakeHost struct {
+	mu      sync.Mutex
+	kernels map[string]*iptables.FakeKernel // by kernelKey
+}
+
+func kernelKey(flavor iptables.Flavor, family proxier.Family) string {
+	return string(flavor) + "/" + family.String()
+}
+
+func newFakeHost(keys ...string) *fakeHost {
+	h := &fakeHost{kernels: map[string]*iptables.FakeKernel{}}
+	for _, k := range keys {
+		h.kernels[k] = iptables.NewFakeKernel()
+	}
+	return h
+}
+
+// Run implements iptables.Runner, routing by binary name
+// ("ip6tables-legacy-save" goes to legacy/IPv6).
+func (h *fakeHost) Run(ctx context.Context, name string, args []string, stdin []byte) ([]byte, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	base, rest, _ := strings.Cut(name, "-")
+	flavor, _, _ := strings.Cut(rest, "-")
+	family := proxier.IPv4
+	if base == "ip6tables" {
+		family = proxier.IPv6
+	}
+	k := h.kernels[kernelKey(iptables.Flavor(flavor), family)]
+	if k == nil {
+		return nil, &iptables.ExecError{Name: name, Args: args, Stderr: "not installed", Err: fmt.Errorf("exit status 127")}
+	}
+	if strings.HasSuffix(name, "-save") && len(args) == 0 {
+		// DetectFlavor's whole-host save.
+		return []byte(k.Save(iptables.TableFilter) + k.Save(iptables.TableNAT)), nil
+	}
+	return k.Run(ctx, name, args, stdin)
+}
+
+// save dumps one table of one kernel.
+func (h *fakeHost) save(key string, table iptables.Table) string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if k := h.kernels[key]; k != nil {
+		return k.Save(table)
+	}
+	return ""
+}
+
+func (h *fakeHost) addChain(key string, table iptables.Table, chain string, rules ...string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.kernels[key].AddChain(table, chain, rules...)
+}
+
+// access is the daemon's view of this host.
+func (h *fakeHost) access() iptablesAccess {
+	return iptablesAccess{run: h, backend: func(cfg iptables.Config, family proxier.Family, flavor iptables.Flavor) (*iptables.Backend, error) {
+		rules := lockedRules{h: h, k: h.kernels[kernelKey(flavor, family)]}
+		a, err := iptables.NewApplier(iptables.ApplierConfig{Family: family, Flavor: flavor,
+			Jumps: iptables.JumpRules(cfg, family), TopChains: iptables.TopChains(), Run: h, Rules: rules})
+		if err != nil {
+			return nil, err
+		}
+		return iptables.NewBackend(cfg, a), nil
+	}}
+}
+
+// lockedRules is a fake kernel's RuleEditor under the host's lock.
+type lockedRules struct {
+	h *fakeHost
+	k *iptables.FakeKernel
+}
+
+func (r lockedRules) Exists(table, chain string, rule ...string) (bool, error) {
+	r.h.mu.Lock()
+	defer r.h.mu.Unlock()
+	return r.k.Exists(table, chain, rule...)
+}
+
+func (r lockedRules) Insert(table, chain string, pos int, rule ...string) error {
+	r.h.mu.Lock()
+	defer r.h.mu.Unlock()
+	return r.k.Insert(table, chain, pos, rule...)
+}
+
+func (r lockedRules) DeleteIfExists(table, chain string, rule ...string) error {
+	r.h.mu.Lock()
+	defer r.h.mu.Unlock()
+	return r.k.DeleteIfExists(table, chain, rule...)
+}
+
+func (r lockedRules) ChainExists(table, chain string) (bool, error) {
+	r.h.mu.Lock()
+	defer r.h.mu.Unlock()
+	return r.k.ChainExists(table, chain)
+}

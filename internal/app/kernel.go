@@ -1,0 +1,107 @@
+package app
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+
+	"go.uber.org/zap"
+
+	"github.com/svcproxy/svcproxy/iptables"
+	"github.com/svcproxy/svcproxy/proxier"
+)
+
+// iptablesAccess is how the daemon reaches iptables: the real binaries,
+// or fake kernels in tests.
+type iptablesAccess struct {
+	// run runs iptables binaries: the probes and the flavor detection.
+	run iptables.Runner
+	// backend makes the backend of one family and flavor.
+	backend func(cfg iptables.Config, family proxier.Family, flavor iptables.Flavor) (*iptables.Backend, error)
+}
+
+func hostIPTables() iptablesAccess {
+	return iptablesAccess{run: iptables.ExecRunner{}, backend: iptables.New}
+}
+
+// works checks that a family's iptables of a flavor can be used here: the
+// binary exists and the kernel has the family's nat table.
+func (a iptablesAccess) works(ctx context.Context, family proxier.Family, flavor iptables.Flavor) error {
+	_, err := a.run.Run(ctx, flavor.Binary(family, "-save"), []string{"-t", string(iptables.TableNAT)}, nil)
+	return err
+}
+
+// flavor resolves --iptables-flavor.
+func (a iptablesAccess) flavor(ctx context.Context, name string) (iptables.Flavor, error) {
+	if name == "auto" {
+		return iptables.DetectFlavor(ctx, a.run)
+	}
+	return iptables.ParseFlavor(name)
+}
+
+// chooseFamilies follows kube-proxy. The primary family is that of the
+// node's primary IP (its first InternalIP, else ExternalIP; IPv4 for a
+// node svcproxy knows nothing of), and it must work. The other family is
+// programmed too whenever its iptables works, whatever the node's
+// addresses say: kube-proxy runs dual-stack whenever the host can, so that
+// services of the other family, and a node that gains an address of it,
+// are served without a restart, and the cost of an idle family is a few
+// empty chains.
+func chooseFamilies(node proxier.NodeInfo, works func(proxier.Family) error) ([]proxier.Family, error) {
+	primary, secondary := proxier.IPv4, proxier.IPv6
+	if len(node.Addresses) > 0 && proxier.FamilyOf(node.Addresses[0]) == proxier.IPv6 {
+		primary, secondary = proxier.IPv6, proxier.IPv4
+	}
+	if err := works(primary); err != nil {
+		return nil, fmt.Errorf("no support for the node's primary IP family %s: %w", primary, err)
+	}
+	if works(secondary) != nil {
+		return []proxier.Family{primary}, nil
+	}
+	return []proxier.Family{primary, secondary}, nil
+}
+
+// primaryNodePortAddresses is kube-proxy's --nodeport-addresses=primary:
+// the node's primary IP of each family, loopback left out.
+func primaryNodePortAddresses(node proxier.NodeInfo) []netip.Prefix {
+	var out []netip.Prefix
+	seen := map[proxier.Family]bool{}
+	for _, a := range node.Addresses {
+		fam := proxier.FamilyOf(a)
+		if seen[fam] || a.IsLoopback() {
+			continue
+		}
+		seen[fam] = true
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+	}
+	return out
+}
+
+// Cleanup removes everything svcproxy programmed, in both families and
+// both flavors, wherever their tools work: --cleanup.
+func Cleanup(ctx context.Context, log *zap.Logger) error {
+	return cleanup(ctx, hostIPTables(), log)
+}
+
+func cleanup(ctx context.Context, ipt iptablesAccess, log *zap.Logger) error {
+	var errs []error
+	for _, flavor := range []iptables.Flavor{iptables.FlavorNFT, iptables.FlavorLegacy} {
+		for _, family := range []proxier.Family{proxier.IPv4, proxier.IPv6} {
+			if err := ipt.works(ctx, family, flavor); err != nil {
+				log.Debug("nothing to clean up: iptables unusable", zap.String("flavor", string(flavor)),
+					zap.Stringer("family", family), zap.Error(err))
+				continue
+			}
+			b, err := ipt.backend(iptables.Config{}, family, flavor)
+			if err == nil {
+				err = b.Cleanup(ctx)
+			}
+			if err != nil {
+				errs = append(errs, fmt.Errorf("cleaning up %s %s: %w", flavor, family, err))
+				continue
+			}
+			log.Info("cleaned up", zap.String("flavor", string(flavor)), zap.Stringer("family", family))
+		}
+	}
+	return joinErrors(errs...)
+}
