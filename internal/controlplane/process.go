@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"syscall"
 	"time"
 )
@@ -46,29 +47,32 @@ func launch(name, bin string, args []string, dir string) (*process, error) {
 		// the caller stops the control plane in order instead.
 		Setpgid: true,
 	}
-	if err := startOnOrdinaryThread(cmd); err != nil {
+	p := &process{cmd: cmd, exited: make(chan struct{})}
+	if err := startOnOwnThread(p); err != nil {
 		return nil, fmt.Errorf("starting %s: %w", name, err)
 	}
-	p := &process{
-		Process: Process{Name: name, PID: cmd.Process.Pid, LogPath: logPath},
-		cmd:     cmd,
-		exited:  make(chan struct{}),
-	}
-	go func() {
-		p.waitErr = cmd.Wait()
-		close(p.exited)
-	}()
+	p.Process = Process{Name: name, PID: cmd.Process.Pid, LogPath: logPath}
 	return p, nil
 }
 
-// startOnOrdinaryThread starts cmd from a fresh goroutine. Pdeathsig fires
-// when the thread that forked the child ends, not the process, and the
-// caller may be on a thread locked into another network namespace that ends
-// with its goroutine. A fresh, unlocked goroutine runs on a thread the
-// runtime keeps for the life of the process, in the process's own namespace.
-func startOnOrdinaryThread(cmd *exec.Cmd) error {
+// startOnOwnThread starts p's command from a goroutine locked to its own
+// thread, which then waits for the child. Pdeathsig fires when the thread
+// that forked the child ends, not the process; the runtime ends threads
+// whose locked goroutine exits (as netnstest.Do's do), and an ordinary
+// goroutine's thread may later be handed to such a goroutine. A thread that
+// lives exactly as long as the child is the only safe parent.
+func startOnOwnThread(p *process) error {
 	started := make(chan error, 1)
-	go func() { started <- cmd.Start() }()
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends after the child
+		if err := p.cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		p.waitErr = p.cmd.Wait()
+		close(p.exited)
+	}()
 	return <-started
 }
 

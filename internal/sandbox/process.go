@@ -30,16 +30,26 @@ func StartIn(ns *netnstest.NS, logPath, binary string, args ...string) (*Process
 	p.cmd = exec.Command(binary, args...)
 	p.cmd.Stdout, p.cmd.Stderr = out, out
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
-	// Started on a thread inside ns, the child is born in ns.
-	if err := ns.Do(p.cmd.Start); err != nil {
-		out.Close()
+	// Started on a thread inside ns, the child is born in ns. Pdeathsig
+	// fires when the *thread* that started the child ends, and Do's thread
+	// ends with its function: so that thread also waits for the child,
+	// living exactly as long as it does.
+	started := make(chan error, 1)
+	go func() {
+		defer close(p.done)
+		defer out.Close()
+		p.err = ns.Do(func() error {
+			if err := p.cmd.Start(); err != nil {
+				started <- err
+				return err
+			}
+			started <- nil
+			return p.cmd.Wait()
+		})
+	}()
+	if err := <-started; err != nil {
 		return nil, fmt.Errorf("starting %s in %s: %w", binary, ns.Name, err)
 	}
-	go func() {
-		p.err = p.cmd.Wait()
-		out.Close()
-		close(p.done)
-	}()
 	return p, nil
 }
 
