@@ -269,7 +269,7 @@ func (d *daemon) serve(health http.Handler, registry *prometheus.Registry) (serv
 		if srv.addr == "" {
 			continue
 		}
-		l, err := net.Listen("tcp", srv.addr)
+		l, err := net.Listen(listenNetwork(srv.addr), srv.addr)
 		if err != nil {
 			s.shutdown()
 			return nil, fmt.Errorf("%s server: %w", srv.name, err)
@@ -279,6 +279,16 @@ func (d *daemon) serve(health http.Handler, registry *prometheus.Registry) (serv
 		s = append(s, h)
 	}
 	return s, nil
+}
+
+// listenNetwork keeps an IPv4 address IPv4-only, as kube-proxy does: Go
+// would make 0.0.0.0 a dual-stack socket.
+func listenNetwork(addr string) string {
+	host, _, _ := net.SplitHostPort(addr)
+	if ip := net.ParseIP(host); ip != nil && ip.To4() != nil {
+		return "tcp4"
+	}
+	return "tcp"
 }
 
 func (d *daemon) serveOn(name string, h *http.Server, l net.Listener) {

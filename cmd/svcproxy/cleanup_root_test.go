@@ -1,0 +1,72 @@
+package main_test
+
+import (
+	"context"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/svcproxy/svcproxy/internal/netnstest"
+	"github.com/svcproxy/svcproxy/iptables"
+	"github.com/svcproxy/svcproxy/proxier"
+)
+
+// oneService is a view with one ClusterIP service port and one endpoint.
+func oneService(family proxier.Family, clusterIP, endpoint string) *proxier.NodeView {
+	name := proxier.ServicePortName{Namespace: "ns", Name: "web", Port: "http", Protocol: proxier.TCP}
+	return &proxier.NodeView{Family: family, Services: map[proxier.ServicePortName]*proxier.ServicePort{
+		name: {Name: name, ClusterIP: netip.MustParseAddr(clusterIP), Port: 80,
+			ClusterEndpoints: []proxier.Endpoint{{Addr: netip.MustParseAddrPort(endpoint), Ready: true, Serving: true}}},
+	}}
+}
+
+// The built binary, run with --cleanup in a network namespace that holds
+// svcproxy's rules in nft IPv4 and legacy IPv6 next to another program's
+// chain, leaves none of its own and the other program's intact.
+func TestCleanupFlagRemovesEverySvcproxyRuleInTheNamespace(t *testing.T) {
+	netnstest.RequireRoot(t)
+	ns := netnstest.NewNS(t, "node")
+	programmed := []struct {
+		flavor iptables.Flavor
+		view   *proxier.NodeView
+	}{
+		{iptables.FlavorNFT, oneService(proxier.IPv4, "10.96.0.10", "10.244.0.11:8080")},
+		{iptables.FlavorLegacy, oneService(proxier.IPv6, "fd00:96::10", "[fd00:244::11]:8080")},
+	}
+	for _, p := range programmed {
+		err := ns.Do(func() error {
+			b, err := iptables.New(iptables.Config{}, p.view.Family, p.flavor)
+			if err != nil {
+				return err
+			}
+			_, err = b.Sync(context.Background(), p.view, nil)
+			return err
+		})
+		if err != nil {
+			t.Fatalf("programming %s %s: %v", p.flavor, p.view.Family, err)
+		}
+		save := ns.MustRun(p.flavor.Binary(p.view.Family, "-save"))
+		if !strings.Contains(save, "SVCPROXY-SERVICES") {
+			t.Fatalf("%s %s holds no svcproxy rules before the cleanup:\n%s", p.flavor, p.view.Family, save)
+		}
+	}
+	ns.MustRun("iptables-nft", "-w", "-t", "nat", "-N", "OTHER-PROGRAM")
+	ns.MustRun("ip6tables-legacy", "-w", "-t", "filter", "-N", "OTHER-PROGRAM")
+
+	if _, err := ns.Run(bin, "--cleanup"); err != nil {
+		t.Fatalf("svcproxy --cleanup: %v", err)
+	}
+
+	for _, flavor := range []iptables.Flavor{iptables.FlavorNFT, iptables.FlavorLegacy} {
+		for _, family := range []proxier.Family{proxier.IPv4, proxier.IPv6} {
+			save := ns.MustRun(flavor.Binary(family, "-save"))
+			if strings.Contains(save, "SVCPROXY") {
+				t.Errorf("%s %s still holds svcproxy rules after --cleanup:\n%s", flavor, family, save)
+			}
+		}
+	}
+	if !strings.Contains(ns.MustRun("iptables-nft-save", "-t", "nat"), ":OTHER-PROGRAM") ||
+		!strings.Contains(ns.MustRun("ip6tables-legacy-save", "-t", "filter"), ":OTHER-PROGRAM") {
+		t.Error("--cleanup removed another program's chain")
+	}
+}
