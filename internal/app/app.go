@@ -113,6 +113,9 @@ func (d *daemon) start(ctx context.Context) (*proxy, error) {
 		return nil, err
 	}
 	p.node = d.waitForNode(ctx, p.source, nodeName)
+	if ctx.Err() != nil {
+		return nil, nil // stopped while waiting: not an error
+	}
 	if err := d.makeBackends(ctx, p); err != nil {
 		return nil, err
 	}
