@@ -1,9 +1,12 @@
 package conntrack
 
 import (
+	"context"
+
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"go.uber.org/zap"
 	"net/netip"
 
 	"github.com/svcproxy/svcproxy/proxier"
@@ -223,4 +226,20 @@ func protocolOf(ipProto uint8) proxier.Protocol {
 		return proxier.SCTP
 	}
 	return 0
+}
+
+// Cleaner is a Table as the syncer's proxier.FlowCleaner: after each sync
+// it deletes the flows that sync made stale, and logs how many.
+type Cleaner struct {
+	Table Table
+	Log   *zap.Logger // nil: no logging
+}
+
+// Clean implements proxier.FlowCleaner.
+func (c Cleaner) Clean(_ context.Context, prev, next *proxier.NodeView) error {
+	n, err := Clean(c.Table, prev, next)
+	if n > 0 && c.Log != nil {
+		c.Log.Debug("deleted stale flows", zap.Stringer("family", next.Family), zap.Int("entries", n))
+	}
+	return err
 }

@@ -174,7 +174,7 @@ func (c *cluster) start() *process {
 		}
 		backends = append(backends, b)
 	}
-	p.syncer = proxier.NewSyncer(p.tracker, backends, flowCleaner{c.flows}, clock.RealClock{}, log)
+	p.syncer = proxier.NewSyncer(p.tracker, backends, conntrack.Cleaner{Table: c.flows}, clock.RealClock{}, log)
 	p.syncer.Observe(p.record)
 	p.tracker.SetNode(c.nodeInfo())
 	for _, svc := range c.services {
@@ -184,14 +184,6 @@ func (c *cluster) start() *process {
 		p.tracker.UpsertEndpointSlice(es)
 	}
 	return p
-}
-
-// flowCleaner is the conntrack cleanup svcproxy runs after each sync.
-type flowCleaner struct{ table conntrack.Table }
-
-func (f flowCleaner) Clean(_ context.Context, prev, next *proxier.NodeView) error {
-	_, err := conntrack.Clean(f.table, prev, next)
-	return err
 }
 
 // restart replaces the svcproxy process by a new one, which knows nothing

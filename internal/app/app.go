@@ -230,21 +230,7 @@ func openConntrack(log *zap.Logger) (proxier.FlowCleaner, func()) {
 		log.Warn("conntrack unavailable; stale UDP and SCTP flows will only time out", zap.Error(err))
 		return nil, func() {}
 	}
-	return flowCleaner{table: k, log: log.Named("conntrack")}, k.Close
-}
-
-// flowCleaner is the conntrack table as the syncer's FlowCleaner.
-type flowCleaner struct {
-	table conntrack.Table
-	log   *zap.Logger
-}
-
-func (f flowCleaner) Clean(_ context.Context, prev, next *proxier.NodeView) error {
-	n, err := conntrack.Clean(f.table, prev, next)
-	if n > 0 {
-		f.log.Debug("deleted stale flows", zap.Stringer("family", next.Family), zap.Int("entries", n))
-	}
-	return err
+	return conntrack.Cleaner{Table: k, Log: log.Named("conntrack")}, k.Close
 }
 
 func newRegistry() *prometheus.Registry {
