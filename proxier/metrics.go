@@ -77,6 +77,12 @@ func NewMetrics(reg prometheus.Registerer, tracker *Tracker, families []Family, 
 		livez: prometheus.NewCounterVec(prometheus.CounterOpts{Subsystem: metricsSubsystem,
 			Name: "proxy_livez_total", Help: "Cumulative proxy livez HTTP status"}, []string{"code"}),
 	}
+	// Failure counters exist from the start at 0, so a scrape (and an alert
+	// on their rate) sees them before the first failure.
+	for _, f := range families {
+		m.restoreFailures.WithLabelValues(f.String())
+		m.partialRestoreFailures.WithLabelValues(f.String())
+	}
 	reg.MustRegister(m.syncDuration, m.fullSyncDuration, m.partialSyncDuration, m.programmingDuration,
 		m.lastSynced, m.restoreFailures, m.partialRestoreFailures, m.noLocalEndpoints, m.healthz, m.livez,
 		newChangeCollector(tracker, families))
@@ -119,7 +125,7 @@ func (m *Metrics) Observe(r *SyncReport) {
 // (the ClusterIP drops traffic) and external (outside traffic is dropped).
 func countNoLocalEndpoints(v *NodeView) (internal, external int) {
 	for _, sp := range v.Services {
-		if len(sp.ClusterEndpoints)+len(sp.LocalEndpoints)+len(sp.ExternalClusterEndpoints) == 0 {
+		if !sp.HasEndpoints {
 			continue
 		}
 		if sp.InternalPolicyLocal && len(sp.ClusterEndpoints) == 0 {

@@ -59,16 +59,18 @@ func endpointAt(addr string, local bool) Endpoint {
 	return Endpoint{Addr: netip.MustParseAddrPort(addr), Local: local, Ready: true, Serving: true}
 }
 
-// noLocalView has one port of each kind kube-proxy counts: internal policy
-// Local without a local endpoint, external policy Local without one, and
-// one that is fine.
+// noLocalView has the ports kube-proxy counts: internal policy Local with
+// endpoints elsewhere only (with and without a node port), external policy
+// Local without a local endpoint, one that is fine and one with no
+// endpoints at all (counted nowhere).
 func noLocalView(fam Family) *NodeView {
 	port := func(name string) ServicePortName { return ServicePortName{"ns", name, "http", TCP} }
 	remote := []Endpoint{endpointAt("10.0.1.5:8080", false)}
 	return &NodeView{Family: fam, Services: map[ServicePortName]*ServicePort{
-		port("internal-local"): {Name: port("internal-local"), InternalPolicyLocal: true, ExternalClusterEndpoints: remote, NodePort: 30001},
-		port("external-local"): {Name: port("external-local"), ExternalPolicyLocal: true, NodePort: 30002, ClusterEndpoints: remote},
-		port("fine"):           {Name: port("fine"), ClusterEndpoints: remote},
+		port("internal-local"): {Name: port("internal-local"), InternalPolicyLocal: true, ExternalClusterEndpoints: remote, NodePort: 30001, HasEndpoints: true},
+		port("internal-only"):  {Name: port("internal-only"), InternalPolicyLocal: true, HasEndpoints: true},
+		port("external-local"): {Name: port("external-local"), ExternalPolicyLocal: true, NodePort: 30002, ClusterEndpoints: remote, HasEndpoints: true},
+		port("fine"):           {Name: port("fine"), ClusterEndpoints: remote, HasEndpoints: true},
 		port("no-endpoints"):   {Name: port("no-endpoints"), InternalPolicyLocal: true},
 	}}
 }
@@ -117,7 +119,7 @@ func TestMetricsFromSyncReport(t *testing.T) {
 		"kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family=IPv4}":                           synced,
 		"kubeproxy_sync_proxy_rules_iptables_restore_failures_total{ip_family=IPv6}":                  1,
 		"kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total{ip_family=IPv6}":          1,
-		"kubeproxy_sync_proxy_rules_no_local_endpoints_total{ip_family=IPv4,traffic_policy=internal}": 1,
+		"kubeproxy_sync_proxy_rules_no_local_endpoints_total{ip_family=IPv4,traffic_policy=internal}": 2,
 		"kubeproxy_sync_proxy_rules_no_local_endpoints_total{ip_family=IPv4,traffic_policy=external}": 1,
 		"kubeproxy_sync_proxy_rules_endpoint_changes_pending{}":                                       1,
 		"kubeproxy_sync_proxy_rules_endpoint_changes_total{}":                                         2,

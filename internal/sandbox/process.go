@@ -19,9 +19,10 @@ type Process struct {
 	err  error // its exit, once done is closed
 }
 
-// StartIn starts binary with args inside ns, its output in logPath. The
-// program dies with the caller (Pdeathsig) so a killed test leaves nothing.
-func StartIn(ns *netnstest.NS, logPath, binary string, args ...string) (*Process, error) {
+// StartIn starts binary with args inside ns, its output in logPath, with
+// the caller's environment plus env. The program dies with the caller
+// (Pdeathsig) so a killed test leaves nothing.
+func StartIn(ns *netnstest.NS, logPath string, env []string, binary string, args ...string) (*Process, error) {
 	out, err := os.Create(logPath)
 	if err != nil {
 		return nil, err
@@ -29,6 +30,7 @@ func StartIn(ns *netnstest.NS, logPath, binary string, args ...string) (*Process
 	p := &Process{Log: logPath, done: make(chan struct{})}
 	p.cmd = exec.Command(binary, args...)
 	p.cmd.Stdout, p.cmd.Stderr = out, out
+	p.cmd.Env = append(os.Environ(), env...)
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
 	// Started on a thread inside ns, the child is born in ns. Pdeathsig
 	// fires when the *thread* that started the child ends, and Do's thread

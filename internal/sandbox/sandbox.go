@@ -30,7 +30,10 @@ type Sandbox struct {
 	// Kubeconfig is the admin kubeconfig as seen from inside the node
 	// namespace (through the bridge).
 	Kubeconfig string
-	proxies    int
+	// ProxyEnv is added to the environment of every svcproxy started from
+	// now on (a PATH with stand-in tools, say).
+	ProxyEnv []string
+	proxies  int
 }
 
 // APIServerInNode is where the bridge answers inside the node namespace.
@@ -94,7 +97,7 @@ func (s *Sandbox) StartProxyAs(kubeconfig string, extra ...string) (*Process, er
 	s.proxies++
 	log := filepath.Join(s.opts.Dir, fmt.Sprintf("svcproxy-%d.log", s.proxies))
 	args := append(s.ProxyArgs(kubeconfig), extra...)
-	return StartIn(s.Bed.Node(), log, s.opts.Binary, args...)
+	return StartIn(s.Bed.Node(), log, s.ProxyEnv, s.opts.Binary, args...)
 }
 
 // WaitHealthy polls the daemon's /healthz inside the node namespace until

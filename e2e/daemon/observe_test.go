@@ -1,0 +1,193 @@
+package daemon_test
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	v1 "k8s.io/api/core/v1"
+
+)
+
+// failingRestores puts stand-ins for every iptables-restore first on
+// svcproxy's PATH: they refuse the rules while the returned file exists,
+// and run the real tool otherwise. A kernel that refuses rules, on demand.
+func failingRestores(t *testing.T, n *node) (failOn string) {
+	t.Helper()
+	dir := t.TempDir()
+	failOn = filepath.Join(dir, "refuse")
+	for _, tool := range []string{"iptables-nft-restore", "iptables-legacy-restore", "ip6tables-nft-restore", "ip6tables-legacy-restore"} {
+		real, err := lookPath(tool)
+		if err != nil {
+			t.Fatal(err)
+		}
+		script := fmt.Sprintf("#!/bin/sh\nif [ -e %q ]; then echo 'iptables-restore: line 2 failed (injected by the test)' >&2; exit 1; fi\nexec %q \"$@\"\n", failOn, real)
+		if err := os.WriteFile(filepath.Join(dir, tool), []byte(script), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n.sb.ProxyEnv = []string{"PATH=" + dir + ":" + os.Getenv("PATH")}
+	return failOn
+}
+
+func lookPath(tool string) (string, error) {
+	for _, dir := range []string{"/usr/sbin", "/sbin", "/usr/bin", "/bin"} {
+		if _, err := os.Stat(filepath.Join(dir, tool)); err == nil {
+			return filepath.Join(dir, tool), nil
+		}
+	}
+	return "", fmt.Errorf("%s not found", tool)
+}
+
+// status fetches url inside the node namespace and returns its HTTP status.
+func (n *node) status(url string) (int, error) {
+	resp, err := client(n.sb.Bed.Node()).Get(url)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	return resp.StatusCode, nil
+}
+
+func (n *node) expectStatus(url string, want int) func() error {
+	return func() error {
+		got, err := n.status(url)
+		if err != nil {
+			return err
+		}
+		if got != want {
+			return fmt.Errorf("%s: HTTP %d, want %d", url, got, want)
+		}
+		return nil
+	}
+}
+
+// /healthz and /livez turn unhealthy when changes cannot be programmed for
+// longer than twice the sync period, and recover once they can.
+func TestHealthzFailsWhileSyncingIsStuckAndRecovers(t *testing.T) {
+	n := newIdleNode(t, 2)
+	refuse := failingRestores(t, n)
+	n.startProxy(n.sb.Kubeconfig, "--iptables-sync-period=2s")
+	const healthz, livez = "http://127.0.0.1:10256/healthz", "http://127.0.0.1:10256/livez"
+	if err := n.expectStatus(healthz, 200)(); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := os.WriteFile(refuse, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	svc := n.createService(n.service("stuck", v1.ServiceTypeClusterIP, 80))
+	wrote := n.createSlice(n.slice("stuck", n.ns, 0))
+	n.eventually("healthz unhealthy while the kernel refuses the rules", wrote, n.expectStatus(healthz, http.StatusServiceUnavailable))
+	if took := time.Since(wrote); took < 4*time.Second {
+		t.Fatalf("unhealthy after %v: before the 4s (2 x sync period) a change may wait", took)
+	}
+	if err := n.expectStatus(livez, http.StatusServiceUnavailable)(); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := os.Remove(refuse); err != nil {
+		t.Fatal(err)
+	}
+	fixed := time.Now()
+	n.eventually("healthz healthy again", fixed, n.expectStatus(healthz, 200))
+	n.eventually("the change made while stuck carries traffic", fixed, answers(n.pod(1), "http://"+svc.Spec.ClusterIP+"/", "pod-0"))
+	if !strings.Contains(n.proxy.Output(), "injected by the test") {
+		t.Fatal("svcproxy's log does not carry iptables-restore's error")
+	}
+}
+
+// The metrics server answers with kube-proxy's metric names, and they move
+// with what the daemon does.
+func TestMetricsUseKubeProxyNames(t *testing.T) {
+	n := newNode(t, 2)
+	svc := n.createService(n.service("measured", v1.ServiceTypeClusterIP, 80))
+	slice := n.slice("measured", n.ns, 0)
+	slice.Annotations = map[string]string{v1.EndpointsLastChangeTriggerTime: time.Now().UTC().Format(time.RFC3339)}
+	wrote := n.createSlice(slice)
+	n.eventually("service up", wrote, answers(n.pod(1), "http://"+svc.Spec.ClusterIP+"/", "pod-0"))
+
+	var families map[string]*dto.MetricFamily
+	n.eventually("partial sync and programming latency recorded", wrote, func() (err error) {
+		families, err = n.scrape()
+		if err != nil {
+			return err
+		}
+		for _, name := range []string{"kubeproxy_sync_partial_proxy_rules_duration_seconds", "kubeproxy_network_programming_duration_seconds"} {
+			if histogramCount(families[name]) == 0 {
+				return fmt.Errorf("%s has no observation yet", name)
+			}
+		}
+		return nil
+	})
+	for _, name := range []string{
+		"kubeproxy_sync_proxy_rules_duration_seconds",
+		"kubeproxy_sync_full_proxy_rules_duration_seconds",
+		"kubeproxy_sync_partial_proxy_rules_duration_seconds",
+		"kubeproxy_network_programming_duration_seconds",
+		"kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+		"kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
+		"kubeproxy_sync_proxy_rules_iptables_restore_failures_total",
+		"kubeproxy_sync_proxy_rules_endpoint_changes_pending",
+		"kubeproxy_sync_proxy_rules_endpoint_changes_total",
+		"kubeproxy_sync_proxy_rules_service_changes_pending",
+		"kubeproxy_sync_proxy_rules_service_changes_total",
+		"kubeproxy_sync_proxy_rules_no_local_endpoints_total",
+	} {
+		if _, ok := families[name]; !ok {
+			t.Errorf("metric %s missing", name)
+		}
+	}
+	if histogramCount(families["kubeproxy_sync_full_proxy_rules_duration_seconds"]) == 0 {
+		t.Error("the first (full) sync was not recorded")
+	}
+	last := families["kubeproxy_sync_proxy_rules_last_timestamp_seconds"]
+	if last == nil || len(last.Metric) == 0 || last.Metric[0].GetGauge().GetValue() < float64(wrote.Add(-time.Minute).Unix()) {
+		t.Errorf("last sync timestamp %v is not recent", last)
+	}
+	if total := counterSum(families["kubeproxy_sync_proxy_rules_endpoint_changes_total"]); total < 1 {
+		t.Errorf("endpoint_changes_total = %v, want at least the slice created", total)
+	}
+}
+
+func (n *node) scrape() (map[string]*dto.MetricFamily, error) {
+	resp, err := client(n.sb.Bed.Node()).Get("http://127.0.0.1:10249/metrics")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	return parser.TextToMetricFamilies(resp.Body)
+}
+
+func histogramCount(f *dto.MetricFamily) uint64 {
+	var n uint64
+	if f == nil {
+		return 0
+	}
+	for _, m := range f.Metric {
+		n += m.GetHistogram().GetSampleCount()
+	}
+	return n
+}
+
+func counterSum(f *dto.MetricFamily) float64 {
+	var n float64
+	if f == nil {
+		return 0
+	}
+	for _, m := range f.Metric {
+		n += m.GetCounter().GetValue()
+	}
+	return n
+}
+
