@@ -14,7 +14,6 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	v1 "k8s.io/api/core/v1"
-
 )
 
 // failingRestores puts stand-ins for every iptables-restore first on
@@ -190,4 +189,3 @@ func counterSum(f *dto.MetricFamily) float64 {
 	}
 	return n
 }
-
