@@ -3,11 +3,15 @@ package daemon_test
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
+	"time"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
@@ -19,6 +23,9 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/restmapper"
 	"sigs.k8s.io/yaml"
+
+	"github.com/svcproxy/svcproxy/internal/netnstest"
+	"github.com/svcproxy/svcproxy/internal/sandbox"
 )
 
 // manifestObjects reads manifests/ as kustomize would for this kustomization:
@@ -176,5 +183,69 @@ func TestManifestsApplyAndTheirRBACIsEnoughAndNoMore(t *testing.T) {
 	}
 	for _, a := range denied {
 		check(a, false)
+	}
+}
+
+// An apiserver that cannot be reached, or refuses svcproxy's credentials,
+// ends startup with one clear error line and a non-zero exit, before any
+// rule is written.
+func TestUnusableAPIServerIsOneErrorLine(t *testing.T) {
+	requireSetup(t)
+	ns := netnstest.NewNS(t, "lonely-node")
+	dir := t.TempDir()
+	unreachable := filepath.Join(dir, "unreachable.kubeconfig")
+	if err := sandbox.RewriteKubeconfig(cp.AdminKubeconfig(), unreachable, "https://127.0.0.1:1"); err != nil {
+		t.Fatal(err)
+	}
+	wrongToken, err := cp.KubeconfigForToken("not-a-token")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := newIdleNode(t, 0) // a node namespace bridged to the apiserver
+	rejected, err := n.sb.KubeconfigInNode(wrongToken)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name, kubeconfig string
+		in               *netnstest.NS
+		want             string
+	}{
+		{"unreachable", unreachable, ns, "https://127.0.0.1:1"},
+		{"credentials refused", rejected, n.sb.Bed.Node(), "Unauthorized"},
+	}
+	for i, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			start := time.Now()
+			p, err := sandbox.StartIn(tc.in, filepath.Join(dir, fmt.Sprintf("svcproxy-%d.log", i)), nil, svcproxyBin,
+				"--kubeconfig="+tc.kubeconfig, "--hostname-override=lonely", "--api-timeout=3s")
+			if err != nil {
+				t.Fatal(err)
+			}
+			exitErr := p.Wait(60 * time.Second)
+			var ee *exec.ExitError
+			if !errors.As(exitErr, &ee) || ee.ExitCode() == 0 {
+				t.Fatalf("exit %v, want a non-zero exit code; output:\n%s", exitErr, p.Output())
+			}
+			var errorLines []string
+			for _, line := range strings.Split(strings.TrimSpace(p.Output()), "\n") {
+				if strings.HasPrefix(line, "svcproxy: ") {
+					errorLines = append(errorLines, line)
+				}
+			}
+			if len(errorLines) != 1 || !strings.Contains(errorLines[0], tc.want) {
+				t.Fatalf("error lines %q, want exactly one naming %q; output:\n%s", errorLines, tc.want, p.Output())
+			}
+			t.Logf("gave up after %v: %s", time.Since(start).Round(100*time.Millisecond), errorLines[0])
+		})
+	}
+	for _, save := range []string{"iptables-nft-save", "iptables-legacy-save"} {
+		out, err := ns.Run(save)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(out, "SVCPROXY") {
+			t.Fatalf("%s shows svcproxy rules after a failed start:\n%s", save, out)
+		}
 	}
 }

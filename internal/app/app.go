@@ -162,7 +162,24 @@ func (d *daemon) waitForAPI(ctx context.Context, source *proxier.Source) error {
 	if err == nil || ctx.Err() != nil {
 		return nil
 	}
-	return fmt.Errorf("waited %v for the API server: %w", d.cfg.APITimeout, err)
+	return fmt.Errorf("waited %v for the API server %s: %w", d.cfg.APITimeout, apiServer(d.cfg), err)
+}
+
+// apiServer names the API server cfg points at, for the error that says
+// it could not be reached: the first thing an operator needs to check.
+func apiServer(cfg Config) string {
+	if cfg.Master != "" {
+		return cfg.Master
+	}
+	if cfg.Kubeconfig == "" {
+		return "https://" + net.JoinHostPort(os.Getenv("KUBERNETES_SERVICE_HOST"), os.Getenv("KUBERNETES_SERVICE_PORT")) + " (in-cluster)"
+	}
+	loaded, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(
+		&clientcmd.ClientConfigLoadingRules{ExplicitPath: cfg.Kubeconfig}, nil).ClientConfig()
+	if err != nil {
+		return "of " + cfg.Kubeconfig
+	}
+	return loaded.Host
 }
 
 func (d *daemon) waitForNode(ctx context.Context, source *proxier.Source, name string) proxier.NodeInfo {
