@@ -220,7 +220,7 @@ func TestDaemonStartFailuresAreOneClearError(t *testing.T) {
 		host   *fakeHost
 		want   string
 	}{
-		{"API refuses", forbidden, newFakeHost("nft/IPv4"), "waited 1s for the API server: could not list services from the API server: failed to list *v1.Service: services is forbidden"},
+		{"API refuses", forbidden, newFakeHost("nft/IPv4"), "(in-cluster): could not list services from the API server: failed to list *v1.Service: services is forbidden"},
 		{"primary family unusable", fake.NewClientset(v6Node), newFakeHost("nft/IPv4"), "no support for the node's primary IP family IPv6"},
 	}
 	for _, c := range cases {
