@@ -172,7 +172,11 @@ func apiServer(cfg Config) string {
 		return cfg.Master
 	}
 	if cfg.Kubeconfig == "" {
-		return "https://" + net.JoinHostPort(os.Getenv("KUBERNETES_SERVICE_HOST"), os.Getenv("KUBERNETES_SERVICE_PORT")) + " (in-cluster)"
+		host, port := os.Getenv("KUBERNETES_SERVICE_HOST"), os.Getenv("KUBERNETES_SERVICE_PORT")
+		if host == "" {
+			return "(in-cluster)"
+		}
+		return "https://" + net.JoinHostPort(host, port) + " (in-cluster)"
 	}
 	loaded, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(
 		&clientcmd.ClientConfigLoadingRules{ExplicitPath: cfg.Kubeconfig}, nil).ClientConfig()
