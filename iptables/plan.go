@@ -81,9 +81,10 @@ func (p *Plan) Render(stale []ChainKey) []byte {
 	}
 
 	var buf bytes.Buffer
-	// Sizing the buffer up front saves re-copying a multi-megabyte full sync
-	// as it grows; ~100 bytes a rule is what the compiler emits on average.
-	buf.Grow(100*p.Rules() + 64*(len(p.Write)+len(deletes)))
+	// Sized exactly up front: a full sync renders megabytes, and growing
+	// the buffer by doubling would copy them again and leave the garbage
+	// at the moment the process's memory peaks.
+	buf.Grow(p.renderedSize(deletes))
 	for _, table := range []Table{TableFilter, TableNAT} {
 		writes := sortedKeys(p.Write, table)
 		dels := sortedKeys(deletes, table)
@@ -110,6 +111,21 @@ func (p *Plan) Render(stale []ChainKey) []byte {
 		buf.WriteString("COMMIT\n")
 	}
 	return buf.Bytes()
+}
+
+// renderedSize is the exact length of Render's output.
+func (p *Plan) renderedSize(deletes map[ChainKey]bool) int {
+	n := 2 * len("*filter\nCOMMIT\n")
+	for k, rules := range p.Write {
+		n += len(":- [0:0]\n") + 1 + len(k.Name)
+		for _, r := range rules {
+			n += len("-A  \n") + len(k.Name) + len(r)
+		}
+	}
+	for k := range deletes {
+		n += len(":- [0:0]\n") + 1 + len(k.Name) + len("-X \n") + len(k.Name)
+	}
+	return n
 }
 
 func sortedKeys[V any](m map[ChainKey]V, table Table) []ChainKey {
