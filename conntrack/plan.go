@@ -118,12 +118,12 @@ func revivedServiceFlows(family proxier.Family, old, cur *proxier.ServicePort) [
 // endpoints returns the distinct endpoint addresses a service port sends
 // any traffic to, sorted.
 func endpoints(sp *proxier.ServicePort) []netip.AddrPort {
-	var eps []netip.AddrPort
-	for _, ep := range slices.Concat(sp.ClusterEndpoints, sp.LocalEndpoints) {
-		eps = append(eps, ep.Addr)
+	reachable := sp.ReachableEndpoints()
+	eps := make([]netip.AddrPort, len(reachable))
+	for i, ep := range reachable {
+		eps[i] = ep.Addr
 	}
-	slices.SortFunc(eps, netip.AddrPort.Compare)
-	return slices.Compact(eps)
+	return eps
 }
 
 // addressFlows returns one flow per address the service port answers on.

@@ -65,6 +65,14 @@ func TestPlan(t *testing.T) {
 	a, b := ep("10.244.0.5:53"), ep("10.244.0.6:53")
 	localOnly := dnsPort(dns)
 	localOnly.LocalEndpoints = []proxier.Endpoint{a}
+	// internalTrafficPolicy Local, externally reachable: the ClusterIP uses
+	// local endpoints, outside traffic all of them.
+	internalLocal := func(external ...proxier.Endpoint) *proxier.ServicePort {
+		sp := dnsPort(dns)
+		sp.InternalPolicyLocal = true
+		sp.ExternalClusterEndpoints = external
+		return sp
+	}
 
 	cases := []struct {
 		name       string
@@ -72,6 +80,16 @@ func TestPlan(t *testing.T) {
 		want       []string
 	}{
 		{name: "first sync after a start flushes nothing", prev: nil, next: view(dnsPort(dns, a))},
+		{
+			name: "internalTrafficPolicy Local: a remote endpoint outside traffic used is gone",
+			prev: view(internalLocal(a, b)), next: view(internalLocal(a)),
+			want: []string{
+				"udp 10.96.0.10:53 -> 10.244.0.6:53",
+				"udp 203.0.113.7:53 -> 10.244.0.6:53",
+				"udp 198.51.100.9:53 -> 10.244.0.6:53",
+				"udp *:30053 -> 10.244.0.6:53",
+			},
+		},
 		{name: "nothing changed", prev: view(dnsPort(dns, a, b)), next: view(dnsPort(dns, a, b))},
 		{name: "an endpoint added", prev: view(dnsPort(dns, a)), next: view(dnsPort(dns, a, b))},
 		{
