@@ -65,6 +65,8 @@ type Syncer struct {
 	// correctness).
 	applied  map[Family]*NodeView
 	computed map[Family]computedView
+	// cleaned is, per family, the view up to which stale flows are gone.
+	cleaned map[Family]*NodeView
 }
 
 type computedView struct {
@@ -82,6 +84,7 @@ func NewSyncer(tracker *Tracker, backends []Backend, flows FlowCleaner, clk cloc
 		log:      log,
 		applied:  map[Family]*NodeView{},
 		computed: map[Family]computedView{},
+		cleaned:  map[Family]*NodeView{},
 	}
 }
 
@@ -118,18 +121,31 @@ func (s *Syncer) syncFamily(ctx context.Context, b Backend, snap *Snapshot, full
 	res, err := b.Sync(ctx, view, basis)
 	if err != nil {
 		// The kernel still holds the last successful state (restores are
-		// atomic), so prev stays the reference for conntrack cleanup.
+		// atomic), so the conntrack baseline stays where it was.
 		return FamilyReport{Family: fam, View: view, Result: res, Err: fmt.Errorf("%v: %w", fam, err)}
 	}
 	s.applied[fam] = view
-	if s.flows != nil && prev != nil {
-		if err := s.flows.Clean(ctx, prev, view); err != nil {
-			// Stale flows age out on their own; a failed cleanup is not
-			// worth a resync of the rules.
-			s.log.Warn("conntrack cleanup failed", zap.Stringer("family", fam), zap.Error(err))
+	s.cleanFlows(ctx, fam, view)
+	return FamilyReport{Family: fam, View: view, Result: res}
+}
+
+// cleanFlows deletes the flows made stale since the last view whose stale
+// flows were all deleted. A failed cleanup is not worth a resync of the
+// rules, but it keeps its baseline, so the next sync deletes what this one
+// could not: a UDP client that keeps a flow alive would otherwise stay
+// pinned to a dead endpoint for good.
+func (s *Syncer) cleanFlows(ctx context.Context, fam Family, view *NodeView) {
+	if s.flows == nil {
+		return
+	}
+	base := s.cleaned[fam]
+	if base != nil {
+		if err := s.flows.Clean(ctx, base, view); err != nil {
+			s.log.Warn("conntrack cleanup failed; retrying after the next sync", zap.Stringer("family", fam), zap.Error(err))
+			return
 		}
 	}
-	return FamilyReport{Family: fam, View: view, Result: res}
+	s.cleaned[fam] = view
 }
 
 func (s *Syncer) logReport(r *SyncReport) {

@@ -32,10 +32,16 @@ func (b *recordingBackend) Sync(_ context.Context, view, prev *NodeView) (SyncRe
 func (b *recordingBackend) Intact(context.Context) (bool, error) { return true, nil }
 func (b *recordingBackend) Cleanup(context.Context) error        { return nil }
 
-type recordingCleaner struct{ calls []backendCall }
+type recordingCleaner struct {
+	calls []backendCall
+	fail  bool
+}
 
 func (c *recordingCleaner) Clean(_ context.Context, prev, next *NodeView) error {
 	c.calls = append(c.calls, backendCall{next, prev})
+	if c.fail {
+		return errors.New("conntrack dump interrupted")
+	}
 	return nil
 }
 
@@ -124,5 +130,43 @@ func TestSyncerKeepsLastGoodViewAcrossFailures(t *testing.T) {
 	}
 	if v4Clean == nil || v4Clean.prev != good {
 		t.Fatal("conntrack cleanup after recovery did not compare against the last good view")
+	}
+}
+
+// A cleanup that fails is retried from the same baseline after the next
+// sync, so the stale flows it missed are not forgotten.
+func TestSyncerRetriesFailedFlowCleanupFromItsBaseline(t *testing.T) {
+	tr := NewTracker(zap.NewNop(), time.Now)
+	b4 := &recordingBackend{family: IPv4}
+	flows := &recordingCleaner{}
+	s := NewSyncer(tr, []Backend{b4}, flows, clocktesting.NewFakeClock(time.Unix(0, 0)), zap.NewNop())
+	ctx := context.Background()
+
+	tr.UpsertService(clusterIPService("a", "10.96.0.1"))
+	if err := s.Sync(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	first := b4.calls[0].view
+
+	flows.fail = true
+	tr.UpsertService(clusterIPService("b", "10.96.0.2"))
+	if err := s.Sync(ctx, false); err != nil {
+		t.Fatalf("a failed conntrack cleanup must not fail the sync: %v", err)
+	}
+	flows.fail = false
+	tr.UpsertService(clusterIPService("c", "10.96.0.3"))
+	if err := s.Sync(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	third := b4.calls[2].view
+	if got := flows.calls[len(flows.calls)-1]; got.prev != first || got.view != third {
+		t.Fatal("the cleanup after a failed one must start from the last view it fully cleaned")
+	}
+	tr.UpsertService(clusterIPService("d", "10.96.0.4"))
+	if err := s.Sync(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if got := flows.calls[len(flows.calls)-1]; got.prev != third {
+		t.Fatal("after a successful cleanup the baseline moves on")
 	}
 }
