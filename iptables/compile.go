@@ -73,7 +73,8 @@ type compiler struct {
 	clusterCIDR   netip.Prefix
 	masqueradeAll bool
 	// nodePortDsts are the destinations node ports answer on: a "-d
-	// prefix " match per prefix, or one empty match for every local address.
+	// prefix " match per prefix, or one match for every local address but
+	// loopback.
 	nodePortDsts []string
 	mark         string // "0x4000"
 	hostBits     int    // 32 or 128
@@ -114,7 +115,13 @@ func masqueradeMark(bit int) string {
 
 func nodePortDsts(prefixes []netip.Prefix, family proxier.Family) []string {
 	if len(prefixes) == 0 {
-		return []string{""}
+		// Every local address but loopback: a packet DNATed from loopback
+		// to a pod cannot be routed (svcproxy does not set route_localnet),
+		// so it would hang where an unserved port answers at once.
+		if family == proxier.IPv6 {
+			return []string{"! -d ::1/128 "}
+		}
+		return []string{"! -d 127.0.0.0/8 "}
 	}
 	var dsts []string
 	for _, p := range prefixes {

@@ -64,6 +64,7 @@ var traceCases = map[string][]traceCase{
 		{name: "pod to NodePort is masqueraded", src: localPod, dst: nodeIP, dstLocal: true, port: 30080, want: []string{"10.244.2.5:8080", "10.244.3.7:8080"}, masq: true},
 		{name: "node to its own NodePort", src: nodeIP, srcLocal: true, dst: nodeIP, dstLocal: true, port: 30080, want: []string{"10.244.2.5:8080", "10.244.3.7:8080"}, masq: true},
 		{name: "NodePort on a routed, non-local address untouched", src: client, dst: "10.0.0.1", port: 30080},
+		{name: "NodePort on loopback untouched (it could not be routed)", src: "127.0.0.1", srcLocal: true, dst: "127.0.0.1", dstLocal: true, port: 30080},
 	},
 	"loadbalancer-source-ranges": {
 		{name: "allowed source reaches endpoints", src: client, dst: lbIP, port: 80, want: []string{"10.244.2.5:8080", "10.244.3.7:8080"}, masq: true},
