@@ -317,6 +317,8 @@ func TestDetectFlavorFollowsTheRulesTheHostHas(t *testing.T) {
 		{"nft rules", map[string]string{"iptables-nft-save": oneRule, "ip6tables-nft-save": oneRule, "iptables-legacy-save": rules, "ip6tables-legacy-save": ""}, FlavorNFT},
 		{"tie", map[string]string{"iptables-nft-save": oneRule, "ip6tables-nft-save": "", "iptables-legacy-save": "", "ip6tables-legacy-save": oneRule}, FlavorNFT},
 		{"only legacy installed", map[string]string{"iptables-legacy-save": oneRule, "ip6tables-legacy-save": ""}, FlavorLegacy},
+		{"no nf_tables, no rules yet", map[string]string{"iptables-legacy-save": "", "ip6tables-legacy-save": ""}, FlavorLegacy},
+		{"legacy broken, no rules yet", map[string]string{"iptables-nft-save": "", "ip6tables-nft-save": ""}, FlavorNFT},
 	}
 	for _, c := range cases {
 		got, err := DetectFlavor(context.Background(), runFunc(func(name string) ([]byte, error) {

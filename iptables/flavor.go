@@ -82,15 +82,20 @@ func (ExecRunner) Run(ctx context.Context, name string, args []string, stdin []b
 // DetectFlavor picks the flavor the host already uses, as kube-proxy's
 // iptables-wrapper does: the one whose save shows more rules, in both
 // families; nft when they tie (a fresh host shows none in either). A
-// flavor whose tools are missing or fail counts as having no rules; if
-// both fail, the error says why.
+// flavor whose tools are missing or fail is never chosen (a kernel without
+// nf_tables must get legacy, even with no rule anywhere); if both fail, the
+// error says why.
 func DetectFlavor(ctx context.Context, run Runner) (Flavor, error) {
 	nft, nftErr := countRules(ctx, run, FlavorNFT)
 	legacy, legacyErr := countRules(ctx, run, FlavorLegacy)
-	if nftErr != nil && legacyErr != nil {
+	switch {
+	case nftErr != nil && legacyErr != nil:
 		return "", fmt.Errorf("detecting the iptables flavor: %w", errors.Join(nftErr, legacyErr))
-	}
-	if legacy > nft {
+	case nftErr != nil:
+		return FlavorLegacy, nil
+	case legacyErr != nil:
+		return FlavorNFT, nil
+	case legacy > nft:
 		return FlavorLegacy, nil
 	}
 	return FlavorNFT, nil
