@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	goiptables "github.com/coreos/go-iptables/iptables"
 
@@ -111,12 +112,20 @@ func (a *Applier) Apply(ctx context.Context, plan *Plan) (int, error) {
 // not name.
 func (a *Applier) restore(ctx context.Context, input []byte) error {
 	name := a.flavor.Binary(a.family, "-restore")
+	// A restore commits table by table: killed half-way by a shutdown, it
+	// could leave filter updated and nat not. It is let finish, bounded.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), restoreTimeout)
+	defer cancel()
 	_, err := a.run.Run(ctx, name, []string{"--noflush", "--wait"}, input)
 	if err != nil {
 		return restoreError(name, input, err)
 	}
 	return nil
 }
+
+// restoreTimeout bounds one iptables-restore; a full sync of 10k services
+// takes seconds, one waiting on the xtables lock may take longer.
+const restoreTimeout = 2 * time.Minute
 
 // RestoreError is a failed iptables-restore, with the input line it blamed.
 type RestoreError struct {

@@ -365,3 +365,37 @@ func TestIntactChecksTopChainsNoJumpLeadsTo(t *testing.T) {
 		t.Error("Intact with SVCPROXY-NODEPORTS gone")
 	}
 }
+
+// A stopping daemon must not kill a restore half-way through its tables.
+func TestRestoreIsNotCancelledWithTheSync(t *testing.T) {
+	var sawCancelled bool
+	run := runFunc(func(string) ([]byte, error) { return nil, nil })
+	a, err := NewApplier(ApplierConfig{Family: proxier.IPv4, Flavor: FlavorNFT, Jumps: testJumps(), TopChains: testTop(),
+		Run: ctxRunner{run: run, saw: &sawCancelled}, Rules: NewFakeKernel()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	plan := testPlan("10.244.0.11:8080")
+	plan.Full = false
+	if _, err := a.Apply(ctx, plan); err != nil {
+		t.Fatal(err)
+	}
+	if sawCancelled {
+		t.Fatal("iptables-restore ran with the caller's cancelled context")
+	}
+}
+
+// ctxRunner records whether it was handed a cancelled context.
+type ctxRunner struct {
+	run Runner
+	saw *bool
+}
+
+func (r ctxRunner) Run(ctx context.Context, name string, args []string, stdin []byte) ([]byte, error) {
+	if ctx.Err() != nil {
+		*r.saw = true
+	}
+	return r.run.Run(ctx, name, args, stdin)
+}
