@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -46,6 +47,7 @@ type daemon struct {
 
 // proxy is what the startup steps build for the sync loop.
 type proxy struct {
+	nodeName string
 	tracker  *proxier.Tracker
 	health   *proxier.Health
 	source   *proxier.Source
@@ -58,27 +60,36 @@ func (d *daemon) run(ctx context.Context) error {
 	// The informers live as long as run: they stop on a failed start too.
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	p, err := d.start(ctx)
-	if err != nil || ctx.Err() != nil {
+	p, err := d.newProxy()
+	if err != nil {
+		return err
+	}
+	// Health and metrics answer before the startup waits, as kube-proxy's
+	// do: waiting for a Node without addresses takes up to --node-timeout,
+	// and a liveness probe must not restart the proxy meanwhile. Health
+	// counts no change as late before the first sync.
+	registry := newRegistry()
+	health := &healthHandler{health: p.health.Handler()}
+	servers, err := d.serve(health, registry)
+	if err != nil {
+		return err
+	}
+	defer servers.shutdown()
+	if err := d.start(ctx, p); err != nil || ctx.Err() != nil {
 		return err
 	}
 	flows, closeFlows := d.flows(d.log)
 	defer closeFlows()
 	clk := clock.RealClock{}
 	syncer := proxier.NewSyncer(p.tracker, p.backends, flows, clk, d.log.Named("sync"))
-	registry := newRegistry()
 	metrics := proxier.NewMetrics(registry, p.tracker, p.families, clk)
+	health.countWith(metrics)
 	checks := proxier.NewHealthCheckServers("", p.health.Healthy, d.log.Named("healthcheck"))
 	defer checks.Close()
 	syncer.Observe(metrics.Observe)
 	syncer.Observe(p.health.Observe)
 	syncer.Observe(checks.Observe)
 
-	servers, err := d.serve(metrics.InstrumentHealth(p.health.Handler()), registry)
-	if err != nil {
-		return err
-	}
-	defer servers.shutdown()
 	runner := proxier.NewRunner(d.runnerConfig(), clk, p.health.Track(syncer.Sync), syncer.Intact, d.log.Named("runner"))
 	d.log.Info("svcproxy running", zap.String("node", p.node.Name), zap.Stringers("families", p.families))
 	runner.Run(ctx, p.tracker.Changed())
@@ -86,40 +97,44 @@ func (d *daemon) run(ctx context.Context) error {
 	return nil
 }
 
-// start connects to the API server and waits, bounded, for what the first
-// sync needs: every Service and EndpointSlice, and this node's addresses,
-// which decide the IP families.
-func (d *daemon) start(ctx context.Context) (*proxy, error) {
+// newProxy makes the API client, the change tracker, the health judge and
+// the informer source, none of which reach the network yet: a bad
+// kubeconfig is reported before any port is bound.
+func (d *daemon) newProxy() (*proxy, error) {
 	client, err := d.client(d.cfg)
 	if err != nil {
 		return nil, err
 	}
-	nodeName, err := d.nodeName()
-	if err != nil {
+	p := &proxy{tracker: proxier.NewTracker(d.log.Named("tracker"), time.Now)}
+	if p.nodeName, err = d.nodeName(); err != nil {
 		return nil, err
 	}
-	p := &proxy{tracker: proxier.NewTracker(d.log.Named("tracker"), time.Now)}
 	p.health = proxier.NewHealth(proxier.HealthConfig{
 		// kube-proxy's rule: a change may wait twice the sync period.
 		Timeout: 2 * d.cfg.SyncPeriod, Pending: p.tracker.OldestPending, Clock: clock.RealClock{},
 	})
-	p.source, err = proxier.NewSource(proxier.SourceConfig{Client: client, NodeName: nodeName,
+	p.source, err = proxier.NewSource(proxier.SourceConfig{Client: client, NodeName: p.nodeName,
 		Resync: d.cfg.ConfigSyncPeriod, Tracker: p.tracker, OnNode: p.health.SetNode, Log: d.log.Named("source")})
 	if err != nil {
 		return nil, err
 	}
+	return p, nil
+}
+
+// start starts the informers and waits, bounded, for what the first sync
+// needs: every Service and EndpointSlice, and this node's addresses, which
+// decide the IP families; then it makes the backends. Stopped while
+// waiting (ctx done), it returns nil early: not an error.
+func (d *daemon) start(ctx context.Context, p *proxy) error {
 	p.source.Start(ctx)
 	if err := d.waitForAPI(ctx, p.source); err != nil || ctx.Err() != nil {
-		return nil, err
+		return err
 	}
-	p.node = d.waitForNode(ctx, p.source, nodeName)
+	p.node = d.waitForNode(ctx, p.source, p.nodeName)
 	if ctx.Err() != nil {
-		return nil, nil // stopped while waiting: not an error
+		return nil
 	}
-	if err := d.makeBackends(ctx, p); err != nil {
-		return nil, err
-	}
-	return p, nil
+	return d.makeBackends(ctx, p)
 }
 
 func (d *daemon) nodeName() (string, error) {
@@ -260,12 +275,34 @@ func newRegistry() *prometheus.Registry {
 	return r
 }
 
+// healthHandler serves /healthz and /livez from before the startup waits.
+// Their answers are counted once the metrics exist, which needs the IP
+// families the startup finds: probes answered during the waits are not.
+type healthHandler struct {
+	health  http.Handler
+	counted atomic.Pointer[http.Handler]
+}
+
+func (h *healthHandler) countWith(m *proxier.Metrics) {
+	counted := m.InstrumentHealth(h.health)
+	h.counted.Store(&counted)
+}
+
+func (h *healthHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if counted := h.counted.Load(); counted != nil {
+		(*counted).ServeHTTP(w, r)
+		return
+	}
+	h.health.ServeHTTP(w, r)
+}
+
 // servers are the health and metrics HTTP servers.
 type servers []*http.Server
 
 // serve starts the health server (/healthz, /livez) and the metrics server
-// (/metrics, plus kube-proxy's /healthz and /proxyMode there). An address
-// that cannot be bound stops the start: another proxy probably runs.
+// (/metrics, plus kube-proxy's /healthz and /proxyMode there; the proxy's
+// metrics join the process's once the startup is done). An address that
+// cannot be bound stops the start: another proxy probably runs.
 func (d *daemon) serve(health http.Handler, registry *prometheus.Registry) (servers, error) {
 	metrics := http.NewServeMux()
 	metrics.Handle("/metrics", promhttp.HandlerFor(registry, promhttp.HandlerOpts{}))

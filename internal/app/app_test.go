@@ -229,6 +229,9 @@ func TestDaemonStartFailuresAreOneClearError(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), "\n") {
 			t.Errorf("%s: run = %v, want one line containing %q", c.name, err, c.want)
 		}
+		if _, _, err := get("http://" + td.healthz + "/livez"); err == nil {
+			t.Errorf("%s: the health server still answers after the failed start", c.name)
+		}
 	}
 }
 
@@ -239,6 +242,90 @@ func TestDaemonRunsWithoutItsNode(t *testing.T) {
 	waitFor(t, "the service programmed without a Node", func() bool {
 		return strings.Contains(host.save("nft/IPv4", iptables.TableNAT), "10.244.0.11:8080")
 	})
+}
+
+func TestDaemonAnswersProbesWhileWaitingForItsNode(t *testing.T) {
+	host := newFakeHost("nft/IPv4")
+	bare := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a"}}
+	client := fake.NewClientset(append(webObjects(), bare)...)
+	// A change may wait two sync periods (400ms) once syncing has begun;
+	// the Service and slice queued at startup wait far longer than that.
+	td := newTestDaemon(t, client, host, "--node-timeout=1h", "--iptables-sync-period=200ms")
+	stop := td.start(t)
+
+	waitFor(t, "/livez to answer", func() bool {
+		code, _, _ := get("http://" + td.healthz + "/livez")
+		return code != 0
+	})
+	time.Sleep(time.Second)
+	if nat := host.save("nft/IPv4", iptables.TableNAT); strings.Contains(nat, "SVCPROXY") {
+		t.Fatalf("programmed although its Node has no address and --node-timeout=1h:\n%s", nat)
+	}
+	for _, path := range []string{"/livez", "/healthz"} {
+		if code, body, err := get("http://" + td.healthz + path); code != http.StatusOK {
+			t.Errorf("%s while waiting for the Node: %d %s %v; want 200", path, code, body, err)
+		}
+	}
+	if code, body, err := get("http://" + td.metricsAddr + "/metrics"); code != http.StatusOK || !strings.Contains(body, "go_goroutines") {
+		t.Errorf("/metrics while waiting for the Node: %d %v; want 200 with the process's metrics", code, err)
+	}
+
+	node := bare.DeepCopy()
+	node.Status.Addresses = []v1.NodeAddress{{Type: v1.NodeInternalIP, Address: "192.168.50.1"}}
+	if _, err := client.CoreV1().Nodes().Update(context.Background(), node, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the service programmed once the Node has an address", func() bool {
+		return strings.Contains(host.save("nft/IPv4", iptables.TableNAT), "10.244.0.11:8080")
+	})
+	if code, body, err := get("http://" + td.healthz + "/healthz"); code != http.StatusOK {
+		t.Errorf("/healthz after the first sync: %d %s %v; want 200", code, body, err)
+	}
+	if err := stop(); err != nil {
+		t.Fatalf("run after cancel: %v", err)
+	}
+	if _, _, err := get("http://" + td.healthz + "/livez"); err == nil {
+		t.Error("the health server still answers after the stop")
+	}
+}
+
+func TestDaemonStoppedWhileWaitingClosesItsServers(t *testing.T) {
+	bare := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a"}}
+	td := newTestDaemon(t, fake.NewClientset(bare), newFakeHost("nft/IPv4"), "--node-timeout=1h")
+	stop := td.start(t)
+	waitFor(t, "/livez to answer", func() bool {
+		code, _, _ := get("http://" + td.healthz + "/livez")
+		return code == http.StatusOK
+	})
+	if err := stop(); err != nil {
+		t.Fatalf("stopped while waiting for the Node: %v; want no error", err)
+	}
+	for _, url := range []string{"http://" + td.healthz + "/livez", "http://" + td.metricsAddr + "/metrics"} {
+		if _, _, err := get(url); err == nil {
+			t.Errorf("%s still answers after the stop", url)
+		}
+	}
+}
+
+func TestDaemonPortInUseIsOneErrorAndClosesTheOtherServer(t *testing.T) {
+	host := newFakeHost("nft/IPv4")
+	td := newTestDaemon(t, fake.NewClientset(append(webObjects(), dualStackNode())...), host)
+	taken, err := net.Listen("tcp4", td.metricsAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	err = td.d.run(context.Background())
+	want := "metrics server: listen tcp4 " + td.metricsAddr + ": bind: address already in use"
+	if err == nil || err.Error() != want {
+		t.Fatalf("run = %v, want %q", err, want)
+	}
+	if _, _, err := get("http://" + td.healthz + "/livez"); err == nil {
+		t.Error("the health server, started first, still answers after the metrics port failed")
+	}
+	if nat := host.save("nft/IPv4", iptables.TableNAT); strings.Contains(nat, "SVCPROXY") {
+		t.Errorf("programmed although the start failed:\n%s", nat)
+	}
 }
 
 func TestCleanupRemovesOnlySvcproxyRulesEverywhere(t *testing.T) {
