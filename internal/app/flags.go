@@ -25,8 +25,9 @@ type Options struct {
 	WriteConfigTo string
 	// KubeProxy is the effective kube-proxy configuration.
 	KubeProxy kubeproxy.KubeProxyConfiguration
-	// Warnings name the flags that have no effect: kube-proxy flags
-	// svcproxy does not use, and flags a --config file overrides.
+	// Warnings name the flags and config fields that have no effect:
+	// kube-proxy flags and fields svcproxy does not use, and flags a
+	// --config file overrides.
 	Warnings []string
 }
 
@@ -162,6 +163,7 @@ func Parse(args []string, out io.Writer) (*Options, error) {
 		return nil, err
 	}
 	opts.Warnings = append(opts.Warnings, warnings...)
+	opts.Warnings = append(opts.Warnings, unusedFieldWarnings(&kp)...)
 	opts.KubeProxy = kp
 	if opts.Config, err = resolve(&kp); err != nil {
 		return nil, err

@@ -1,0 +1,162 @@
+package app
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	logsapi "k8s.io/component-base/logs/api/v1"
+	kubeproxy "k8s.io/kube-proxy/config/v1alpha1"
+)
+
+// unusedField is a KubeProxyConfiguration field svcproxy does not read. A
+// config file kube-proxy would accept is accepted whole, but a setting
+// that changes nothing must say so once, as an ignored flag does.
+type unusedField struct {
+	name string
+	// value renders the field when it asks for something svcproxy does
+	// not do; "" when it is unset, kube-proxy's default, or a value that
+	// leaves things as svcproxy leaves them.
+	value func(*kubeproxy.KubeProxyConfiguration) string
+	// why says what svcproxy does instead, when that is not obvious.
+	why string
+}
+
+const (
+	ipvsMode      = "svcproxy runs in iptables mode"
+	nftablesMode  = "svcproxy runs in iptables mode; its iptables settings apply"
+	conntrackTune = "svcproxy leaves the kernel's conntrack settings as they are"
+	windowsOnly   = "a Windows setting"
+	logWrites     = "svcproxy writes every log line to standard error at once"
+)
+
+// unusedFields lists every field of kube-proxy 1.35's
+// KubeProxyConfiguration that svcproxy does not read, with kube-proxy's
+// defaults (SetDefaults_KubeProxyConfiguration) counted as unset, so that
+// a default configuration, written out in full or not, draws no warning.
+func unusedFields() []unusedField {
+	type kp = kubeproxy.KubeProxyConfiguration
+	return []unusedField{
+		{"featureGates", func(c *kp) string { return featureGates(c.FeatureGates) }, "svcproxy has no feature gates"},
+		{"clientConnection.acceptContentTypes", func(c *kp) string { return value(c.ClientConnection.AcceptContentTypes, "") }, ""},
+		{"logging.flushFrequency", func(c *kp) string {
+			return value(c.Logging.FlushFrequency.Duration.Duration, 0, 5*time.Second)
+		}, logWrites},
+		{"logging.vmodule", func(c *kp) string { return vmodule(c.Logging.VModule) }, ""},
+		{"logging.options.text.splitStream", func(c *kp) string { return value(c.Logging.Options.Text.SplitStream, false) }, logWrites},
+		{"logging.options.text.infoBufferSize", func(c *kp) string {
+			return value(c.Logging.Options.Text.InfoBufferSize.Value(), 0)
+		}, logWrites},
+		{"logging.options.json.splitStream", func(c *kp) string { return value(c.Logging.Options.JSON.SplitStream, false) }, logWrites},
+		{"logging.options.json.infoBufferSize", func(c *kp) string {
+			return value(c.Logging.Options.JSON.InfoBufferSize.Value(), 0)
+		}, logWrites},
+		{"bindAddress", func(c *kp) string { return value(c.BindAddress, "", "0.0.0.0") }, "svcproxy takes the node's IPs from its Node object"},
+		{"bindAddressHardFail", func(c *kp) string { return value(c.BindAddressHardFail, false) },
+			"svcproxy always exits when it cannot bind its health or metrics address"},
+		{"enableProfiling", func(c *kp) string { return value(c.EnableProfiling, false) }, "svcproxy serves no /debug/pprof"},
+		{"showHiddenMetricsForVersion", func(c *kp) string { return value(c.ShowHiddenMetricsForVersion, "") }, "svcproxy has no hidden metrics"},
+		{"iptables.localhostNodePorts", func(c *kp) string { return pointer(c.IPTables.LocalhostNodePorts, false) },
+			"svcproxy does not serve NodePorts on 127.0.0.1"},
+		{"ipvs.syncPeriod", func(c *kp) string { return value(c.IPVS.SyncPeriod.Duration, 0, 30*time.Second) }, ipvsMode},
+		{"ipvs.minSyncPeriod", func(c *kp) string { return value(c.IPVS.MinSyncPeriod.Duration, 0, time.Second) }, ipvsMode},
+		{"ipvs.scheduler", func(c *kp) string { return value(c.IPVS.Scheduler, "") }, ipvsMode},
+		{"ipvs.excludeCIDRs", func(c *kp) string { return strings.Join(c.IPVS.ExcludeCIDRs, ",") }, ipvsMode},
+		{"ipvs.strictARP", func(c *kp) string { return value(c.IPVS.StrictARP, false) }, ipvsMode},
+		{"ipvs.tcpTimeout", func(c *kp) string { return value(c.IPVS.TCPTimeout.Duration, 0) }, ipvsMode},
+		{"ipvs.tcpFinTimeout", func(c *kp) string { return value(c.IPVS.TCPFinTimeout.Duration, 0) }, ipvsMode},
+		{"ipvs.udpTimeout", func(c *kp) string { return value(c.IPVS.UDPTimeout.Duration, 0) }, ipvsMode},
+		{"nftables.masqueradeBit", func(c *kp) string { return pointer(c.NFTables.MasqueradeBit, 14) }, nftablesMode},
+		{"nftables.masqueradeAll", func(c *kp) string { return value(c.NFTables.MasqueradeAll, false) }, nftablesMode},
+		{"nftables.syncPeriod", func(c *kp) string { return value(c.NFTables.SyncPeriod.Duration, 0, 30*time.Second) }, nftablesMode},
+		{"nftables.minSyncPeriod", func(c *kp) string { return value(c.NFTables.MinSyncPeriod.Duration, 0, time.Second) }, nftablesMode},
+		{"winkernel.networkName", func(c *kp) string { return value(c.Winkernel.NetworkName, "") }, windowsOnly},
+		{"winkernel.sourceVip", func(c *kp) string { return value(c.Winkernel.SourceVip, "") }, windowsOnly},
+		{"winkernel.enableDSR", func(c *kp) string { return value(c.Winkernel.EnableDSR, false) }, windowsOnly},
+		{"winkernel.rootHnsEndpointName", func(c *kp) string { return value(c.Winkernel.RootHnsEndpointName, "") }, windowsOnly},
+		{"winkernel.forwardHealthCheckVip", func(c *kp) string { return value(c.Winkernel.ForwardHealthCheckVip, false) }, windowsOnly},
+		{"windowsRunAsService", func(c *kp) string { return value(c.WindowsRunAsService, false) }, windowsOnly},
+		{"detectLocalMode", func(c *kp) string { return value(string(c.DetectLocalMode), "", "ClusterCIDR") },
+			"svcproxy tells pod traffic by clusterCIDR only"},
+		{"detectLocal.bridgeInterface", func(c *kp) string { return value(c.DetectLocal.BridgeInterface, "") },
+			"svcproxy tells pod traffic by clusterCIDR only"},
+		{"detectLocal.interfaceNamePrefix", func(c *kp) string { return value(c.DetectLocal.InterfaceNamePrefix, "") },
+			"svcproxy tells pod traffic by clusterCIDR only"},
+		{"oomScoreAdj", func(c *kp) string { return pointer(c.OOMScoreAdj, -999) }, "svcproxy keeps the OOM score its container gets"},
+		// 0 asks kube-proxy to leave the limit or timeout as it is: what
+		// svcproxy does anyway.
+		{"conntrack.maxPerCore", func(c *kp) string { return pointer(c.Conntrack.MaxPerCore, 0, 32*1024) }, conntrackTune},
+		{"conntrack.min", func(c *kp) string { return pointer(c.Conntrack.Min, 0, 128*1024) }, conntrackTune},
+		{"conntrack.tcpEstablishedTimeout", func(c *kp) string {
+			return durationPointer(c.Conntrack.TCPEstablishedTimeout, 0, 24*time.Hour)
+		}, conntrackTune},
+		{"conntrack.tcpCloseWaitTimeout", func(c *kp) string {
+			return durationPointer(c.Conntrack.TCPCloseWaitTimeout, 0, time.Hour)
+		}, conntrackTune},
+		{"conntrack.tcpBeLiberal", func(c *kp) string { return value(c.Conntrack.TCPBeLiberal, false) }, conntrackTune},
+		{"conntrack.udpTimeout", func(c *kp) string { return value(c.Conntrack.UDPTimeout.Duration, 0) }, conntrackTune},
+		{"conntrack.udpStreamTimeout", func(c *kp) string { return value(c.Conntrack.UDPStreamTimeout.Duration, 0) }, conntrackTune},
+		{"portRange", func(c *kp) string { return value(c.PortRange, "") }, "kube-proxy does not use it either"},
+	}
+}
+
+// unusedFieldWarnings names each field of c that asks for something
+// svcproxy does not do.
+func unusedFieldWarnings(c *kubeproxy.KubeProxyConfiguration) []string {
+	var warnings []string
+	for _, f := range unusedFields() {
+		v := f.value(c)
+		if v == "" {
+			continue
+		}
+		w := fmt.Sprintf("config field %s: %s is a kube-proxy setting svcproxy does not use; ignored", f.name, v)
+		if f.why != "" {
+			w += " (" + f.why + ")"
+		}
+		warnings = append(warnings, w)
+	}
+	return warnings
+}
+
+// value renders v, or "" when it is one of the values that ask for nothing.
+func value[T comparable](v T, unset ...T) string {
+	if slices.Contains(unset, v) {
+		return ""
+	}
+	return fmt.Sprint(v)
+}
+
+// pointer is value for a field whose nil means kube-proxy's default.
+func pointer[T comparable](p *T, unset ...T) string {
+	if p == nil {
+		return ""
+	}
+	return value(*p, unset...)
+}
+
+// durationPointer is pointer for a duration.
+func durationPointer(p *metav1.Duration, unset ...time.Duration) string {
+	if p == nil {
+		return ""
+	}
+	return value(p.Duration, unset...)
+}
+
+func vmodule(items logsapi.VModuleConfiguration) string {
+	var set []string
+	for _, item := range items {
+		set = append(set, fmt.Sprintf("%s=%d", item.FilePattern, item.Verbosity))
+	}
+	return strings.Join(set, ",")
+}
+
+func featureGates(gates map[string]bool) string {
+	var set []string
+	for name, on := range gates {
+		set = append(set, fmt.Sprintf("%s=%t", name, on))
+	}
+	slices.Sort(set)
+	return strings.Join(set, ",")
+}

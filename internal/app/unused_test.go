@@ -1,0 +1,208 @@
+package app
+
+import (
+	"os"
+	"strings"
+	"testing"
+
+	"sigs.k8s.io/yaml"
+)
+
+const configHead = "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n"
+
+// configWarnings parses a command line whose --config file holds body.
+func configWarnings(t *testing.T, body string) []string {
+	t.Helper()
+	return parse(t, "--config="+writeFile(t, "config.yaml", body)).Warnings
+}
+
+func TestConfigFieldSvcproxyIgnoresIsNamedOnce(t *testing.T) {
+	got := configWarnings(t, configHead+"clusterCIDR: 10.244.0.0/16\ndetectLocalMode: NodeCIDR\n")
+	want := "config field detectLocalMode: NodeCIDR is a kube-proxy setting svcproxy does not use; ignored " +
+		"(svcproxy tells pod traffic by clusterCIDR only)"
+	if len(got) != 1 || got[0] != want {
+		t.Errorf("warnings %q, want exactly %q", got, want)
+	}
+}
+
+func TestEveryIgnoredConfigFieldIsNamed(t *testing.T) {
+	got := configWarnings(t, configHead+`featureGates:
+  NFTablesProxyMode: true
+clientConnection:
+  acceptContentTypes: application/json
+logging:
+  flushFrequency: 1s
+  vmodule:
+  - filePattern: proxier
+    verbosity: 4
+  options:
+    text:
+      splitStream: true
+      infoBufferSize: 1Mi
+bindAddress: 192.168.50.1
+bindAddressHardFail: true
+enableProfiling: true
+showHiddenMetricsForVersion: "1.34"
+iptables:
+  localhostNodePorts: true
+ipvs:
+  scheduler: lc
+  strictARP: true
+  excludeCIDRs: [10.0.0.0/8]
+nftables:
+  masqueradeBit: 15
+winkernel:
+  enableDSR: true
+detectLocalMode: InterfaceNamePrefix
+detectLocal:
+  interfaceNamePrefix: veth
+oomScoreAdj: -500
+conntrack:
+  maxPerCore: 65536
+  tcpEstablishedTimeout: 1h
+  tcpBeLiberal: true
+  udpTimeout: 30s
+portRange: 30000-32767
+`)
+	want := []string{
+		"featureGates: NFTablesProxyMode=true", "clientConnection.acceptContentTypes: application/json",
+		"logging.flushFrequency: 1s", "logging.vmodule: proxier=4", "logging.options.text.splitStream: true",
+		"logging.options.text.infoBufferSize: 1048576", "bindAddress: 192.168.50.1", "bindAddressHardFail: true",
+		"enableProfiling: true", "showHiddenMetricsForVersion: 1.34", "iptables.localhostNodePorts: true",
+		"ipvs.scheduler: lc", "ipvs.excludeCIDRs: 10.0.0.0/8", "ipvs.strictARP: true", "nftables.masqueradeBit: 15",
+		"winkernel.enableDSR: true", "detectLocalMode: InterfaceNamePrefix", "detectLocal.interfaceNamePrefix: veth",
+		"oomScoreAdj: -500", "conntrack.maxPerCore: 65536", "conntrack.tcpEstablishedTimeout: 1h0m0s",
+		"conntrack.tcpBeLiberal: true", "conntrack.udpTimeout: 30s", "portRange: 30000-32767",
+	}
+	if len(got) != len(want) {
+		t.Errorf("%d warnings, want %d:\n%s", len(got), len(want), strings.Join(got, "\n"))
+	}
+	for i, w := range want {
+		if i < len(got) && !strings.HasPrefix(got[i], "config field "+w+" is a kube-proxy setting svcproxy does not use; ignored") {
+			t.Errorf("warning %d: %q, want it to name %s", i, got[i], w)
+		}
+	}
+	for _, w := range got {
+		if strings.HasPrefix(w, "config field iptables.localhostNodePorts") && !strings.Contains(w, "does not serve NodePorts on 127.0.0.1") {
+			t.Errorf("%q does not say svcproxy does not serve NodePorts on 127.0.0.1", w)
+		}
+	}
+}
+
+func TestDefaultConfigsDrawNoWarning(t *testing.T) {
+	cases := map[string]string{
+		// kubeadm's kube-proxy ConfigMap: every field, left unset.
+		"unset": configHead + `bindAddress: 0.0.0.0
+bindAddressHardFail: false
+clientConnection:
+  acceptContentTypes: ""
+  burst: 0
+  contentType: ""
+  kubeconfig: /var/lib/kube-proxy/kubeconfig.conf
+  qps: 0
+clusterCIDR: 10.244.0.0/16
+configSyncPeriod: 0s
+conntrack:
+  maxPerCore: null
+  min: null
+  tcpBeLiberal: false
+  tcpCloseWaitTimeout: null
+  tcpEstablishedTimeout: null
+  udpStreamTimeout: 0s
+  udpTimeout: 0s
+detectLocal:
+  bridgeInterface: ""
+  interfaceNamePrefix: ""
+detectLocalMode: ""
+enableProfiling: false
+healthzBindAddress: ""
+hostnameOverride: ""
+iptables:
+  localhostNodePorts: null
+  masqueradeAll: false
+  masqueradeBit: null
+  minSyncPeriod: 0s
+  syncPeriod: 0s
+ipvs:
+  excludeCIDRs: null
+  minSyncPeriod: 0s
+  scheduler: ""
+  strictARP: false
+  syncPeriod: 0s
+  tcpFinTimeout: 0s
+  tcpTimeout: 0s
+  udpTimeout: 0s
+logging:
+  flushFrequency: 0
+  options:
+    json:
+      infoBufferSize: "0"
+    text:
+      infoBufferSize: "0"
+  verbosity: 0
+metricsBindAddress: ""
+mode: ""
+nftables:
+  masqueradeAll: false
+  masqueradeBit: null
+  minSyncPeriod: 0s
+  syncPeriod: 0s
+nodePortAddresses: null
+oomScoreAdj: null
+portRange: ""
+showHiddenMetricsForVersion: ""
+winkernel:
+  enableDSR: false
+  forwardHealthCheckVip: false
+  networkName: ""
+  rootHnsEndpointName: ""
+  sourceVip: ""
+`,
+		// The same with kube-proxy's defaults written out.
+		"kube-proxy's defaults": configHead + `featureGates: {}
+logging:
+  flushFrequency: 5s
+conntrack:
+  maxPerCore: 32768
+  min: 131072
+  tcpCloseWaitTimeout: 1h0m0s
+  tcpEstablishedTimeout: 24h0m0s
+detectLocalMode: ClusterCIDR
+ipvs:
+  syncPeriod: 30s
+nftables:
+  masqueradeBit: 14
+  minSyncPeriod: 1s
+  syncPeriod: 30s
+iptables:
+  localhostNodePorts: false
+oomScoreAdj: -999
+`,
+		// 0 leaves conntrack's limits and timeouts as they are, as svcproxy does.
+		"conntrack left alone":     configHead + "conntrack:\n  maxPerCore: 0\n  min: 0\n  tcpEstablishedTimeout: 0s\n  tcpCloseWaitTimeout: 0s\n",
+		"manifests/configmap.yaml": manifestConfig(t),
+	}
+	for name, body := range cases {
+		if got := configWarnings(t, body); len(got) != 0 {
+			t.Errorf("%s: warnings %q, want none", name, got)
+		}
+	}
+}
+
+// manifestConfig is the KubeProxyConfiguration the shipped ConfigMap holds.
+func manifestConfig(t *testing.T) string {
+	t.Helper()
+	data, err := os.ReadFile("../../manifests/configmap.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cm struct{ Data map[string]string }
+	if err := yaml.Unmarshal(data, &cm); err != nil {
+		t.Fatal(err)
+	}
+	config := cm.Data["config.conf"]
+	if !strings.Contains(config, "kind: KubeProxyConfiguration") {
+		t.Fatalf("manifests/configmap.yaml holds no KubeProxyConfiguration in config.conf:\n%s", data)
+	}
+	return config
+}
