@@ -2,9 +2,13 @@ package sandbox
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"net/url"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/svcproxy/svcproxy/internal/controlplane"
@@ -100,16 +104,37 @@ func (s *Sandbox) StartProxyAs(kubeconfig string, extra ...string) (*Process, er
 	return StartIn(s.Bed.Node(), log, s.ProxyEnv, s.opts.Binary, args...)
 }
 
-// WaitHealthy polls the daemon's /healthz inside the node namespace until
-// it answers 200.
+// WaitHealthy waits until the daemon has programmed its first sync (its
+// metrics show a last sync time; /healthz answers from the start, before
+// svcproxy has even heard from the API server) and /healthz answers 200.
 func (s *Sandbox) WaitHealthy(p *Process, timeout time.Duration) error {
 	c := Client(s.Bed.Node(), time.Second)
 	_, err := WaitFor(timeout, func() error {
 		if done, exitErr := p.Exited(); done {
 			return fmt.Errorf("svcproxy exited (%v):\n%s", exitErr, p.Output())
 		}
+		if err := synced(c); err != nil {
+			return err
+		}
 		_, err := Get(c, "http://127.0.0.1:10256/healthz")
 		return err
 	})
 	return err
+}
+
+// synced checks the daemon's metrics for a first successful sync.
+func synced(c *http.Client) error {
+	resp, err := c.Get("http://127.0.0.1:10249/metrics")
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	if !strings.Contains(string(body), "\nkubeproxy_sync_proxy_rules_last_timestamp_seconds{") {
+		return errors.New("svcproxy has not synced yet")
+	}
+	return nil
 }
