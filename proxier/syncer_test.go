@@ -57,21 +57,42 @@ func clusterIPService(name, ip string) *v1.Service {
 	}
 }
 
-func TestSyncerPassesPrevOnlyForPartialSyncs(t *testing.T) {
-	tr := NewTracker(zap.NewNop(), time.Now)
-	b4 := &recordingBackend{family: IPv4}
-	flows := &recordingCleaner{}
-	s := NewSyncer(tr, []Backend{b4}, flows, clocktesting.NewFakeClock(time.Unix(0, 0)), zap.NewNop())
-	ctx := context.Background()
+// syncerFixture is a Syncer over recording backends and a recording
+// flow cleaner, fed through a real tracker.
+type syncerFixture struct {
+	t     *testing.T
+	tr    *Tracker
+	s     *Syncer
+	flows *recordingCleaner
+}
 
-	tr.UpsertService(clusterIPService("a", "10.96.0.1"))
-	if err := s.Sync(ctx, true); err != nil {
-		t.Fatal(err)
+func newSyncerFixture(t *testing.T, backends ...Backend) *syncerFixture {
+	tr := NewTracker(zap.NewNop(), time.Now)
+	flows := &recordingCleaner{}
+	s := NewSyncer(tr, backends, flows, clocktesting.NewFakeClock(time.Unix(0, 0)), zap.NewNop())
+	return &syncerFixture{t: t, tr: tr, s: s, flows: flows}
+}
+
+// addAndSync adds a ClusterIP service, then syncs; it returns the sync's error.
+func (f *syncerFixture) addAndSync(name, ip string, full bool) error {
+	f.tr.UpsertService(clusterIPService(name, ip))
+	return f.s.Sync(context.Background(), full)
+}
+
+// mustAddAndSync is addAndSync for syncs that must succeed.
+func (f *syncerFixture) mustAddAndSync(name, ip string, full bool) {
+	f.t.Helper()
+	if err := f.addAndSync(name, ip, full); err != nil {
+		f.t.Fatal(err)
 	}
-	tr.UpsertService(clusterIPService("b", "10.96.0.2"))
-	if err := s.Sync(ctx, false); err != nil {
-		t.Fatal(err)
-	}
+}
+
+func TestSyncerPassesPrevOnlyForPartialSyncs(t *testing.T) {
+	b4 := &recordingBackend{family: IPv4}
+	f := newSyncerFixture(t, b4)
+	flows := f.flows
+	f.mustAddAndSync("a", "10.96.0.1", true)
+	f.mustAddAndSync("b", "10.96.0.2", false)
 	if b4.calls[0].prev != nil {
 		t.Fatal("first (full) sync got a prev view")
 	}
@@ -89,23 +110,15 @@ func TestSyncerPassesPrevOnlyForPartialSyncs(t *testing.T) {
 }
 
 func TestSyncerKeepsLastGoodViewAcrossFailures(t *testing.T) {
-	tr := NewTracker(zap.NewNop(), time.Now)
 	b4 := &recordingBackend{family: IPv4}
 	b6 := &recordingBackend{family: IPv6}
-	flows := &recordingCleaner{}
-	s := NewSyncer(tr, []Backend{b4, b6}, flows, clocktesting.NewFakeClock(time.Unix(0, 0)), zap.NewNop())
-	ctx := context.Background()
-
-	tr.UpsertService(clusterIPService("a", "10.96.0.1"))
-	if err := s.Sync(ctx, true); err != nil {
-		t.Fatal(err)
-	}
+	f := newSyncerFixture(t, b4, b6)
+	flows := f.flows
+	f.mustAddAndSync("a", "10.96.0.1", true)
 	good := b4.calls[0].view
 
 	b4.fail = true
-	tr.UpsertService(clusterIPService("b", "10.96.0.2"))
-	err := s.Sync(ctx, false)
-	if err == nil {
+	if err := f.addAndSync("b", "10.96.0.2", false); err == nil {
 		t.Fatal("a failing backend must fail the sync")
 	}
 	if len(b6.calls) != 2 {
@@ -113,7 +126,7 @@ func TestSyncerKeepsLastGoodViewAcrossFailures(t *testing.T) {
 	}
 
 	b4.fail = false
-	if err := s.Sync(ctx, true); err != nil {
+	if err := f.s.Sync(context.Background(), true); err != nil {
 		t.Fatal(err)
 	}
 	last := b4.calls[len(b4.calls)-1]
@@ -136,36 +149,23 @@ func TestSyncerKeepsLastGoodViewAcrossFailures(t *testing.T) {
 // A cleanup that fails is retried from the same baseline after the next
 // sync, so the stale flows it missed are not forgotten.
 func TestSyncerRetriesFailedFlowCleanupFromItsBaseline(t *testing.T) {
-	tr := NewTracker(zap.NewNop(), time.Now)
 	b4 := &recordingBackend{family: IPv4}
-	flows := &recordingCleaner{}
-	s := NewSyncer(tr, []Backend{b4}, flows, clocktesting.NewFakeClock(time.Unix(0, 0)), zap.NewNop())
-	ctx := context.Background()
-
-	tr.UpsertService(clusterIPService("a", "10.96.0.1"))
-	if err := s.Sync(ctx, true); err != nil {
-		t.Fatal(err)
-	}
+	f := newSyncerFixture(t, b4)
+	flows := f.flows
+	f.mustAddAndSync("a", "10.96.0.1", true)
 	first := b4.calls[0].view
 
 	flows.fail = true
-	tr.UpsertService(clusterIPService("b", "10.96.0.2"))
-	if err := s.Sync(ctx, false); err != nil {
+	if err := f.addAndSync("b", "10.96.0.2", false); err != nil {
 		t.Fatalf("a failed conntrack cleanup must not fail the sync: %v", err)
 	}
 	flows.fail = false
-	tr.UpsertService(clusterIPService("c", "10.96.0.3"))
-	if err := s.Sync(ctx, false); err != nil {
-		t.Fatal(err)
-	}
+	f.mustAddAndSync("c", "10.96.0.3", false)
 	third := b4.calls[2].view
 	if got := flows.calls[len(flows.calls)-1]; got.prev != first || got.view != third {
 		t.Fatal("the cleanup after a failed one must start from the last view it fully cleaned")
 	}
-	tr.UpsertService(clusterIPService("d", "10.96.0.4"))
-	if err := s.Sync(ctx, false); err != nil {
-		t.Fatal(err)
-	}
+	f.mustAddAndSync("d", "10.96.0.4", false)
 	if got := flows.calls[len(flows.calls)-1]; got.prev != third {
 		t.Fatal("after a successful cleanup the baseline moves on")
 	}
