@@ -28,3 +28,14 @@ func (t *FakeTable) Delete(family proxier.Family, flows []Flow) (int, error) {
 	})
 	return before - len(t.Entries), nil
 }
+
+// List implements Table.
+func (t *FakeTable) List(family proxier.Family) ([]Entry, error) {
+	var out []Entry
+	for _, e := range t.Entries {
+		if proxier.FamilyOf(e.Orig.Dst.Addr()) == family {
+			out = append(out, e)
+		}
+	}
+	return out, nil
+}

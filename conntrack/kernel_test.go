@@ -76,12 +76,22 @@ func TestCleanFailsUDPClientsOverAtOnce(t *testing.T) {
 			if family == proxier.IPv6 {
 				b.iptables = "ip6tables-nft"
 			}
-			testFailover(b)
+			testFailover(b, false)
 		})
 	}
 }
 
-func testFailover(b *natBed) {
+// TestCleanAfterRestartJudgesTheTable: the first sync of a new process has
+// no earlier view; Clean then reads the table and deletes the same stale
+// entries, and keeps the rest (no flush).
+func TestCleanAfterRestartJudgesTheTable(t *testing.T) {
+	b := &natBed{t: t, bed: netnstest.NewBed(t, 3), family: proxier.IPv4, iptables: "iptables-nft", rules: map[netip.AddrPort]*netnstest.NS{}}
+	testFailover(b, true)
+}
+
+// testFailover runs the failover scenario; afterRestart cleans with no
+// previous view, as the first sync of a restarted svcproxy does.
+func testFailover(b *natBed, afterRestart bool) {
 	t, bed := b.t, b.bed
 	pod0, pod1, client := bed.Pod(0), bed.Pod(1), bed.Pod(2)
 	pod0.ServeUDP(5353)
@@ -122,6 +132,9 @@ func testFailover(b *natBed) {
 	b.ask(viaVIP, "pod-0")
 
 	next := nodeView(b.family, withEndpoints(dnsPort, b.ep(pod1)), otherPort)
+	if afterRestart {
+		prev = nil
+	}
 	deleted := clean(t, bed, prev, next)
 	if deleted != 2 {
 		t.Errorf("Clean deleted %d entries, want 2 (the ClusterIP and the NodePort flow)", deleted)

@@ -143,3 +143,82 @@ func addressFlows(family proxier.Family, sp *proxier.ServicePort, ep netip.AddrP
 	}
 	return flows
 }
+
+// PlanFromTable works out the stale flows from what the table holds rather
+// than from a change: for the first sync after a start, when no earlier
+// view exists. An entry is stale when it was sent to a UDP or SCTP service
+// address of next and was DNATed to an endpoint next no longer has, or was
+// not DNATed at all although the port now has endpoints (a reject or a
+// black hole cached from before). Entries to node ports count only when
+// DNATed: which node addresses a node port answers on is not in the view.
+func PlanFromTable(next *proxier.NodeView, entries []Entry) []Flow {
+	ports := indexServiceAddresses(next)
+	var flows []Flow
+	for _, e := range entries {
+		if !keepsState(e.Protocol) || proxier.FamilyOf(e.Orig.Dst.Addr()) != next.Family {
+			continue
+		}
+		dnated := e.Reply.Src != e.Orig.Dst
+		key := serviceAddress{e.Protocol, e.Orig.Dst}
+		sp, byAddress := ports[key]
+		if !byAddress && dnated {
+			sp = ports[serviceAddress{e.Protocol, netip.AddrPortFrom(netip.Addr{}, e.Orig.Dst.Port())}]
+		}
+		if sp == nil || !staleEntry(sp, e, dnated) {
+			continue
+		}
+		f := Flow{Family: next.Family, Protocol: e.Protocol, Dst: e.Orig.Dst.Addr(), DstPort: e.Orig.Dst.Port()}
+		if !byAddress {
+			f.Dst = netip.Addr{} // a node port, on whichever node address
+		}
+		if dnated {
+			f.Endpoint = e.Reply.Src
+		}
+		flows = append(flows, f)
+	}
+	slices.SortFunc(flows, compareFlows)
+	return slices.Compact(flows)
+}
+
+// serviceAddress is where a client sends to reach a service port; a node
+// port has no address.
+type serviceAddress struct {
+	protocol proxier.Protocol
+	dst      netip.AddrPort
+}
+
+func indexServiceAddresses(v *proxier.NodeView) map[serviceAddress]*proxier.ServicePort {
+	index := map[serviceAddress]*proxier.ServicePort{}
+	for _, sp := range v.Services {
+		if !keepsState(sp.Protocol()) {
+			continue
+		}
+		for _, f := range addressFlows(v.Family, sp, netip.AddrPort{}) {
+			index[serviceAddress{sp.Protocol(), netip.AddrPortFrom(f.Dst, f.DstPort)}] = sp
+		}
+	}
+	return index
+}
+
+// staleEntry reports whether an entry to sp's address is stale.
+func staleEntry(sp *proxier.ServicePort, e Entry, dnated bool) bool {
+	reachable := endpoints(sp)
+	if !dnated {
+		return len(reachable) > 0
+	}
+	_, found := slices.BinarySearchFunc(reachable, e.Reply.Src, netip.AddrPort.Compare)
+	return !found
+}
+
+func compareFlows(a, b Flow) int {
+	if c := a.Dst.Compare(b.Dst); c != 0 {
+		return c
+	}
+	if c := int(a.DstPort) - int(b.DstPort); c != 0 {
+		return c
+	}
+	if c := int(a.Protocol) - int(b.Protocol); c != 0 {
+		return c
+	}
+	return a.Endpoint.Compare(b.Endpoint)
+}

@@ -264,3 +264,48 @@ func TestFlowMatchesOnlyItsFamily(t *testing.T) {
 		t.Errorf("NodePort flow %+v: matches v6 entry %v, v4 entry %v; want true, false", f, f.Matches(v6), f.Matches(v4))
 	}
 }
+
+// PlanFromTable judges the entries a table holds against a view: the first
+// sync of a restarted svcproxy has no earlier view to diff with.
+func TestPlanFromTable(t *testing.T) {
+	dns := dnsName()
+	a, b := ep("10.244.0.5:53"), ep("10.244.0.6:53")
+	next := view(dnsPort(dns, a))
+	entry := func(proto proxier.Protocol, dst, replySrc string) Entry {
+		d := netip.MustParseAddrPort(dst)
+		return Entry{Protocol: proto, Orig: Tuple{Src: netip.MustParseAddrPort("10.244.0.9:40000"), Dst: d},
+			Reply: Tuple{Src: netip.MustParseAddrPort(replySrc), Dst: netip.MustParseAddrPort("10.244.0.9:40000")}}
+	}
+	entries := []Entry{
+		entry(proxier.UDP, "10.96.0.10:53", a.Addr.String()),         // live endpoint: kept
+		entry(proxier.UDP, "10.96.0.10:53", b.Addr.String()),         // gone endpoint: stale
+		entry(proxier.UDP, "198.51.100.9:53", b.Addr.String()),       // LB IP to a gone endpoint: stale
+		entry(proxier.UDP, "192.168.1.7:30053", b.Addr.String()),     // node port to a gone endpoint: stale
+		entry(proxier.UDP, "192.168.1.7:30053", "192.168.1.7:30053"), // node port, not DNATed: not ours to judge
+		entry(proxier.UDP, "203.0.113.7:53", "203.0.113.7:53"),       // external IP never DNATed, endpoints now: stale
+		entry(proxier.TCP, "10.96.0.10:53", b.Addr.String()),         // TCP: left alone
+		entry(proxier.UDP, "10.96.0.99:53", b.Addr.String()),         // not a service address: left alone
+	}
+	got := flowsText(PlanFromTable(next, entries))
+	want := strings.Join([]string{
+		"udp *:30053 -> 10.244.0.6:53",
+		"udp 10.96.0.10:53 -> 10.244.0.6:53",
+		"udp 198.51.100.9:53 -> 10.244.0.6:53",
+		"udp 203.0.113.7:53 -> (not DNATed)",
+	}, "\n")
+	if got != want {
+		t.Fatalf("PlanFromTable:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+func TestCleanWithoutPrevDeletesOnlyWhatTheViewMakesStale(t *testing.T) {
+	dns := dnsName()
+	a, b := ep("10.244.0.5:53"), ep("10.244.0.6:53")
+	live := Entry{Protocol: proxier.UDP, Orig: Tuple{Dst: netip.MustParseAddrPort("10.96.0.10:53")}, Reply: Tuple{Src: a.Addr}}
+	dead := Entry{Protocol: proxier.UDP, Orig: Tuple{Dst: netip.MustParseAddrPort("10.96.0.10:53")}, Reply: Tuple{Src: b.Addr}}
+	table := &FakeTable{Entries: []Entry{live, dead}}
+	n, err := Clean(table, nil, view(dnsPort(dns, a)))
+	if err != nil || n != 1 || !slices.Equal(table.Entries, []Entry{live}) {
+		t.Fatalf("Clean(nil prev) = %d, %v; left %v, want only the live entry", n, err, table.Entries)
+	}
+}

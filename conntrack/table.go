@@ -20,12 +20,19 @@ type Table interface {
 	// Delete removes every entry of the family that one of the flows
 	// matches and returns how many it removed.
 	Delete(family proxier.Family, flows []Flow) (int, error)
+	// List returns the family's entries.
+	List(family proxier.Family) ([]Entry, error)
 }
 
-// Clean deletes the flows that the sync from prev to next made stale. It
-// returns how many entries it deleted.
+// Clean deletes the flows that the sync from prev to next made stale. With
+// no prev (the first sync after a start) it judges the entries the table
+// holds against next instead: what an earlier run left pointing at gone
+// endpoints is deleted, nothing else. It returns how many entries it deleted.
 func Clean(table Table, prev, next *proxier.NodeView) (int, error) {
-	flows := Plan(prev, next)
+	flows, err := stale(table, prev, next)
+	if err != nil {
+		return 0, err
+	}
 	if len(flows) == 0 {
 		return 0, nil
 	}
@@ -34,6 +41,17 @@ func Clean(table Table, prev, next *proxier.NodeView) (int, error) {
 		return n, fmt.Errorf("deleting stale %s conntrack entries: %w", next.Family, err)
 	}
 	return n, nil
+}
+
+func stale(table Table, prev, next *proxier.NodeView) ([]Flow, error) {
+	if prev != nil {
+		return Plan(prev, next), nil
+	}
+	entries, err := table.List(next.Family)
+	if err != nil {
+		return nil, fmt.Errorf("listing %s conntrack entries: %w", next.Family, err)
+	}
+	return PlanFromTable(next, entries), nil
 }
 
 // Kernel is the conntrack table of one network namespace, over netlink.
@@ -94,7 +112,7 @@ func (k *Kernel) Delete(family proxier.Family, flows []Flow) (int, error) {
 	return deleted, dumpErr
 }
 
-// List returns the family's entries, for tests and debugging.
+// List implements Table.
 func (k *Kernel) List(family proxier.Family) ([]Entry, error) {
 	var entries []Entry
 	err := k.dump(family, func(e Entry, _ []byte) { entries = append(entries, e) })

@@ -11,7 +11,9 @@ import (
 )
 
 // FlowCleaner deletes connection-tracking entries that a sync made stale
-// (UDP and SCTP flows pinned to endpoints that are gone).
+// (UDP and SCTP flows pinned to endpoints that are gone). prev is nil on
+// the first sync of a process: the cleaner must then judge the entries it
+// finds against next, deleting only those next makes stale (never a flush).
 type FlowCleaner interface {
 	Clean(ctx context.Context, prev, next *NodeView) error
 }
@@ -138,12 +140,11 @@ func (s *Syncer) cleanFlows(ctx context.Context, fam Family, view *NodeView) {
 	if s.flows == nil {
 		return
 	}
-	base := s.cleaned[fam]
-	if base != nil {
-		if err := s.flows.Clean(ctx, base, view); err != nil {
-			s.log.Warn("conntrack cleanup failed; retrying after the next sync", zap.Stringer("family", fam), zap.Error(err))
-			return
-		}
+	// With no baseline yet (the first sync of this process) the cleaner
+	// judges what the table holds, which an earlier run may have left.
+	if err := s.flows.Clean(ctx, s.cleaned[fam], view); err != nil {
+		s.log.Warn("conntrack cleanup failed; retrying after the next sync", zap.Stringer("family", fam), zap.Error(err))
+		return
 	}
 	s.cleaned[fam] = view
 }
