@@ -178,7 +178,7 @@ func explain(cp *controlplane.ControlPlane, proxy *sandbox.Process, clusterIP st
 	fmt.Printf(`
 The sandbox keeps running. Try it:
   export KUBECONFIG=%s
-  kubectl get svc,endpointslices,pods      # any kubectl works; pods labelled app=hello serve HTTP on 8080
+  kubectl get svc,endpointslices,pods      # a kubectl of your own, v1.34 or newer; pods labelled app=hello serve HTTP on 8080
   kubectl expose pod pod-0 --name=one --port=81 --target-port=8080
   nsenter --net=/proc/%d/ns/net curl -s http://%s/   # from inside the node namespace
 Ctrl-C stops svcproxy and the control plane and removes the namespaces.
