@@ -40,16 +40,7 @@ func bigView(services, endpoints int) *proxier.NodeView {
 // services with 10 endpoints each.
 func BenchmarkCompileFull10k(b *testing.B) {
 	v := bigView(10_000, 10)
-	b.ReportAllocs()
-	var plan *iptables.Plan
-	var rendered int
-	for b.Loop() {
-		plan = iptables.Compile(testCfg, v, nil)
-		rendered = len(plan.Render(nil))
-	}
-	b.ReportMetric(float64(rendered), "rendered-bytes")
-	b.ReportMetric(float64(len(plan.Write)), "chains")
-	b.ReportMetric(float64(plan.Rules()), "rules")
+	benchCompile(b, v, nil)
 }
 
 // BenchmarkCompileOneEndpoint10k compiles and renders the partial plan of
@@ -61,15 +52,7 @@ func BenchmarkCompileOneEndpoint10k(b *testing.B) {
 	changed.ClusterEndpoints = append(changed.ClusterEndpoints[1:len(changed.ClusterEndpoints):len(changed.ClusterEndpoints)],
 		proxier.Endpoint{Addr: netip.MustParseAddrPort("10.200.0.1:8080"), Ready: true, Serving: true})
 	next := withPort(prev, &changed)
-	b.ReportAllocs()
-	var plan *iptables.Plan
-	var rendered int
-	for b.Loop() {
-		plan = iptables.Compile(testCfg, next, prev)
-		rendered = len(plan.Render(nil))
-	}
-	b.ReportMetric(float64(rendered), "rendered-bytes")
-	b.ReportMetric(float64(len(plan.Write)), "chains")
+	benchCompile(b, next, prev)
 }
 
 // BenchmarkCompileAddService10k compiles the partial plan of one service
@@ -77,13 +60,20 @@ func BenchmarkCompileOneEndpoint10k(b *testing.B) {
 func BenchmarkCompileAddService10k(b *testing.B) {
 	prev := bigView(10_000, 10)
 	next := withPort(prev, port("bench", "new", "http", proxier.TCP, "10.100.1.1", 80, nodePort(32700), eps("10.200.0.1:8080")))
+	benchCompile(b, next, prev)
+}
+
+// benchCompile compiles and renders the plan from prev to view in a loop
+// and reports its size: rendered bytes, chains and rules written.
+func benchCompile(b *testing.B, view, prev *proxier.NodeView) {
 	b.ReportAllocs()
 	var plan *iptables.Plan
 	var rendered int
 	for b.Loop() {
-		plan = iptables.Compile(testCfg, next, prev)
+		plan = iptables.Compile(testCfg, view, prev)
 		rendered = len(plan.Render(nil))
 	}
 	b.ReportMetric(float64(rendered), "rendered-bytes")
 	b.ReportMetric(float64(len(plan.Write)), "chains")
+	b.ReportMetric(float64(plan.Rules()), "rules")
 }

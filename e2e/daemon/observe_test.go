@@ -168,24 +168,23 @@ func (n *node) scrape() (map[string]*dto.MetricFamily, error) {
 	return parser.TextToMetricFamilies(resp.Body)
 }
 
+// histogramCount is the number of observations across a histogram's series.
 func histogramCount(f *dto.MetricFamily) uint64 {
-	var n uint64
-	if f == nil {
-		return 0
-	}
-	for _, m := range f.Metric {
-		n += m.GetHistogram().GetSampleCount()
-	}
-	return n
+	return uint64(sumSeries(f, func(m *dto.Metric) float64 { return float64(m.GetHistogram().GetSampleCount()) }))
 }
 
+// counterSum is a counter's total across its series.
 func counterSum(f *dto.MetricFamily) float64 {
+	return sumSeries(f, func(m *dto.Metric) float64 { return m.GetCounter().GetValue() })
+}
+
+func sumSeries(f *dto.MetricFamily, value func(*dto.Metric) float64) float64 {
 	var n float64
 	if f == nil {
 		return 0
 	}
-	for _, m := range f.Metric {
-		n += m.GetCounter().GetValue()
+	for _, m := range f.GetMetric() {
+		n += value(m)
 	}
 	return n
 }
