@@ -3,7 +3,7 @@ package conntrack
 import (
 	"slices"
 
-	"github.com/svcproxy/svcproxy/proxier"
+	"github.com/svcproxy/svcproxy/model"
 )
 
 // FakeTable is an in-memory Table for tests without root: it holds entries
@@ -17,7 +17,7 @@ type FakeTable struct {
 }
 
 // Delete implements Table.
-func (t *FakeTable) Delete(family proxier.Family, flows []Flow) (int, error) {
+func (t *FakeTable) Delete(family model.Family, flows []Flow) (int, error) {
 	t.Calls = append(t.Calls, flows)
 	if t.Err != nil {
 		return 0, t.Err
@@ -30,10 +30,10 @@ func (t *FakeTable) Delete(family proxier.Family, flows []Flow) (int, error) {
 }
 
 // List implements Table.
-func (t *FakeTable) List(family proxier.Family) ([]Entry, error) {
+func (t *FakeTable) List(family model.Family) ([]Entry, error) {
 	var out []Entry
 	for _, e := range t.Entries {
-		if proxier.FamilyOf(e.Orig.Dst.Addr()) == family {
+		if model.FamilyOf(e.Orig.Dst.Addr()) == family {
 			out = append(out, e)
 		}
 	}

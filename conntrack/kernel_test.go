@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/svcproxy/svcproxy/internal/netnstest"
-	"github.com/svcproxy/svcproxy/proxier"
+	"github.com/svcproxy/svcproxy/model"
 )
 
 // natBed is a node DNATing UDP "services" to pods with hand-written rules,
@@ -18,13 +18,13 @@ import (
 type natBed struct {
 	t        *testing.T
 	bed      *netnstest.Bed
-	family   proxier.Family
+	family   model.Family
 	iptables string
 	rules    map[netip.AddrPort]*netnstest.NS // where each DNAT rule leads
 }
 
 func (b *natBed) addr(ns *netnstest.NS) netip.Addr {
-	if b.family == proxier.IPv6 {
+	if b.family == model.IPv6 {
 		return ns.IPv6()
 	}
 	return ns.IPv4()
@@ -48,8 +48,8 @@ func (b *natBed) endpoint(pod *netnstest.NS) netip.AddrPort {
 	return netip.AddrPortFrom(b.addr(pod), 5353)
 }
 
-func (b *natBed) ep(pod *netnstest.NS) proxier.Endpoint {
-	return proxier.Endpoint{Addr: b.endpoint(pod), Ready: true, Serving: true}
+func (b *natBed) ep(pod *netnstest.NS) model.Endpoint {
+	return model.Endpoint{Addr: b.endpoint(pod), Ready: true, Serving: true}
 }
 
 func (b *natBed) ask(c *netnstest.UDPClient, want string) {
@@ -70,10 +70,10 @@ func (b *natBed) ask(c *netnstest.UDPClient, want string) {
 // keep reaching the old endpoint until Clean deletes their entries, and then
 // reach the new one with their very next datagram. Unrelated flows survive.
 func TestCleanFailsUDPClientsOverAtOnce(t *testing.T) {
-	for _, family := range []proxier.Family{proxier.IPv4, proxier.IPv6} {
+	for _, family := range []model.Family{model.IPv4, model.IPv6} {
 		t.Run(family.String(), func(t *testing.T) {
 			b := &natBed{t: t, bed: netnstest.NewBed(t, 3), family: family, iptables: "iptables-nft", rules: map[netip.AddrPort]*netnstest.NS{}}
-			if family == proxier.IPv6 {
+			if family == model.IPv6 {
 				b.iptables = "ip6tables-nft"
 			}
 			testFailover(b, false)
@@ -85,7 +85,7 @@ func TestCleanFailsUDPClientsOverAtOnce(t *testing.T) {
 // no earlier view; Clean then reads the table and deletes the same stale
 // entries, and keeps the rest (no flush).
 func TestCleanAfterRestartJudgesTheTable(t *testing.T) {
-	b := &natBed{t: t, bed: netnstest.NewBed(t, 3), family: proxier.IPv4, iptables: "iptables-nft", rules: map[netip.AddrPort]*netnstest.NS{}}
+	b := &natBed{t: t, bed: netnstest.NewBed(t, 3), family: model.IPv4, iptables: "iptables-nft", rules: map[netip.AddrPort]*netnstest.NS{}}
 	testFailover(b, true)
 }
 
@@ -100,18 +100,18 @@ func testFailover(b *natBed, afterRestart bool) {
 	vip, otherVIP := serviceIPs(b.family)
 	nodePort := netip.AddrPortFrom(b.addr(bed.Node()), 30053)
 
-	dnsPort := &proxier.ServicePort{
-		Name:             proxier.ServicePortName{Namespace: "kube-system", Name: "kube-dns", Protocol: proxier.UDP},
+	dnsPort := &model.ServicePort{
+		Name:             model.ServicePortName{Namespace: "kube-system", Name: "kube-dns", Protocol: model.UDP},
 		ClusterIP:        vip,
 		Port:             53,
 		NodePort:         30053,
-		ClusterEndpoints: []proxier.Endpoint{b.ep(pod0), b.ep(pod1)},
+		ClusterEndpoints: []model.Endpoint{b.ep(pod0), b.ep(pod1)},
 	}
-	otherPort := &proxier.ServicePort{
-		Name:             proxier.ServicePortName{Namespace: "default", Name: "other", Protocol: proxier.UDP},
+	otherPort := &model.ServicePort{
+		Name:             model.ServicePortName{Namespace: "default", Name: "other", Protocol: model.UDP},
 		ClusterIP:        otherVIP,
 		Port:             53,
-		ClusterEndpoints: []proxier.Endpoint{b.ep(pod0)},
+		ClusterEndpoints: []model.Endpoint{b.ep(pod0)},
 	}
 	prev := nodeView(b.family, dnsPort, otherPort)
 
@@ -151,13 +151,13 @@ func testFailover(b *natBed, afterRestart bool) {
 // service had no endpoints leave an entry that would keep later ones from
 // being DNATed; Clean deletes it when the first endpoint appears.
 func TestCleanRevivesAServiceThatHadNoEndpoints(t *testing.T) {
-	b := &natBed{t: t, bed: netnstest.NewBed(t, 3), family: proxier.IPv4, iptables: "iptables-nft", rules: map[netip.AddrPort]*netnstest.NS{}}
+	b := &natBed{t: t, bed: netnstest.NewBed(t, 3), family: model.IPv4, iptables: "iptables-nft", rules: map[netip.AddrPort]*netnstest.NS{}}
 	bed := b.bed
 	bed.Pod(1).ServeUDP(5353)
 	bed.Pod(2).Timeout = 300 * time.Millisecond
 	vip, _ := serviceIPs(b.family)
-	empty := &proxier.ServicePort{
-		Name:      proxier.ServicePortName{Namespace: "default", Name: "late", Protocol: proxier.UDP},
+	empty := &model.ServicePort{
+		Name:      model.ServicePortName{Namespace: "default", Name: "late", Protocol: model.UDP},
 		ClusterIP: vip,
 		Port:      53,
 	}
@@ -175,21 +175,21 @@ func TestCleanRevivesAServiceThatHadNoEndpoints(t *testing.T) {
 	b.ask(c, "pod-1")
 }
 
-func serviceIPs(f proxier.Family) (vip, other netip.Addr) {
-	if f == proxier.IPv6 {
+func serviceIPs(f model.Family) (vip, other netip.Addr) {
+	if f == model.IPv6 {
 		return netip.MustParseAddr("fd00:96::10"), netip.MustParseAddr("fd00:96::11")
 	}
 	return netip.MustParseAddr("10.96.0.10"), netip.MustParseAddr("10.96.0.11")
 }
 
-func withEndpoints(sp *proxier.ServicePort, eps ...proxier.Endpoint) *proxier.ServicePort {
+func withEndpoints(sp *model.ServicePort, eps ...model.Endpoint) *model.ServicePort {
 	c := *sp
 	c.ClusterEndpoints = eps
 	return &c
 }
 
-func nodeView(f proxier.Family, sps ...*proxier.ServicePort) *proxier.NodeView {
-	v := &proxier.NodeView{Family: f, Services: map[proxier.ServicePortName]*proxier.ServicePort{}}
+func nodeView(f model.Family, sps ...*model.ServicePort) *model.NodeView {
+	v := &model.NodeView{Family: f, Services: map[model.ServicePortName]*model.ServicePort{}}
 	for _, sp := range sps {
 		v.Services[sp.Name] = sp
 	}
@@ -205,7 +205,7 @@ func udpClient(t *testing.T, ns *netnstest.NS, dst netip.AddrPort) *netnstest.UD
 	return c
 }
 
-func clean(t *testing.T, bed *netnstest.Bed, prev, next *proxier.NodeView) int {
+func clean(t *testing.T, bed *netnstest.Bed, prev, next *model.NodeView) int {
 	t.Helper()
 	table, err := Open(bed.Node().Handle())
 	if err != nil {
@@ -239,13 +239,13 @@ func TestKernelTellsSCTPPortsApart(t *testing.T) {
 	insert("sctp", "40002", "53", "10.244.0.11", "5353") // to the endpoint that stays
 	insert("udp", "40003", "53", "10.244.0.10", "5353")  // UDP, same addresses as the first
 
-	name := proxier.ServicePortName{Namespace: "default", Name: "sig", Port: "a", Protocol: proxier.SCTP}
-	sp := &proxier.ServicePort{Name: name, ClusterIP: netip.MustParseAddr("10.96.0.10"), Port: 53}
-	ep := func(s string) proxier.Endpoint {
-		return proxier.Endpoint{Addr: netip.MustParseAddrPort(s), Ready: true}
+	name := model.ServicePortName{Namespace: "default", Name: "sig", Port: "a", Protocol: model.SCTP}
+	sp := &model.ServicePort{Name: name, ClusterIP: netip.MustParseAddr("10.96.0.10"), Port: 53}
+	ep := func(s string) model.Endpoint {
+		return model.Endpoint{Addr: netip.MustParseAddrPort(s), Ready: true}
 	}
-	prev := nodeView(proxier.IPv4, withEndpoints(sp, ep("10.244.0.10:5353"), ep("10.244.0.11:5353")))
-	next := nodeView(proxier.IPv4, withEndpoints(sp, ep("10.244.0.11:5353")))
+	prev := nodeView(model.IPv4, withEndpoints(sp, ep("10.244.0.10:5353"), ep("10.244.0.11:5353")))
+	next := nodeView(model.IPv4, withEndpoints(sp, ep("10.244.0.11:5353")))
 
 	table, err := Open(ns.Handle())
 	if err != nil {
@@ -255,7 +255,7 @@ func TestKernelTellsSCTPPortsApart(t *testing.T) {
 	if n, err := Clean(table, prev, next); n != 1 || err != nil {
 		t.Errorf("Clean deleted %d entries (%v), want 1", n, err)
 	}
-	left, err := table.List(proxier.IPv4)
+	left, err := table.List(model.IPv4)
 	if err != nil {
 		t.Fatal(err)
 	}

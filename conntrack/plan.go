@@ -9,14 +9,14 @@ import (
 	"net/netip"
 	"slices"
 
-	"github.com/svcproxy/svcproxy/proxier"
+	"github.com/svcproxy/svcproxy/model"
 )
 
 // Flow describes conntrack entries to delete: those of Protocol, in Family,
 // sent to Dst:DstPort and DNATed to Endpoint.
 type Flow struct {
-	Family   proxier.Family
-	Protocol proxier.Protocol
+	Family   model.Family
+	Protocol model.Protocol
 	// Dst is the service address the client sent to; invalid for a
 	// NodePort, which any node address answers.
 	Dst     netip.Addr
@@ -30,9 +30,9 @@ type Flow struct {
 
 // Entry is one conntrack entry as the kernel reports it.
 type Entry struct {
-	Protocol proxier.Protocol // 0 for protocols svcproxy does not serve
-	Orig     Tuple            // the client's direction
-	Reply    Tuple            // the direction of the answer
+	Protocol model.Protocol // 0 for protocols svcproxy does not serve
+	Orig     Tuple          // the client's direction
+	Reply    Tuple          // the direction of the answer
 }
 
 // Tuple is one direction of a conntrack entry.
@@ -42,7 +42,7 @@ type Tuple struct {
 
 // Matches reports whether the flow describes the entry.
 func (f Flow) Matches(e Entry) bool {
-	if e.Protocol != f.Protocol || e.Orig.Dst.Port() != f.DstPort || proxier.FamilyOf(e.Orig.Dst.Addr()) != f.Family {
+	if e.Protocol != f.Protocol || e.Orig.Dst.Port() != f.DstPort || model.FamilyOf(e.Orig.Dst.Addr()) != f.Family {
 		return false
 	}
 	if f.Dst.IsValid() && e.Orig.Dst.Addr() != f.Dst {
@@ -58,7 +58,7 @@ func (f Flow) Matches(e Entry) bool {
 // change of rules in a way clients notice. TCP is left alone: a TCP client
 // sees a reset or a timeout and reconnects, and deleting an established
 // connection's entry would only break it sooner.
-func keepsState(p proxier.Protocol) bool { return p == proxier.UDP || p == proxier.SCTP }
+func keepsState(p model.Protocol) bool { return p == model.UDP || p == model.SCTP }
 
 // Plan lists the flows a sync from prev to next made stale:
 //   - for each UDP and SCTP service port, the endpoints prev used that next
@@ -70,7 +70,7 @@ func keepsState(p proxier.Protocol) bool { return p == proxier.UDP || p == proxi
 // With prev nil (the first sync after a start) it plans nothing: svcproxy
 // does not know what it programmed before, and a restart must not disturb
 // working flows.
-func Plan(prev, next *proxier.NodeView) []Flow {
+func Plan(prev, next *model.NodeView) []Flow {
 	if prev == nil || next == nil {
 		return nil
 	}
@@ -90,7 +90,7 @@ func Plan(prev, next *proxier.NodeView) []Flow {
 
 // goneEndpointFlows: the flows from old's addresses to endpoints cur no
 // longer has (all of them if the service port is gone).
-func goneEndpointFlows(family proxier.Family, old, cur *proxier.ServicePort) []Flow {
+func goneEndpointFlows(family model.Family, old, cur *model.ServicePort) []Flow {
 	still := map[netip.AddrPort]bool{}
 	if cur != nil {
 		for _, ep := range endpoints(cur) {
@@ -108,7 +108,7 @@ func goneEndpointFlows(family proxier.Family, old, cur *proxier.ServicePort) []F
 
 // revivedServiceFlows: the undelivered flows to cur's addresses, if it just
 // got its first endpoints.
-func revivedServiceFlows(family proxier.Family, old, cur *proxier.ServicePort) []Flow {
+func revivedServiceFlows(family model.Family, old, cur *model.ServicePort) []Flow {
 	if len(endpoints(cur)) == 0 || (old != nil && len(endpoints(old)) > 0) {
 		return nil
 	}
@@ -117,7 +117,7 @@ func revivedServiceFlows(family proxier.Family, old, cur *proxier.ServicePort) [
 
 // endpoints returns the distinct endpoint addresses a service port sends
 // any traffic to, sorted.
-func endpoints(sp *proxier.ServicePort) []netip.AddrPort {
+func endpoints(sp *model.ServicePort) []netip.AddrPort {
 	reachable := sp.ReachableEndpoints()
 	eps := make([]netip.AddrPort, len(reachable))
 	for i, ep := range reachable {
@@ -127,7 +127,7 @@ func endpoints(sp *proxier.ServicePort) []netip.AddrPort {
 }
 
 // addressFlows returns one flow per address the service port answers on.
-func addressFlows(family proxier.Family, sp *proxier.ServicePort, ep netip.AddrPort) []Flow {
+func addressFlows(family model.Family, sp *model.ServicePort, ep netip.AddrPort) []Flow {
 	flow := func(dst netip.Addr, port uint16) Flow {
 		return Flow{Family: family, Protocol: sp.Protocol(), Dst: dst, DstPort: port, Endpoint: ep}
 	}
@@ -151,11 +151,11 @@ func addressFlows(family proxier.Family, sp *proxier.ServicePort, ep netip.AddrP
 // not DNATed at all although the port now has endpoints (a reject or a
 // black hole cached from before). Entries to node ports count only when
 // DNATed: which node addresses a node port answers on is not in the view.
-func PlanFromTable(next *proxier.NodeView, entries []Entry) []Flow {
+func PlanFromTable(next *model.NodeView, entries []Entry) []Flow {
 	ports := indexServiceAddresses(next)
 	var flows []Flow
 	for _, e := range entries {
-		if !keepsState(e.Protocol) || proxier.FamilyOf(e.Orig.Dst.Addr()) != next.Family {
+		if !keepsState(e.Protocol) || model.FamilyOf(e.Orig.Dst.Addr()) != next.Family {
 			continue
 		}
 		dnated := e.Reply.Src != e.Orig.Dst
@@ -183,12 +183,12 @@ func PlanFromTable(next *proxier.NodeView, entries []Entry) []Flow {
 // serviceAddress is where a client sends to reach a service port; a node
 // port has no address.
 type serviceAddress struct {
-	protocol proxier.Protocol
+	protocol model.Protocol
 	dst      netip.AddrPort
 }
 
-func indexServiceAddresses(v *proxier.NodeView) map[serviceAddress]*proxier.ServicePort {
-	index := map[serviceAddress]*proxier.ServicePort{}
+func indexServiceAddresses(v *model.NodeView) map[serviceAddress]*model.ServicePort {
+	index := map[serviceAddress]*model.ServicePort{}
 	for _, sp := range v.Services {
 		if !keepsState(sp.Protocol()) {
 			continue
@@ -201,7 +201,7 @@ func indexServiceAddresses(v *proxier.NodeView) map[serviceAddress]*proxier.Serv
 }
 
 // staleEntry reports whether an entry to sp's address is stale.
-func staleEntry(sp *proxier.ServicePort, e Entry, dnated bool) bool {
+func staleEntry(sp *model.ServicePort, e Entry, dnated bool) bool {
 	reachable := endpoints(sp)
 	if !dnated {
 		return len(reachable) > 0

@@ -7,20 +7,20 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/svcproxy/svcproxy/proxier"
+	"github.com/svcproxy/svcproxy/model"
 )
 
-func dnsName() proxier.ServicePortName {
-	return proxier.ServicePortName{Namespace: "kube-system", Name: "kube-dns", Port: "dns", Protocol: proxier.UDP}
+func dnsName() model.ServicePortName {
+	return model.ServicePortName{Namespace: "kube-system", Name: "kube-dns", Port: "dns", Protocol: model.UDP}
 }
 
-func ep(s string) proxier.Endpoint {
-	return proxier.Endpoint{Addr: netip.MustParseAddrPort(s), Ready: true, Serving: true}
+func ep(s string) model.Endpoint {
+	return model.Endpoint{Addr: netip.MustParseAddrPort(s), Ready: true, Serving: true}
 }
 
 // dnsPort is a UDP service port with every kind of address.
-func dnsPort(name proxier.ServicePortName, eps ...proxier.Endpoint) *proxier.ServicePort {
-	return &proxier.ServicePort{
+func dnsPort(name model.ServicePortName, eps ...model.Endpoint) *model.ServicePort {
+	return &model.ServicePort{
 		Name:             name,
 		ClusterIP:        netip.MustParseAddr("10.96.0.10"),
 		Port:             53,
@@ -31,8 +31,8 @@ func dnsPort(name proxier.ServicePortName, eps ...proxier.Endpoint) *proxier.Ser
 	}
 }
 
-func view(sps ...*proxier.ServicePort) *proxier.NodeView {
-	v := &proxier.NodeView{Family: proxier.IPv4, Services: map[proxier.ServicePortName]*proxier.ServicePort{}}
+func view(sps ...*model.ServicePort) *model.NodeView {
+	v := &model.NodeView{Family: model.IPv4, Services: map[model.ServicePortName]*model.ServicePort{}}
 	for _, sp := range sps {
 		v.Services[sp.Name] = sp
 	}
@@ -59,15 +59,15 @@ func flowsText(flows []Flow) string {
 func TestPlan(t *testing.T) {
 	dns := dnsName()
 	tcp := dns
-	tcp.Protocol = proxier.TCP
+	tcp.Protocol = model.TCP
 	sctp := dns
-	sctp.Protocol = proxier.SCTP
+	sctp.Protocol = model.SCTP
 	a, b := ep("10.244.0.5:53"), ep("10.244.0.6:53")
 	localOnly := dnsPort(dns)
-	localOnly.LocalEndpoints = []proxier.Endpoint{a}
+	localOnly.LocalEndpoints = []model.Endpoint{a}
 	// internalTrafficPolicy Local, externally reachable: the ClusterIP uses
 	// local endpoints, outside traffic all of them.
-	internalLocal := func(external ...proxier.Endpoint) *proxier.ServicePort {
+	internalLocal := func(external ...model.Endpoint) *model.ServicePort {
 		sp := dnsPort(dns)
 		sp.InternalPolicyLocal = true
 		sp.ExternalClusterEndpoints = external
@@ -76,7 +76,7 @@ func TestPlan(t *testing.T) {
 
 	cases := []struct {
 		name       string
-		prev, next *proxier.NodeView
+		prev, next *model.NodeView
 		want       []string
 	}{
 		{name: "first sync after a start flushes nothing", prev: nil, next: view(dnsPort(dns, a))},
@@ -176,7 +176,7 @@ func TestPlanIsDeterministic(t *testing.T) {
 	}
 }
 
-func entry(proto proxier.Protocol, client, dst, replySrc string) Entry {
+func entry(proto model.Protocol, client, dst, replySrc string) Entry {
 	c := netip.MustParseAddrPort(client)
 	return Entry{
 		Protocol: proto,
@@ -194,13 +194,13 @@ func TestCleanDeletesOnlyStaleEntries(t *testing.T) {
 	otherPort.NodePort = 30054
 
 	table := &FakeTable{Entries: []Entry{
-		entry(proxier.UDP, "10.244.0.9:40000", "10.96.0.10:53", "10.244.0.6:53"),        // stale: to b via ClusterIP
-		entry(proxier.UDP, "192.168.50.2:40001", "192.168.50.1:30053", "10.244.0.6:53"), // stale: to b via NodePort
-		entry(proxier.UDP, "192.168.50.2:40002", "198.51.100.9:53", "10.244.0.6:53"),    // stale: to b via LB IP
-		entry(proxier.UDP, "10.244.0.9:40003", "10.96.0.10:53", "10.244.0.5:53"),        // to a, still an endpoint
-		entry(proxier.UDP, "10.244.0.9:40004", "10.96.0.11:53", "10.244.0.6:53"),        // another service's flow to b
-		entry(proxier.TCP, "10.244.0.9:40005", "10.96.0.10:53", "10.244.0.6:53"),        // TCP
-		entry(proxier.UDP, "10.244.0.9:40006", "10.244.0.6:53", "10.244.0.6:53"),        // straight to the pod
+		entry(model.UDP, "10.244.0.9:40000", "10.96.0.10:53", "10.244.0.6:53"),        // stale: to b via ClusterIP
+		entry(model.UDP, "192.168.50.2:40001", "192.168.50.1:30053", "10.244.0.6:53"), // stale: to b via NodePort
+		entry(model.UDP, "192.168.50.2:40002", "198.51.100.9:53", "10.244.0.6:53"),    // stale: to b via LB IP
+		entry(model.UDP, "10.244.0.9:40003", "10.96.0.10:53", "10.244.0.5:53"),        // to a, still an endpoint
+		entry(model.UDP, "10.244.0.9:40004", "10.96.0.11:53", "10.244.0.6:53"),        // another service's flow to b
+		entry(model.TCP, "10.244.0.9:40005", "10.96.0.10:53", "10.244.0.6:53"),        // TCP
+		entry(model.UDP, "10.244.0.9:40006", "10.244.0.6:53", "10.244.0.6:53"),        // straight to the pod
 	}}
 	prev := view(dnsPort(dns, a, b), otherPort)
 	next := view(dnsPort(dns, a), otherPort)
@@ -221,9 +221,9 @@ func TestCleanDeletesOnlyStaleEntries(t *testing.T) {
 func TestCleanRevivedServiceDeletesUndeliveredEntriesOnly(t *testing.T) {
 	dns := dnsName()
 	table := &FakeTable{Entries: []Entry{
-		entry(proxier.UDP, "10.244.0.9:40000", "10.96.0.10:53", "10.96.0.10:53"),             // sent while no endpoint
-		entry(proxier.UDP, "192.168.50.2:40001", "192.168.50.1:30053", "192.168.50.1:30053"), // NodePort, no endpoint
-		entry(proxier.UDP, "10.244.0.9:40002", "10.96.0.10:53", "10.244.0.5:53"),             // already DNATed
+		entry(model.UDP, "10.244.0.9:40000", "10.96.0.10:53", "10.96.0.10:53"),             // sent while no endpoint
+		entry(model.UDP, "192.168.50.2:40001", "192.168.50.1:30053", "192.168.50.1:30053"), // NodePort, no endpoint
+		entry(model.UDP, "10.244.0.9:40002", "10.96.0.10:53", "10.244.0.5:53"),             // already DNATed
 	}}
 	if _, err := Clean(table, view(dnsPort(dns)), view(dnsPort(dns, ep("10.244.0.5:53")))); err != nil {
 		t.Fatal(err)
@@ -257,9 +257,9 @@ func TestCleanReportsTableErrors(t *testing.T) {
 }
 
 func TestFlowMatchesOnlyItsFamily(t *testing.T) {
-	f := Flow{Family: proxier.IPv6, Protocol: proxier.UDP, DstPort: 30053, Endpoint: netip.MustParseAddrPort("[fd00:244::5]:53")}
-	v6 := entry(proxier.UDP, "[fd00:50::2]:40000", "[fd00:50::1]:30053", "[fd00:244::5]:53")
-	v4 := entry(proxier.UDP, "192.168.50.2:40000", "192.168.50.1:30053", "10.244.0.5:53")
+	f := Flow{Family: model.IPv6, Protocol: model.UDP, DstPort: 30053, Endpoint: netip.MustParseAddrPort("[fd00:244::5]:53")}
+	v6 := entry(model.UDP, "[fd00:50::2]:40000", "[fd00:50::1]:30053", "[fd00:244::5]:53")
+	v4 := entry(model.UDP, "192.168.50.2:40000", "192.168.50.1:30053", "10.244.0.5:53")
 	if !f.Matches(v6) || f.Matches(v4) {
 		t.Errorf("NodePort flow %+v: matches v6 entry %v, v4 entry %v; want true, false", f, f.Matches(v6), f.Matches(v4))
 	}
@@ -271,20 +271,20 @@ func TestPlanFromTable(t *testing.T) {
 	dns := dnsName()
 	a, b := ep("10.244.0.5:53"), ep("10.244.0.6:53")
 	next := view(dnsPort(dns, a))
-	entry := func(proto proxier.Protocol, dst, replySrc string) Entry {
+	entry := func(proto model.Protocol, dst, replySrc string) Entry {
 		d := netip.MustParseAddrPort(dst)
 		return Entry{Protocol: proto, Orig: Tuple{Src: netip.MustParseAddrPort("10.244.0.9:40000"), Dst: d},
 			Reply: Tuple{Src: netip.MustParseAddrPort(replySrc), Dst: netip.MustParseAddrPort("10.244.0.9:40000")}}
 	}
 	entries := []Entry{
-		entry(proxier.UDP, "10.96.0.10:53", a.Addr.String()),         // live endpoint: kept
-		entry(proxier.UDP, "10.96.0.10:53", b.Addr.String()),         // gone endpoint: stale
-		entry(proxier.UDP, "198.51.100.9:53", b.Addr.String()),       // LB IP to a gone endpoint: stale
-		entry(proxier.UDP, "192.168.1.7:30053", b.Addr.String()),     // node port to a gone endpoint: stale
-		entry(proxier.UDP, "192.168.1.7:30053", "192.168.1.7:30053"), // node port, not DNATed: not ours to judge
-		entry(proxier.UDP, "203.0.113.7:53", "203.0.113.7:53"),       // external IP never DNATed, endpoints now: stale
-		entry(proxier.TCP, "10.96.0.10:53", b.Addr.String()),         // TCP: left alone
-		entry(proxier.UDP, "10.96.0.99:53", b.Addr.String()),         // not a service address: left alone
+		entry(model.UDP, "10.96.0.10:53", a.Addr.String()),         // live endpoint: kept
+		entry(model.UDP, "10.96.0.10:53", b.Addr.String()),         // gone endpoint: stale
+		entry(model.UDP, "198.51.100.9:53", b.Addr.String()),       // LB IP to a gone endpoint: stale
+		entry(model.UDP, "192.168.1.7:30053", b.Addr.String()),     // node port to a gone endpoint: stale
+		entry(model.UDP, "192.168.1.7:30053", "192.168.1.7:30053"), // node port, not DNATed: not ours to judge
+		entry(model.UDP, "203.0.113.7:53", "203.0.113.7:53"),       // external IP never DNATed, endpoints now: stale
+		entry(model.TCP, "10.96.0.10:53", b.Addr.String()),         // TCP: left alone
+		entry(model.UDP, "10.96.0.99:53", b.Addr.String()),         // not a service address: left alone
 	}
 	got := flowsText(PlanFromTable(next, entries))
 	want := strings.Join([]string{
@@ -301,8 +301,8 @@ func TestPlanFromTable(t *testing.T) {
 func TestCleanWithoutPrevDeletesOnlyWhatTheViewMakesStale(t *testing.T) {
 	dns := dnsName()
 	a, b := ep("10.244.0.5:53"), ep("10.244.0.6:53")
-	live := Entry{Protocol: proxier.UDP, Orig: Tuple{Dst: netip.MustParseAddrPort("10.96.0.10:53")}, Reply: Tuple{Src: a.Addr}}
-	dead := Entry{Protocol: proxier.UDP, Orig: Tuple{Dst: netip.MustParseAddrPort("10.96.0.10:53")}, Reply: Tuple{Src: b.Addr}}
+	live := Entry{Protocol: model.UDP, Orig: Tuple{Dst: netip.MustParseAddrPort("10.96.0.10:53")}, Reply: Tuple{Src: a.Addr}}
+	dead := Entry{Protocol: model.UDP, Orig: Tuple{Dst: netip.MustParseAddrPort("10.96.0.10:53")}, Reply: Tuple{Src: b.Addr}}
 	table := &FakeTable{Entries: []Entry{live, dead}}
 	n, err := Clean(table, nil, view(dnsPort(dns, a)))
 	if err != nil || n != 1 || !slices.Equal(table.Entries, []Entry{live}) {

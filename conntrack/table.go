@@ -9,7 +9,7 @@ import (
 	"go.uber.org/zap"
 	"net/netip"
 
-	"github.com/svcproxy/svcproxy/proxier"
+	"github.com/svcproxy/svcproxy/model"
 	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -19,16 +19,16 @@ import (
 type Table interface {
 	// Delete removes every entry of the family that one of the flows
 	// matches and returns how many it removed.
-	Delete(family proxier.Family, flows []Flow) (int, error)
+	Delete(family model.Family, flows []Flow) (int, error)
 	// List returns the family's entries.
-	List(family proxier.Family) ([]Entry, error)
+	List(family model.Family) ([]Entry, error)
 }
 
 // Clean deletes the flows that the sync from prev to next made stale. With
 // no prev (the first sync after a start) it judges the entries the table
 // holds against next instead: what an earlier run left pointing at gone
 // endpoints is deleted, nothing else. It returns how many entries it deleted.
-func Clean(table Table, prev, next *proxier.NodeView) (int, error) {
+func Clean(table Table, prev, next *model.NodeView) (int, error) {
 	flows, err := stale(table, prev, next)
 	if err != nil {
 		return 0, err
@@ -43,7 +43,7 @@ func Clean(table Table, prev, next *proxier.NodeView) (int, error) {
 	return n, nil
 }
 
-func stale(table Table, prev, next *proxier.NodeView) ([]Flow, error) {
+func stale(table Table, prev, next *model.NodeView) ([]Flow, error) {
 	if prev != nil {
 		return Plan(prev, next), nil
 	}
@@ -80,7 +80,7 @@ func (k *Kernel) Close() { k.sock.Close() }
 // Delete implements Table: it dumps the family's table once and deletes
 // each entry one of the flows matches. Entries that vanish meanwhile are
 // not errors.
-func (k *Kernel) Delete(family proxier.Family, flows []Flow) (int, error) {
+func (k *Kernel) Delete(family model.Family, flows []Flow) (int, error) {
 	set := newFlowSet(flows)
 	var stale [][]byte
 	dumpErr := k.dump(family, func(e Entry, msg []byte) {
@@ -113,14 +113,14 @@ func (k *Kernel) Delete(family proxier.Family, flows []Flow) (int, error) {
 }
 
 // List implements Table.
-func (k *Kernel) List(family proxier.Family) ([]Entry, error) {
+func (k *Kernel) List(family model.Family) ([]Entry, error) {
 	var entries []Entry
 	err := k.dump(family, func(e Entry, _ []byte) { entries = append(entries, e) })
 	return entries, err
 }
 
 // dump calls f with each entry of the family's table and its raw attributes.
-func (k *Kernel) dump(family proxier.Family, f func(Entry, []byte)) error {
+func (k *Kernel) dump(family model.Family, f func(Entry, []byte)) error {
 	req := k.request(nl.IPCTNL_MSG_CT_GET, unix.NLM_F_DUMP, family)
 	return req.ExecuteIter(unix.NETLINK_NETFILTER, 0, func(msg []byte) bool {
 		attrs := msg[nfgenmsgLen:]
@@ -133,7 +133,7 @@ func (k *Kernel) dump(family proxier.Family, f func(Entry, []byte)) error {
 
 const nfgenmsgLen = 4 // struct nfgenmsg, ahead of every ctnetlink message's attributes
 
-func (k *Kernel) request(msgType, flags int, family proxier.Family) *nl.NetlinkRequest {
+func (k *Kernel) request(msgType, flags int, family model.Family) *nl.NetlinkRequest {
 	req := &nl.NetlinkRequest{
 		NlMsghdr: unix.NlMsghdr{
 			Len:   unix.SizeofNlMsghdr,
@@ -146,8 +146,8 @@ func (k *Kernel) request(msgType, flags int, family proxier.Family) *nl.NetlinkR
 	return req
 }
 
-func inetFamily(f proxier.Family) uint8 {
-	if f == proxier.IPv6 {
+func inetFamily(f model.Family) uint8 {
+	if f == model.IPv6 {
 		return unix.AF_INET6
 	}
 	return unix.AF_INET
@@ -158,7 +158,7 @@ func inetFamily(f proxier.Family) uint8 {
 type flowSet map[flowKey][]Flow
 
 type flowKey struct {
-	protocol proxier.Protocol
+	protocol model.Protocol
 	port     uint16
 }
 
@@ -234,14 +234,14 @@ func parseTuple(b []byte) (t Tuple, proto uint8, err error) {
 }
 
 // protocolOf maps an IP protocol number to the protocols services use.
-func protocolOf(ipProto uint8) proxier.Protocol {
+func protocolOf(ipProto uint8) model.Protocol {
 	switch ipProto {
 	case unix.IPPROTO_TCP:
-		return proxier.TCP
+		return model.TCP
 	case unix.IPPROTO_UDP:
-		return proxier.UDP
+		return model.UDP
 	case unix.IPPROTO_SCTP:
-		return proxier.SCTP
+		return model.SCTP
 	}
 	return 0
 }
@@ -254,7 +254,7 @@ type Cleaner struct {
 }
 
 // Clean implements proxier.FlowCleaner.
-func (c Cleaner) Clean(_ context.Context, prev, next *proxier.NodeView) error {
+func (c Cleaner) Clean(_ context.Context, prev, next *model.NodeView) error {
 	n, err := Clean(c.Table, prev, next)
 	if n > 0 && c.Log != nil {
 		c.Log.Debug("deleted stale flows", zap.Stringer("family", next.Family), zap.Int("entries", n))

@@ -15,7 +15,7 @@ import (
 
 	"github.com/svcproxy/svcproxy/internal/netnstest"
 	"github.com/svcproxy/svcproxy/iptables"
-	"github.com/svcproxy/svcproxy/proxier"
+	"github.com/svcproxy/svcproxy/model"
 	"github.com/svcproxy/svcproxy/proxier/proxiertest"
 )
 
@@ -229,7 +229,7 @@ var counters = regexp.MustCompile(`\[\d+:\d+\]`)
 func savedRules(t *testing.T, c *cluster) []string {
 	t.Helper()
 	var lines []string
-	for _, family := range []proxier.Family{proxier.IPv4, proxier.IPv6} {
+	for _, family := range []model.Family{model.IPv4, model.IPv6} {
 		saved, err := c.save(family)
 		if err != nil {
 			t.Fatal(err)

@@ -28,6 +28,7 @@ import (
 	"github.com/svcproxy/svcproxy/conntrack"
 	"github.com/svcproxy/svcproxy/internal/netnstest"
 	"github.com/svcproxy/svcproxy/iptables"
+	"github.com/svcproxy/svcproxy/model"
 	"github.com/svcproxy/svcproxy/proxier"
 	"github.com/svcproxy/svcproxy/proxier/proxiertest"
 )
@@ -151,8 +152,8 @@ func newCluster(t *testing.T, flavor iptables.Flavor, pods int, opts ...option) 
 }
 
 // nodeInfo is what the Node object says of the bed's node.
-func (c *cluster) nodeInfo() proxier.NodeInfo {
-	return proxier.NodeInfo{
+func (c *cluster) nodeInfo() model.NodeInfo {
+	return model.NodeInfo{
 		Name:      nodeName,
 		Zone:      c.settings.zone,
 		Addresses: []netip.Addr{c.Node().IPv4(), c.Node().IPv6()},
@@ -167,7 +168,7 @@ func (c *cluster) start() *process {
 	log := zaptest.NewLogger(c.t, zaptest.Level(zap.WarnLevel))
 	p := &process{tracker: proxier.NewTracker(log, time.Now)}
 	var backends []proxier.Backend
-	for _, family := range []proxier.Family{proxier.IPv4, proxier.IPv6} {
+	for _, family := range []model.Family{model.IPv4, model.IPv6} {
 		b, err := iptables.New(c.settings.cfg, family, c.flavor)
 		if err != nil {
 			c.t.Fatal(err)
@@ -274,13 +275,13 @@ func (c *cluster) run(cfg proxier.RunnerConfig) (stop func()) {
 
 // iptables runs the flavor's iptables binary of a family in the node
 // namespace, as another program on the node would.
-func (c *cluster) iptables(family proxier.Family, args ...string) string {
+func (c *cluster) iptables(family model.Family, args ...string) string {
 	c.t.Helper()
 	return c.Node().MustRun(c.flavor.Binary(family, ""), args...)
 }
 
 // save returns both tables of a family as iptables-save shows them.
-func (c *cluster) save(family proxier.Family) (string, error) {
+func (c *cluster) save(family model.Family) (string, error) {
 	var b strings.Builder
 	for _, table := range []string{"nat", "filter"} {
 		out, err := c.Node().Run(c.flavor.Binary(family, "-save"), "-t", table)
@@ -297,7 +298,7 @@ func (c *cluster) save(family proxier.Family) (string, error) {
 // namespaces themselves.
 func (c *cluster) cleanup() {
 	defer c.flows.Close()
-	for _, family := range []proxier.Family{proxier.IPv4, proxier.IPv6} {
+	for _, family := range []model.Family{model.IPv4, model.IPv6} {
 		b, err := iptables.New(c.settings.cfg, family, c.flavor)
 		if err != nil {
 			c.t.Error(err)

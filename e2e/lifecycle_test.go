@@ -11,6 +11,7 @@ import (
 	"github.com/svcproxy/svcproxy/conntrack"
 	"github.com/svcproxy/svcproxy/internal/netnstest"
 	"github.com/svcproxy/svcproxy/iptables"
+	"github.com/svcproxy/svcproxy/model"
 	"github.com/svcproxy/svcproxy/proxier"
 	"github.com/svcproxy/svcproxy/proxier/proxiertest"
 )
@@ -128,12 +129,12 @@ func restartUnderProbe(t *testing.T, c *cluster, dst netip.AddrPort) {
 // DNATed to the endpoint that answered it.
 func expectFlowKept(t *testing.T, flows *conntrack.Kernel, client *netnstest.UDPClient, answered netnstest.Reply) {
 	t.Helper()
-	entries, err := flows.List(proxier.IPv4)
+	entries, err := flows.List(model.IPv4)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, e := range entries {
-		if e.Protocol == proxier.UDP && e.Orig.Src == client.Local() {
+		if e.Protocol == model.UDP && e.Orig.Src == client.Local() {
 			if e.Reply.Src.Addr() != podAddrOf(answered.Server) {
 				t.Errorf("UDP flow of %s now leads to %s; it led to %s", client.Local(), e.Reply.Src, answered.Server)
 			}
@@ -209,7 +210,7 @@ func TestDriftIsRepaired(t *testing.T) {
 				"-m", "comment", "--comment", "svcproxy service portals", "-j", iptables.ChainPrefix + "SERVICES"}},
 		} {
 			start := time.Now()
-			c.iptables(proxier.IPv4, drift.args...)
+			c.iptables(model.IPv4, drift.args...)
 			took, ok := waitFor(c.Pod(0), tcp("10.96.0.33"), "pod-1", 5*time.Second)
 			if !ok || took > 2*time.Second {
 				t.Errorf("%s: traffic not back within 2s (%v)", drift.what, took)
@@ -333,7 +334,7 @@ func TestPartialSyncsCarryTraffic(t *testing.T) {
 		c.Pod(0).Timeout = shortTimeout
 		expectFailure(t, c.Pod(0), "tcp", tcp(ips["c"]), netnstest.ErrTimeout)
 		c.Pod(0).Timeout = netnstest.DefaultTimeout
-		if saved, err := c.save(proxier.IPv4); err != nil || strings.Contains(saved, ips["c"]) {
+		if saved, err := c.save(model.IPv4); err != nil || strings.Contains(saved, ips["c"]) {
 			t.Errorf("rules still name the deleted service's %s (%v):\n%s", ips["c"], err, saved)
 		}
 		serves("a", 1)

@@ -14,7 +14,7 @@ import (
 
 	goiptables "github.com/coreos/go-iptables/iptables"
 
-	"github.com/svcproxy/svcproxy/proxier"
+	"github.com/svcproxy/svcproxy/model"
 )
 
 // RuleEditor edits single rules of built-in chains: the jump rules. It is
@@ -31,7 +31,7 @@ type RuleEditor interface {
 // keeps the jump rules in place, checks they are and removes everything.
 // It runs the binaries in the network namespace of the calling thread.
 type Applier struct {
-	family proxier.Family
+	family model.Family
 	flavor Flavor
 	run    Runner
 	rules  RuleEditor
@@ -41,7 +41,7 @@ type Applier struct {
 
 // ApplierConfig says what an Applier programs and through what.
 type ApplierConfig struct {
-	Family proxier.Family
+	Family model.Family
 	Flavor Flavor
 	// Jumps hook svcproxy's chains into the built-in ones (JumpRules);
 	// TopChains must always exist (TopChains). Intact checks both.
@@ -64,7 +64,7 @@ func NewApplier(c ApplierConfig) (*Applier, error) {
 	}
 	if a.rules == nil {
 		proto := goiptables.ProtocolIPv4
-		if c.Family == proxier.IPv6 {
+		if c.Family == model.IPv6 {
 			proto = goiptables.ProtocolIPv6
 		}
 		ipt, err := goiptables.New(goiptables.Path(c.Flavor.Binary(c.Family, "")), goiptables.IPFamily(proto))

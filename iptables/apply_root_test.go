@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/svcproxy/svcproxy/internal/netnstest"
-	"github.com/svcproxy/svcproxy/proxier"
+	"github.com/svcproxy/svcproxy/model"
 )
 
 // These tests run real iptables of both flavors, each in network
@@ -24,10 +24,10 @@ type kernelApplier struct {
 	ns     *netnstest.NS
 	a      *Applier
 	flavor Flavor
-	family proxier.Family
+	family model.Family
 }
 
-func newKernelApplier(t *testing.T, ns *netnstest.NS, flavor Flavor, family proxier.Family, jumps []JumpRule, top []ChainKey) *kernelApplier {
+func newKernelApplier(t *testing.T, ns *netnstest.NS, flavor Flavor, family model.Family, jumps []JumpRule, top []ChainKey) *kernelApplier {
 	t.Helper()
 	a, err := NewApplier(ApplierConfig{Family: family, Flavor: flavor, Jumps: jumps, TopChains: top})
 	if err != nil {
@@ -93,9 +93,9 @@ func (k *kernelApplier) save() string {
 
 // familyPlan is testPlan in the family: ClusterIP 10.96.0.1 or fd00:96::1
 // port 80 DNATed to endpoint.
-func familyPlan(family proxier.Family, endpoint netip.AddrPort) *Plan {
+func familyPlan(family model.Family, endpoint netip.AddrPort) *Plan {
 	vip := "10.96.0.1/32"
-	if family == proxier.IPv6 {
+	if family == model.IPv6 {
 		vip = "fd00:96::1/128"
 	}
 	plan := testPlan(endpoint.String())
@@ -104,8 +104,8 @@ func familyPlan(family proxier.Family, endpoint netip.AddrPort) *Plan {
 	return plan
 }
 
-func endpointIn(family proxier.Family, last byte) netip.AddrPort {
-	if family == proxier.IPv6 {
+func endpointIn(family model.Family, last byte) netip.AddrPort {
+	if family == model.IPv6 {
 		return netip.AddrPortFrom(netip.AddrFrom16([16]byte{0xfd, 0, 2, 0x44, 15: last}), 8080)
 	}
 	return netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 244, 0, last}), 8080)
@@ -113,7 +113,7 @@ func endpointIn(family proxier.Family, last byte) netip.AddrPort {
 
 func forEachFlavorAndFamily(t *testing.T, test func(t *testing.T, k *kernelApplier)) {
 	for _, flavor := range flavors() {
-		for _, family := range []proxier.Family{proxier.IPv4, proxier.IPv6} {
+		for _, family := range []model.Family{model.IPv4, model.IPv6} {
 			t.Run(string(flavor)+"/"+family.String(), func(t *testing.T) {
 				ns := netnstest.NewNS(t, "node")
 				test(t, newKernelApplier(t, ns, flavor, family, testJumps(), testTop()))
@@ -266,7 +266,7 @@ func TestKernelCleanupLeavesNothing(t *testing.T) {
 // once Cleanup has run.
 func TestKernelDNATCarriesTraffic(t *testing.T) {
 	for _, flavor := range flavors() {
-		for _, family := range []proxier.Family{proxier.IPv4, proxier.IPv6} {
+		for _, family := range []model.Family{model.IPv4, model.IPv6} {
 			t.Run(string(flavor)+"/"+family.String(), func(t *testing.T) {
 				bed := netnstest.NewBed(t, 2)
 				client, server := bed.Pod(0), bed.Pod(1)
@@ -274,7 +274,7 @@ func TestKernelDNATCarriesTraffic(t *testing.T) {
 				client.Timeout = 300 * time.Millisecond
 				k := newKernelApplier(t, bed.Node(), flavor, family, testJumps(), testTop())
 				vip := netip.MustParseAddrPort("10.96.0.1:80")
-				if family == proxier.IPv6 {
+				if family == model.IPv6 {
 					vip = netip.MustParseAddrPort("[fd00:96::1]:80")
 				}
 				k.mustApply(familyPlan(family, netip.AddrPortFrom(server.Addr(vip.Addr()), 8080)))
@@ -313,8 +313,8 @@ func TestKernelDetectFlavorFindsTheRulesInUse(t *testing.T) {
 	}
 	for _, flavor := range flavors() {
 		ns := netnstest.NewNS(t, string(flavor))
-		ns.MustRun(flavor.Binary(proxier.IPv4, ""), "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT")
-		ns.MustRun(flavor.Binary(proxier.IPv6, ""), "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT")
+		ns.MustRun(flavor.Binary(model.IPv4, ""), "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT")
+		ns.MustRun(flavor.Binary(model.IPv6, ""), "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT")
 		if got := detect(ns); got != flavor {
 			t.Errorf("node with %s rules detected as %s", flavor, got)
 		}

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/svcproxy/svcproxy/proxier"
+	"github.com/svcproxy/svcproxy/model"
 )
 
 // The hand-written ruleset of the applier tests: a ClusterIP 10.96.0.1:80
@@ -30,14 +30,14 @@ func filterChain() ChainKey { return ChainKey{TableFilter, "SVCPROXY-FILTER"} }
 
 // testPlan is the full plan of the ruleset, DNATing to endpoint.
 func testPlan(endpoint string) *Plan {
-	return &Plan{Family: proxier.IPv4, Full: true, Write: map[ChainKey][]string{
+	return &Plan{Family: model.IPv4, Full: true, Write: map[ChainKey][]string{
 		servicesKey(): {"-d 10.96.0.1/32 -p tcp -m tcp --dport 80 -j SVCPROXY-SVC-WEB"},
 		webKey():      {"-p tcp -m tcp -j DNAT --to-destination " + endpoint},
 		filterChain(): nil,
 	}}
 }
 
-func fakeApplier(t *testing.T, family proxier.Family, flavor Flavor) (*Applier, *FakeKernel) {
+func fakeApplier(t *testing.T, family model.Family, flavor Flavor) (*Applier, *FakeKernel) {
 	t.Helper()
 	k := NewFakeKernel()
 	a, err := NewApplier(ApplierConfig{Family: family, Flavor: flavor, Jumps: testJumps(), TopChains: testTop(), Run: k, Rules: k})
@@ -55,7 +55,7 @@ func mustApply(t *testing.T, a *Applier, plan *Plan) {
 }
 
 func TestFullApplyWritesChainsThenHooksThemIn(t *testing.T) {
-	a, k := fakeApplier(t, proxier.IPv4, FlavorNFT)
+	a, k := fakeApplier(t, model.IPv4, FlavorNFT)
 	n, err := a.Apply(context.Background(), testPlan("10.244.0.11:8080"))
 	if err != nil {
 		t.Fatal(err)
@@ -99,7 +99,7 @@ COMMIT
 }
 
 func TestSecondFullApplyLeavesJumpRulesAlone(t *testing.T) {
-	a, k := fakeApplier(t, proxier.IPv4, FlavorNFT)
+	a, k := fakeApplier(t, model.IPv4, FlavorNFT)
 	mustApply(t, a, testPlan("10.244.0.11:8080"))
 	k.Calls = nil
 	mustApply(t, a, testPlan("10.244.0.11:8080"))
@@ -115,14 +115,14 @@ func TestSecondFullApplyLeavesJumpRulesAlone(t *testing.T) {
 
 func TestBinariesFollowFlavorAndFamily(t *testing.T) {
 	cases := []struct {
-		family proxier.Family
+		family model.Family
 		flavor Flavor
 		want   string
 	}{
-		{proxier.IPv4, FlavorNFT, "iptables-nft-restore"},
-		{proxier.IPv6, FlavorNFT, "ip6tables-nft-restore"},
-		{proxier.IPv4, FlavorLegacy, "iptables-legacy-restore"},
-		{proxier.IPv6, FlavorLegacy, "ip6tables-legacy-restore"},
+		{model.IPv4, FlavorNFT, "iptables-nft-restore"},
+		{model.IPv6, FlavorNFT, "ip6tables-nft-restore"},
+		{model.IPv4, FlavorLegacy, "iptables-legacy-restore"},
+		{model.IPv6, FlavorLegacy, "ip6tables-legacy-restore"},
 	}
 	for _, c := range cases {
 		a, k := fakeApplier(t, c.family, c.flavor)
@@ -135,10 +135,10 @@ func TestBinariesFollowFlavorAndFamily(t *testing.T) {
 }
 
 func TestPartialApplyRewritesOnlyItsChains(t *testing.T) {
-	a, k := fakeApplier(t, proxier.IPv4, FlavorNFT)
+	a, k := fakeApplier(t, model.IPv4, FlavorNFT)
 	mustApply(t, a, testPlan("10.244.0.11:8080"))
 	k.Calls = nil
-	partial := &Plan{Family: proxier.IPv4, Write: map[ChainKey][]string{webKey(): {"-p tcp -m tcp -j DNAT --to-destination 10.244.0.12:8080"}}}
+	partial := &Plan{Family: model.IPv4, Write: map[ChainKey][]string{webKey(): {"-p tcp -m tcp -j DNAT --to-destination 10.244.0.12:8080"}}}
 	mustApply(t, a, partial)
 
 	if want := []string{"iptables-nft-restore --noflush --wait"}; strings.Join(k.Calls, "\n") != want[0] {
@@ -159,15 +159,15 @@ func TestPartialApplyRewritesOnlyItsChains(t *testing.T) {
 }
 
 func TestEmptyPartialPlanRunsNothing(t *testing.T) {
-	a, k := fakeApplier(t, proxier.IPv4, FlavorNFT)
-	n, err := a.Apply(context.Background(), &Plan{Family: proxier.IPv4})
+	a, k := fakeApplier(t, model.IPv4, FlavorNFT)
+	n, err := a.Apply(context.Background(), &Plan{Family: model.IPv4})
 	if n != 0 || err != nil || len(k.Calls) != 0 {
 		t.Errorf("empty plan: %d bytes, %v, calls %q; want nothing done", n, err, k.Calls)
 	}
 }
 
 func TestFullApplyRemovesStaleChainsOnly(t *testing.T) {
-	a, k := fakeApplier(t, proxier.IPv4, FlavorNFT)
+	a, k := fakeApplier(t, model.IPv4, FlavorNFT)
 	mustApply(t, a, testPlan("10.244.0.11:8080"))
 	k.AddChain(TableNAT, "SVCPROXY-SVC-GONE", "-p udp -m udp -j DNAT --to-destination 10.244.0.99:53")
 	k.AddChain(TableNAT, "SVCPROXY-SVC-OLD", "-j SVCPROXY-SVC-GONE")
@@ -184,7 +184,7 @@ func TestFullApplyRemovesStaleChainsOnly(t *testing.T) {
 }
 
 func TestFailedRestoreNamesTheLineAndChangesNothing(t *testing.T) {
-	a, k := fakeApplier(t, proxier.IPv4, FlavorLegacy)
+	a, k := fakeApplier(t, model.IPv4, FlavorLegacy)
 	mustApply(t, a, testPlan("10.244.0.11:8080"))
 	before := k.Save(TableNAT) + k.Save(TableFilter)
 	k.FailRestoreOn = "10.244.0.66"
@@ -222,7 +222,7 @@ func TestRestoreErrorFindsTheLineInEachMessageStyle(t *testing.T) {
 
 func TestIntactNoticesFlushesAndMissingJumps(t *testing.T) {
 	ctx := context.Background()
-	a, k := fakeApplier(t, proxier.IPv4, FlavorNFT)
+	a, k := fakeApplier(t, model.IPv4, FlavorNFT)
 	intact := func() bool {
 		t.Helper()
 		ok, err := a.Intact(ctx)
@@ -259,7 +259,7 @@ func TestIntactNoticesFlushesAndMissingJumps(t *testing.T) {
 		t.Error("Intact after a jump rule was deleted")
 	}
 	// A partial apply does not hide the damage from Intact.
-	mustApply(t, a, &Plan{Family: proxier.IPv4, Write: map[ChainKey][]string{webKey(): {"-j RETURN"}}})
+	mustApply(t, a, &Plan{Family: model.IPv4, Write: map[ChainKey][]string{webKey(): {"-j RETURN"}}})
 	if intact() {
 		t.Error("a partial apply repaired a jump rule, hiding the damage")
 	}
@@ -270,7 +270,7 @@ func TestIntactNoticesFlushesAndMissingJumps(t *testing.T) {
 }
 
 func TestCleanupLeavesOnlyWhatIsNotOurs(t *testing.T) {
-	a, k := fakeApplier(t, proxier.IPv4, FlavorNFT)
+	a, k := fakeApplier(t, model.IPv4, FlavorNFT)
 	mustApply(t, a, testPlan("10.244.0.11:8080"))
 	k.AddChain(TableNAT, "KUBE-SERVICES", "-j RETURN")
 	if err := a.Cleanup(context.Background()); err != nil {
@@ -290,7 +290,7 @@ func TestCleanupLeavesOnlyWhatIsNotOurs(t *testing.T) {
 }
 
 func TestApplyRefusesAPlanOfTheOtherFamily(t *testing.T) {
-	a, k := fakeApplier(t, proxier.IPv6, FlavorNFT)
+	a, k := fakeApplier(t, model.IPv6, FlavorNFT)
 	if _, err := a.Apply(context.Background(), testPlan("10.244.0.11:8080")); err == nil || len(k.Calls) != 0 {
 		t.Errorf("applying an IPv4 plan with an IPv6 applier: %v, calls %q", err, k.Calls)
 	}
@@ -340,7 +340,7 @@ func TestDetectFlavorFollowsTheRulesTheHostHas(t *testing.T) {
 func TestIntactChecksTopChainsNoJumpLeadsTo(t *testing.T) {
 	k := NewFakeKernel()
 	nodePorts := ChainKey{TableNAT, "SVCPROXY-NODEPORTS"}
-	a, err := NewApplier(ApplierConfig{Family: proxier.IPv4, Flavor: FlavorNFT, Jumps: testJumps(),
+	a, err := NewApplier(ApplierConfig{Family: model.IPv4, Flavor: FlavorNFT, Jumps: testJumps(),
 		TopChains: append(testTop(), nodePorts), Run: k, Rules: k})
 	if err != nil {
 		t.Fatal(err)
@@ -370,7 +370,7 @@ func TestIntactChecksTopChainsNoJumpLeadsTo(t *testing.T) {
 func TestRestoreIsNotCancelledWithTheSync(t *testing.T) {
 	var sawCancelled bool
 	run := runFunc(func(string) ([]byte, error) { return nil, nil })
-	a, err := NewApplier(ApplierConfig{Family: proxier.IPv4, Flavor: FlavorNFT, Jumps: testJumps(), TopChains: testTop(),
+	a, err := NewApplier(ApplierConfig{Family: model.IPv4, Flavor: FlavorNFT, Jumps: testJumps(), TopChains: testTop(),
 		Run: ctxRunner{run: run, saw: &sawCancelled}, Rules: NewFakeKernel()})
 	if err != nil {
 		t.Fatal(err)

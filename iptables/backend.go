@@ -4,7 +4,7 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/svcproxy/svcproxy/proxier"
+	"github.com/svcproxy/svcproxy/model"
 )
 
 // Backend is the iptables proxier.Backend of one family: Compile, then Apply.
@@ -13,11 +13,9 @@ type Backend struct {
 	applier *Applier
 }
 
-var _ proxier.Backend = (*Backend)(nil)
-
 // New returns the backend of one family, programming the host through the
 // flavor's binaries with the compiler's jump rules and top chains.
-func New(cfg Config, family proxier.Family, flavor Flavor) (*Backend, error) {
+func New(cfg Config, family model.Family, flavor Flavor) (*Backend, error) {
 	a, err := NewApplier(ApplierConfig{Family: family, Flavor: flavor, Jumps: JumpRules(cfg, family), TopChains: TopChains()})
 	if err != nil {
 		return nil, err
@@ -29,16 +27,16 @@ func New(cfg Config, family proxier.Family, flavor Flavor) (*Backend, error) {
 func NewBackend(cfg Config, a *Applier) *Backend { return &Backend{cfg: cfg, applier: a} }
 
 // Family implements proxier.Backend.
-func (b *Backend) Family() proxier.Family { return b.applier.family }
+func (b *Backend) Family() model.Family { return b.applier.family }
 
 // Sync implements proxier.Backend.
-func (b *Backend) Sync(ctx context.Context, view, prev *proxier.NodeView) (proxier.SyncResult, error) {
+func (b *Backend) Sync(ctx context.Context, view, prev *model.NodeView) (model.SyncResult, error) {
 	if view.Family != b.Family() {
-		return proxier.SyncResult{}, fmt.Errorf("syncing an %s view with the %s backend", view.Family, b.Family())
+		return model.SyncResult{}, fmt.Errorf("syncing an %s view with the %s backend", view.Family, b.Family())
 	}
 	plan := Compile(b.cfg, view, prev)
 	n, err := b.applier.Apply(ctx, plan)
-	result := proxier.SyncResult{
+	result := model.SyncResult{
 		Full:          plan.Full,
 		ChainsWritten: len(plan.Write),
 		ChainsDeleted: len(plan.Delete),

@@ -10,41 +10,41 @@ import (
 	"time"
 
 	"github.com/svcproxy/svcproxy/internal/netnstest"
-	"github.com/svcproxy/svcproxy/proxier"
+	"github.com/svcproxy/svcproxy/model"
 )
 
-func webName() proxier.ServicePortName {
-	return proxier.ServicePortName{Namespace: "default", Name: "web", Port: "http", Protocol: proxier.TCP}
+func webName() model.ServicePortName {
+	return model.ServicePortName{Namespace: "default", Name: "web", Port: "http", Protocol: model.TCP}
 }
 
-func dnsName() proxier.ServicePortName {
-	return proxier.ServicePortName{Namespace: "default", Name: "dns", Port: "dns", Protocol: proxier.UDP}
+func dnsName() model.ServicePortName {
+	return model.ServicePortName{Namespace: "default", Name: "dns", Port: "dns", Protocol: model.UDP}
 }
 
 // backendView: web (TCP 80, NodePort 30080) served by the given pods on
 // 8080, and dns (UDP 53) with no endpoints.
-func backendView(family proxier.Family, endpoints ...netip.Addr) *proxier.NodeView {
+func backendView(family model.Family, endpoints ...netip.Addr) *model.NodeView {
 	vip, dnsVIP := netip.MustParseAddr("10.96.0.1"), netip.MustParseAddr("10.96.0.10")
-	if family == proxier.IPv6 {
+	if family == model.IPv6 {
 		vip, dnsVIP = netip.MustParseAddr("fd00:96::1"), netip.MustParseAddr("fd00:96::10")
 	}
-	web := &proxier.ServicePort{Name: webName(), ClusterIP: vip, Port: 80, NodePort: 30080}
+	web := &model.ServicePort{Name: webName(), ClusterIP: vip, Port: 80, NodePort: 30080}
 	for _, a := range endpoints {
-		web.ClusterEndpoints = append(web.ClusterEndpoints, proxier.Endpoint{Addr: netip.AddrPortFrom(a, 8080), Ready: true, Serving: true})
+		web.ClusterEndpoints = append(web.ClusterEndpoints, model.Endpoint{Addr: netip.AddrPortFrom(a, 8080), Ready: true, Serving: true})
 	}
-	dns := &proxier.ServicePort{Name: dnsName(), ClusterIP: dnsVIP, Port: 53}
-	return &proxier.NodeView{Family: family, Services: map[proxier.ServicePortName]*proxier.ServicePort{web.Name: web, dns.Name: dns}}
+	dns := &model.ServicePort{Name: dnsName(), ClusterIP: dnsVIP, Port: 53}
+	return &model.NodeView{Family: family, Services: map[model.ServicePortName]*model.ServicePort{web.Name: web, dns.Name: dns}}
 }
 
 func TestBackendSyncsThroughTheApplier(t *testing.T) {
 	ctx := context.Background()
 	k := NewFakeKernel()
-	a, err := NewApplier(ApplierConfig{Family: proxier.IPv4, Flavor: FlavorNFT, Jumps: JumpRules(Config{}, proxier.IPv4), TopChains: TopChains(), Run: k, Rules: k})
+	a, err := NewApplier(ApplierConfig{Family: model.IPv4, Flavor: FlavorNFT, Jumps: JumpRules(Config{}, model.IPv4), TopChains: TopChains(), Run: k, Rules: k})
 	if err != nil {
 		t.Fatal(err)
 	}
 	b := NewBackend(Config{}, a)
-	two := backendView(proxier.IPv4, netip.MustParseAddr("10.244.0.11"), netip.MustParseAddr("10.244.0.12"))
+	two := backendView(model.IPv4, netip.MustParseAddr("10.244.0.11"), netip.MustParseAddr("10.244.0.12"))
 
 	full, err := b.Sync(ctx, two, nil)
 	if err != nil {
@@ -61,7 +61,7 @@ func TestBackendSyncsThroughTheApplier(t *testing.T) {
 	}
 
 	k.Calls = nil
-	one := backendView(proxier.IPv4, netip.MustParseAddr("10.244.0.11"))
+	one := backendView(model.IPv4, netip.MustParseAddr("10.244.0.11"))
 	partial, err := b.Sync(ctx, one, two)
 	if err != nil {
 		t.Fatal(err)
@@ -76,7 +76,7 @@ func TestBackendSyncsThroughTheApplier(t *testing.T) {
 		t.Errorf("nat table still has the removed endpoint:\n%s", nat)
 	}
 
-	if _, err := b.Sync(ctx, backendView(proxier.IPv6), nil); err == nil {
+	if _, err := b.Sync(ctx, backendView(model.IPv6), nil); err == nil {
 		t.Error("an IPv4 backend synced an IPv6 view")
 	}
 	if err := b.Cleanup(ctx); err != nil {
@@ -93,7 +93,7 @@ func TestBackendSyncsThroughTheApplier(t *testing.T) {
 // namespace and sends real traffic through them, in both flavors.
 func TestKernelBackendCarriesServiceTraffic(t *testing.T) {
 	for _, flavor := range flavors() {
-		for _, family := range []proxier.Family{proxier.IPv4, proxier.IPv6} {
+		for _, family := range []model.Family{model.IPv4, model.IPv6} {
 			t.Run(string(flavor)+"/"+family.String(), func(t *testing.T) {
 				testBackendTraffic(t, flavor, family)
 			})
@@ -101,7 +101,7 @@ func TestKernelBackendCarriesServiceTraffic(t *testing.T) {
 	}
 }
 
-func testBackendTraffic(t *testing.T, flavor Flavor, family proxier.Family) {
+func testBackendTraffic(t *testing.T, flavor Flavor, family model.Family) {
 	bed := netnstest.NewBed(t, 3)
 	client := bed.Pod(0)
 	client.Timeout = 500 * time.Millisecond
@@ -110,7 +110,7 @@ func testBackendTraffic(t *testing.T, flavor Flavor, family proxier.Family) {
 		pod.ServeTCP(8080)
 	}
 	addr := func(ns *netnstest.NS) netip.Addr {
-		if family == proxier.IPv6 {
+		if family == model.IPv6 {
 			return ns.IPv6()
 		}
 		return ns.IPv4()
@@ -119,7 +119,7 @@ func testBackendTraffic(t *testing.T, flavor Flavor, family proxier.Family) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sync := func(view, prev *proxier.NodeView) {
+	sync := func(view, prev *model.NodeView) {
 		t.Helper()
 		if err := bed.Node().Do(func() error { _, err := b.Sync(context.Background(), view, prev); return err }); err != nil {
 			t.Fatalf("Sync: %v", err)

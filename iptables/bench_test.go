@@ -7,15 +7,15 @@ import (
 	"testing"
 
 	"github.com/svcproxy/svcproxy/iptables"
-	"github.com/svcproxy/svcproxy/proxier"
+	"github.com/svcproxy/svcproxy/model"
 )
 
 // bigView is a cluster-sized view: services ports with endpoints each,
 // ClusterIPs at random in a /12 as the API server allocates them; one in
 // ten is a NodePort, one in twenty a LoadBalancer.
-func bigView(services, endpoints int) *proxier.NodeView {
+func bigView(services, endpoints int) *model.NodeView {
 	r := rand.New(rand.NewPCG(7, 7))
-	v := view(proxier.IPv4)
+	v := view(model.IPv4)
 	for i := range services {
 		ip := netip.AddrFrom4([4]byte{10, byte(96 + r.IntN(16)), byte(r.IntN(256)), byte(r.IntN(256))})
 		var opts []portOpt
@@ -30,7 +30,7 @@ func bigView(services, endpoints int) *proxier.NodeView {
 		if i%20 == 0 {
 			opts = append(opts, loadBalancer(fmt.Sprintf("198.51.%d.%d", i/256%256, i%256)))
 		}
-		sp := port("bench", fmt.Sprintf("svc-%05d", i), "http", proxier.TCP, ip.String(), 80, opts...)
+		sp := port("bench", fmt.Sprintf("svc-%05d", i), "http", model.TCP, ip.String(), 80, opts...)
 		v.Services[sp.Name] = sp
 	}
 	return v
@@ -50,7 +50,7 @@ func BenchmarkCompileOneEndpoint10k(b *testing.B) {
 	name := prev.SortedNames()[4321]
 	changed := *prev.Services[name]
 	changed.ClusterEndpoints = append(changed.ClusterEndpoints[1:len(changed.ClusterEndpoints):len(changed.ClusterEndpoints)],
-		proxier.Endpoint{Addr: netip.MustParseAddrPort("10.200.0.1:8080"), Ready: true, Serving: true})
+		model.Endpoint{Addr: netip.MustParseAddrPort("10.200.0.1:8080"), Ready: true, Serving: true})
 	next := withPort(prev, &changed)
 	benchCompile(b, next, prev)
 }
@@ -59,13 +59,13 @@ func BenchmarkCompileOneEndpoint10k(b *testing.B) {
 // added to 10k: the destination buckets are recomputed for both views.
 func BenchmarkCompileAddService10k(b *testing.B) {
 	prev := bigView(10_000, 10)
-	next := withPort(prev, port("bench", "new", "http", proxier.TCP, "10.100.1.1", 80, nodePort(32700), eps("10.200.0.1:8080")))
+	next := withPort(prev, port("bench", "new", "http", model.TCP, "10.100.1.1", 80, nodePort(32700), eps("10.200.0.1:8080")))
 	benchCompile(b, next, prev)
 }
 
 // benchCompile compiles and renders the plan from prev to view in a loop
 // and reports its size: rendered bytes, chains and rules written.
-func benchCompile(b *testing.B, view, prev *proxier.NodeView) {
+func benchCompile(b *testing.B, view, prev *model.NodeView) {
 	b.ReportAllocs()
 	var plan *iptables.Plan
 	var rendered int

@@ -5,7 +5,7 @@ import (
 	"net/netip"
 	"slices"
 
-	"github.com/svcproxy/svcproxy/proxier"
+	"github.com/svcproxy/svcproxy/model"
 )
 
 // The ruleset Compile writes. Its shape is set by one measurement:
@@ -68,7 +68,7 @@ const DefaultMasqueradeBit = 14
 // compiler is Config resolved for one family: everything rule rendering
 // needs that does not depend on a service.
 type compiler struct {
-	family proxier.Family
+	family model.Family
 	// clusterCIDR is the pod range of the family; invalid when none is set.
 	clusterCIDR   netip.Prefix
 	masqueradeAll bool
@@ -82,7 +82,7 @@ type compiler struct {
 	unreachable  string // the ICMP reject type of the family
 }
 
-func newCompiler(cfg Config, family proxier.Family) *compiler {
+func newCompiler(cfg Config, family model.Family) *compiler {
 	c := &compiler{
 		family:        family,
 		masqueradeAll: cfg.MasqueradeAll,
@@ -91,13 +91,13 @@ func newCompiler(cfg Config, family proxier.Family) *compiler {
 		loopback:      netip.AddrFrom4([4]byte{127, 0, 0, 1}),
 		unreachable:   "icmp-port-unreachable",
 	}
-	if family == proxier.IPv6 {
+	if family == model.IPv6 {
 		c.hostBits, c.loopback, c.unreachable = 128, netip.IPv6Loopback(), "icmp6-port-unreachable"
 	}
 	// kube-proxy takes one pod range per family; a second one of the same
 	// family could not be expressed by the single "! -s" masquerade rule.
 	for _, p := range cfg.ClusterCIDRs {
-		if p.IsValid() && proxier.FamilyOf(p.Addr()) == family {
+		if p.IsValid() && model.FamilyOf(p.Addr()) == family {
 			c.clusterCIDR = p.Masked()
 			break
 		}
@@ -113,19 +113,19 @@ func masqueradeMark(bit int) string {
 	return fmt.Sprintf("%#x", uint32(1)<<bit)
 }
 
-func nodePortDsts(prefixes []netip.Prefix, family proxier.Family) []string {
+func nodePortDsts(prefixes []netip.Prefix, family model.Family) []string {
 	if len(prefixes) == 0 {
 		// Every local address but loopback: a packet DNATed from loopback
 		// to a pod cannot be routed (svcproxy does not set route_localnet),
 		// so it would hang where an unserved port answers at once.
-		if family == proxier.IPv6 {
+		if family == model.IPv6 {
 			return []string{"! -d ::1/128 "}
 		}
 		return []string{"! -d 127.0.0.0/8 "}
 	}
 	var dsts []string
 	for _, p := range prefixes {
-		if p.IsValid() && proxier.FamilyOf(p.Addr()) == family {
+		if p.IsValid() && model.FamilyOf(p.Addr()) == family {
 			dsts = append(dsts, "-d "+p.Masked().String()+" ")
 		}
 	}
@@ -138,7 +138,7 @@ func nodePortDsts(prefixes []netip.Prefix, family proxier.Family) []string {
 // of the last successful sync, compiled with the same cfg) it writes only
 // the chains whose rules differ from what prev compiled to and deletes the
 // chains prev needed and view does not. Compile is pure and deterministic.
-func Compile(cfg Config, view, prev *proxier.NodeView) *Plan {
+func Compile(cfg Config, view, prev *model.NodeView) *Plan {
 	c := newCompiler(cfg, view.Family)
 	if prev == nil || prev.Family != view.Family {
 		return c.full(view)
@@ -147,7 +147,7 @@ func Compile(cfg Config, view, prev *proxier.NodeView) *Plan {
 }
 
 // full compiles every chain of the view.
-func (c *compiler) full(view *proxier.NodeView) *Plan {
+func (c *compiler) full(view *model.NodeView) *Plan {
 	plan := &Plan{Family: c.family, Full: true, Write: map[ChainKey][]string{}}
 	ports := c.resolveAll(view)
 	for i := range ports {
@@ -171,7 +171,7 @@ func (c *compiler) full(view *proxier.NodeView) *Plan {
 }
 
 // resolveAll resolves every port of the view, once per compilation.
-func (c *compiler) resolveAll(view *proxier.NodeView) []resolvedPort {
+func (c *compiler) resolveAll(view *model.NodeView) []resolvedPort {
 	ports := make([]resolvedPort, 0, len(view.Services))
 	for _, sp := range view.Services {
 		if rp := c.resolve(sp); rp.present() {
@@ -185,7 +185,7 @@ func (c *compiler) resolveAll(view *proxier.NodeView) []resolvedPort {
 // use: only a change to a shared chain needs every port.
 type resolvedViews struct {
 	c                             *compiler
-	view, prev                    *proxier.NodeView
+	view, prev                    *model.NodeView
 	afterPorts, beforePorts       []resolvedPort
 	resolvedAfter, resolvedBefore bool
 }
@@ -207,7 +207,7 @@ func (r *resolvedViews) before() []resolvedPort {
 // partial compiles only what the ports that changed since prev can affect:
 // their own chains, and each shared chain they contribute differently to,
 // which is then compiled from both views to see whether it really changed.
-func (c *compiler) partial(view, prev *proxier.NodeView) *Plan {
+func (c *compiler) partial(view, prev *model.NodeView) *Plan {
 	plan := &Plan{Family: c.family, Write: map[ChainKey][]string{}}
 	var affected sharedChanges
 	for _, name := range changedPorts(view, prev) {
@@ -236,8 +236,8 @@ func (c *compiler) partial(view, prev *proxier.NodeView) *Plan {
 }
 
 // changedPorts lists, in order, the ports added, removed or changed.
-func changedPorts(view, prev *proxier.NodeView) []proxier.ServicePortName {
-	var changed []proxier.ServicePortName
+func changedPorts(view, prev *model.NodeView) []model.ServicePortName {
+	var changed []model.ServicePortName
 	for name, sp := range view.Services {
 		old, ok := prev.Services[name]
 		if !ok || (old != sp && !old.Equal(sp)) {
@@ -249,7 +249,7 @@ func changedPorts(view, prev *proxier.NodeView) []proxier.ServicePortName {
 			changed = append(changed, name)
 		}
 	}
-	slices.SortFunc(changed, proxier.ServicePortName.Compare)
+	slices.SortFunc(changed, model.ServicePortName.Compare)
 	return changed
 }
 
@@ -258,14 +258,14 @@ func changedPorts(view, prev *proxier.NodeView) []proxier.ServicePortName {
 type sharedChanges struct {
 	// dispatch names the ports whose dispatch rules changed: the buckets
 	// holding their addresses, before or after, may have to be rewritten.
-	dispatch                                map[proxier.ServicePortName]bool
+	dispatch                                map[model.ServicePortName]bool
 	nodePorts, hairpin, filter, healthCheck bool
 }
 
 func (s *sharedChanges) note(c *compiler, before, after *resolvedPort) {
 	if !slices.Equal(c.dispatchRules(before), c.dispatchRules(after)) {
 		if s.dispatch == nil {
-			s.dispatch = map[proxier.ServicePortName]bool{}
+			s.dispatch = map[model.ServicePortName]bool{}
 		}
 		for _, rp := range []*resolvedPort{before, after} {
 			if rp.present() {

@@ -5,7 +5,7 @@ import (
 	"net/netip"
 	"slices"
 
-	"github.com/svcproxy/svcproxy/proxier"
+	"github.com/svcproxy/svcproxy/model"
 )
 
 // maxBucketEntries bounds the addresses one destination bucket dispatches.
@@ -66,7 +66,7 @@ func (c *compiler) buckets(ports []resolvedPort) []destBucket {
 	}
 	slices.SortFunc(entries, compareEntries)
 	root := netip.PrefixFrom(netip.IPv4Unspecified(), 0)
-	if c.family == proxier.IPv6 {
+	if c.family == model.IPv6 {
 		root = netip.PrefixFrom(netip.IPv6Unspecified(), 0)
 	}
 	return splitBuckets(nil, root, entries)
@@ -128,7 +128,7 @@ func (c *compiler) servicesRules(buckets []destBucket) []string {
 // diffDispatch brings SERVICES and the buckets from prev's to view's.
 // Only buckets that hold an address of a port whose dispatch rules changed
 // can differ, unless the split itself moved; the others are not rendered.
-func (c *compiler) diffDispatch(plan *Plan, ports *resolvedViews, changed map[proxier.ServicePortName]bool) {
+func (c *compiler) diffDispatch(plan *Plan, ports *resolvedViews, changed map[model.ServicePortName]bool) {
 	before, after := c.buckets(ports.before()), c.buckets(ports.after())
 	diffChain(plan, natKey(chainServices), c.servicesRules(before), c.servicesRules(after))
 	old := make(map[netip.Prefix]destBucket, len(before))
@@ -150,6 +150,6 @@ func (c *compiler) diffDispatch(plan *Plan, ports *resolvedViews, changed map[pr
 	}
 }
 
-func holdsAny(b destBucket, names map[proxier.ServicePortName]bool) bool {
+func holdsAny(b destBucket, names map[model.ServicePortName]bool) bool {
 	return slices.ContainsFunc(b.entries, func(e dispatchEntry) bool { return names[e.port.name()] })
 }

@@ -4,7 +4,7 @@ import (
 	"net/netip"
 	"slices"
 
-	"github.com/svcproxy/svcproxy/proxier"
+	"github.com/svcproxy/svcproxy/model"
 )
 
 // sharedRules concatenates what every port contributes to one shared
@@ -12,7 +12,7 @@ import (
 // cost is a pass over the ports plus the few that contribute.
 func sharedRules(ports []resolvedPort, of func(*resolvedPort) []string) []string {
 	type contribution struct {
-		name  proxier.ServicePortName
+		name  model.ServicePortName
 		rules []string
 	}
 	var all []contribution
@@ -106,7 +106,7 @@ type JumpRule struct {
 // and only DNATed packets carry the masquerade mark FORWARD accepts.
 // cfg and family do not change them today; they are parameters so that a
 // configuration that needs other hooks does not change the signature.
-func JumpRules(cfg Config, family proxier.Family) []JumpRule {
+func JumpRules(cfg Config, family model.Family) []JumpRule {
 	services := []string{"-m", "comment", "--comment", "svcproxy service portals", "-j", chainServices}
 	firewall := []string{"-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment", "svcproxy service firewall", "-j", chainFilter}
 	return []JumpRule{

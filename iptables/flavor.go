@@ -9,7 +9,7 @@ import (
 	"os/exec"
 	"strings"
 
-	"github.com/svcproxy/svcproxy/proxier"
+	"github.com/svcproxy/svcproxy/model"
 )
 
 // Flavor is the iptables implementation that programs the kernel: nft
@@ -35,9 +35,9 @@ func ParseFlavor(s string) (Flavor, error) {
 
 // Binary names the flavor's tool for a family: tool is "" for iptables
 // itself, "-save" or "-restore" ("ip6tables-legacy-restore").
-func (f Flavor) Binary(family proxier.Family, tool string) string {
+func (f Flavor) Binary(family model.Family, tool string) string {
 	base := "iptables"
-	if family == proxier.IPv6 {
+	if family == model.IPv6 {
 		base = "ip6tables"
 	}
 	return base + "-" + string(f) + tool
@@ -105,7 +105,7 @@ func DetectFlavor(ctx context.Context, run Runner) (Flavor, error) {
 func countRules(ctx context.Context, run Runner, f Flavor) (int, error) {
 	n := 0
 	var errs []error
-	for _, family := range []proxier.Family{proxier.IPv4, proxier.IPv6} {
+	for _, family := range []model.Family{model.IPv4, model.IPv6} {
 		out, err := run.Run(ctx, f.Binary(family, "-save"), nil, nil)
 		if err != nil {
 			errs = append(errs, err)

@@ -10,7 +10,7 @@ import (
 	"testing"
 
 	"github.com/svcproxy/svcproxy/iptables"
-	"github.com/svcproxy/svcproxy/proxier"
+	"github.com/svcproxy/svcproxy/model"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files under testdata/golden")
@@ -21,27 +21,27 @@ var update = flag.Bool("update", false, "rewrite the golden files under testdata
 type scenario struct {
 	name string
 	cfg  iptables.Config
-	view *proxier.NodeView
-	prev *proxier.NodeView // nil: full plan
+	view *model.NodeView
+	prev *model.NodeView // nil: full plan
 }
 
 func (sc scenario) plan() *iptables.Plan { return iptables.Compile(sc.cfg, sc.view, sc.prev) }
 
 // web is the workhorse service: default/web:http, TCP 10.96.0.10:80.
-func web(opts ...portOpt) *proxier.ServicePort {
-	return port("default", "web", "http", proxier.TCP, "10.96.0.10", 80, opts...)
+func web(opts ...portOpt) *model.ServicePort {
+	return port("default", "web", "http", model.TCP, "10.96.0.10", 80, opts...)
 }
 
 var twoRemote = eps("10.244.2.5:8080", "10.244.3.7:8080")
 
 func scenarios() []scenario {
-	v4 := func(ports ...*proxier.ServicePort) *proxier.NodeView { return view(proxier.IPv4, ports...) }
+	v4 := func(ports ...*model.ServicePort) *model.NodeView { return view(model.IPv4, ports...) }
 	return []scenario{
 		{name: "clusterip", cfg: testCfg, view: v4(web(eps("10.244.2.5:8080")))},
 		{name: "multiple-endpoints", cfg: testCfg, view: v4(web(eps("10.244.2.5:8080", "10.244.3.7:8080", "10.244.4.9:8080")))},
 		{name: "no-endpoints", cfg: testCfg, view: v4(
 			web(nodePort(30080)),
-			port("kube-system", "dns", "dns", proxier.UDP, "10.96.0.53", 53),
+			port("kube-system", "dns", "dns", model.UDP, "10.96.0.53", 53),
 		)},
 		{name: "nodeport", cfg: testCfg, view: v4(web(nodePort(30080), twoRemote))},
 		{name: "loadbalancer-source-ranges", cfg: testCfg, view: v4(web(
@@ -57,19 +57,19 @@ func scenarios() []scenario {
 		))},
 		{name: "internal-local", cfg: testCfg, view: v4(
 			web(internalLocal(), eps("local 10.244.1.5:8080", "10.244.2.5:8080")),
-			port("default", "api", "", proxier.TCP, "10.96.0.20", 443, internalLocal(), nodePort(30443), eps("10.244.2.6:6443")),
-			port("default", "cache", "", proxier.TCP, "10.96.0.21", 6379, internalLocal(), eps("10.244.2.7:6379")),
-			port("default", "empty", "", proxier.TCP, "10.96.0.22", 80, internalLocal()),
+			port("default", "api", "", model.TCP, "10.96.0.20", 443, internalLocal(), nodePort(30443), eps("10.244.2.6:6443")),
+			port("default", "cache", "", model.TCP, "10.96.0.21", 6379, internalLocal(), eps("10.244.2.7:6379")),
+			port("default", "empty", "", model.TCP, "10.96.0.22", 80, internalLocal()),
 		)},
 		{name: "affinity", cfg: testCfg, view: v4(web(affinity(10800), twoRemote))},
 		{name: "hairpin", cfg: testCfg, view: v4(
 			web(eps("local 10.244.1.5:8080")),
-			port("default", "db", "", proxier.TCP, "10.96.0.30", 5432, eps("local 10.244.1.5:5432", "local 10.244.1.6:5432")),
+			port("default", "db", "", model.TCP, "10.96.0.30", 5432, eps("local 10.244.1.5:5432", "local 10.244.1.6:5432")),
 		)},
 		{name: "masquerade-all", cfg: iptables.Config{ClusterCIDRs: podCIDRs, MasqueradeAll: true}, view: v4(web(twoRemote))},
 		{name: "no-cluster-cidr", cfg: iptables.Config{}, view: v4(
 			web(twoRemote),
-			port("default", "edge", "", proxier.TCP, "10.96.0.40", 443, loadBalancer("198.51.100.40"), externalLocal(32001),
+			port("default", "edge", "", model.TCP, "10.96.0.40", 443, loadBalancer("198.51.100.40"), externalLocal(32001),
 				eps("local 10.244.1.5:8443", "10.244.2.5:8443")),
 		)},
 		{name: "nodeport-addresses", cfg: iptables.Config{
@@ -77,15 +77,15 @@ func scenarios() []scenario {
 			NodePortAddresses: []netip.Prefix{netip.MustParsePrefix("192.168.1.0/24"), netip.MustParsePrefix("fd00::/8")},
 		}, view: v4(
 			web(nodePort(30080), twoRemote),
-			port("default", "idle", "", proxier.TCP, "10.96.0.50", 80, nodePort(30090)),
+			port("default", "idle", "", model.TCP, "10.96.0.50", 80, nodePort(30090)),
 		)},
-		{name: "udp", cfg: testCfg, view: v4(port("kube-system", "dns", "dns", proxier.UDP, "10.96.0.53", 53, eps("10.244.2.8:53", "10.244.3.8:53")))},
-		{name: "sctp", cfg: testCfg, view: v4(port("default", "signal", "", proxier.SCTP, "10.96.0.60", 3868, nodePort(30868), eps("10.244.2.9:3868")))},
-		{name: "ipv6", cfg: testCfg, view: view(proxier.IPv6,
-			port("default", "web", "http", proxier.TCP, "fd00:96::10", 80, nodePort(30080),
+		{name: "udp", cfg: testCfg, view: v4(port("kube-system", "dns", "dns", model.UDP, "10.96.0.53", 53, eps("10.244.2.8:53", "10.244.3.8:53")))},
+		{name: "sctp", cfg: testCfg, view: v4(port("default", "signal", "", model.SCTP, "10.96.0.60", 3868, nodePort(30868), eps("10.244.2.9:3868")))},
+		{name: "ipv6", cfg: testCfg, view: view(model.IPv6,
+			port("default", "web", "http", model.TCP, "fd00:96::10", 80, nodePort(30080),
 				loadBalancer("2001:db8::10"), sourceRanges("2001:db8:1::/48"),
 				eps("[fd00:10:244:2::5]:8080", "local [fd00:10:244:1::5]:8080")),
-			port("kube-system", "dns", "dns", proxier.UDP, "fd00:96::53", 53),
+			port("kube-system", "dns", "dns", model.UDP, "fd00:96::53", 53),
 		)},
 		partialScenario(),
 	}
@@ -93,9 +93,9 @@ func scenarios() []scenario {
 
 // partialScenario changes one endpoint of one of three services.
 func partialScenario() scenario {
-	db := port("default", "db", "", proxier.TCP, "10.96.0.30", 5432, eps("10.244.2.7:5432"))
-	dns := port("kube-system", "dns", "dns", proxier.UDP, "10.96.0.53", 53, eps("10.244.2.8:53"))
-	prev := view(proxier.IPv4, web(nodePort(30080), twoRemote), db, dns)
+	db := port("default", "db", "", model.TCP, "10.96.0.30", 5432, eps("10.244.2.7:5432"))
+	dns := port("kube-system", "dns", "dns", model.UDP, "10.96.0.53", 53, eps("10.244.2.8:53"))
+	prev := view(model.IPv4, web(nodePort(30080), twoRemote), db, dns)
 	next := withPort(prev, web(nodePort(30080), eps("10.244.2.5:8080", "10.244.3.8:8080")))
 	return scenario{name: "partial-endpoint-change", cfg: testCfg, view: next, prev: prev}
 }

@@ -5,7 +5,7 @@ import (
 	"encoding/base32"
 	"net/netip"
 
-	"github.com/svcproxy/svcproxy/proxier"
+	"github.com/svcproxy/svcproxy/model"
 )
 
 // The chains every svcproxy ruleset has, whatever its services: the jump
@@ -52,13 +52,13 @@ func bucketChain(p netip.Prefix) string { return prefixDST + nameHash(p.String()
 // endpoint of one service port. The lists are shared by the chains of the
 // port that balance over the endpoint, so a client keeps its endpoint
 // whichever way it reaches the service.
-func affinityList(name proxier.ServicePortName, ep netip.AddrPort) string {
+func affinityList(name model.ServicePortName, ep netip.AddrPort) string {
 	return prefixAffine + nameHash(name.String()+"@"+ep.String())
 }
 
 // portLabel is how rule comments name a service port: "ns/name:port", or
 // "ns/name" for an unnamed port, as kube-proxy writes them.
-func portLabel(name proxier.ServicePortName) string {
+func portLabel(name model.ServicePortName) string {
 	if name.Port == "" {
 		return name.Namespace + "/" + name.Name
 	}

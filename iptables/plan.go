@@ -9,7 +9,7 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/svcproxy/svcproxy/proxier"
+	"github.com/svcproxy/svcproxy/model"
 )
 
 // Table is an iptables table svcproxy writes to.
@@ -43,7 +43,7 @@ func compareChainKeys(a, b ChainKey) int {
 // every chain svcproxy wants; a partial sync only those that changed since
 // the previous view, which is what keeps a one-endpoint change cheap.
 type Plan struct {
-	Family proxier.Family
+	Family model.Family
 	Full   bool
 	// Write maps a chain to its complete rule list; each rule is the text
 	// that follows "-A <chain> " in iptables-restore input.

@@ -3,7 +3,7 @@ package iptables
 import (
 	"testing"
 
-	"github.com/svcproxy/svcproxy/proxier"
+	"github.com/svcproxy/svcproxy/model"
 )
 
 // Render sizes its buffer from renderedSize: it must never be short (the
@@ -11,7 +11,7 @@ import (
 // bytes long per chain.
 func TestRenderedSizeBoundsTheOutput(t *testing.T) {
 	plan := &Plan{
-		Family: proxier.IPv4,
+		Family: model.IPv4,
 		Write: map[ChainKey][]string{
 			{TableNAT, "SVCPROXY-SVC-AAAA"}:  {"-p tcp -j DNAT --to-destination 10.0.0.1:80", "-j RETURN"},
 			{TableNAT, "SVCPROXY-SERVICES"}:  {"-d 10.96.0.1/32 -p tcp -m tcp --dport 80 -j SVCPROXY-SVC-AAAA"},

@@ -11,7 +11,7 @@ import (
 
 	"github.com/svcproxy/svcproxy/iptables"
 	"github.com/svcproxy/svcproxy/iptables/tracer"
-	"github.com/svcproxy/svcproxy/proxier"
+	"github.com/svcproxy/svcproxy/model"
 )
 
 // chooser makes the choices of the random view generator: from a seeded
@@ -39,14 +39,14 @@ func (c *byteChooser) intn(n int) int {
 // that disagree with the policies), because Compile must survive them.
 type gen struct {
 	ch     chooser
-	family proxier.Family
+	family model.Family
 	// spread widens the address pools so that big views split buckets.
 	spread int
 }
 
 func (g gen) addr(v4 string, v6 string, n int) netip.Addr {
 	base := netip.MustParseAddr(v4)
-	if (g.family == proxier.IPv6) != (g.ch.intn(20) == 0) { // now and then the other family
+	if (g.family == model.IPv6) != (g.ch.intn(20) == 0) { // now and then the other family
 		base = netip.MustParseAddr(v6)
 	}
 	b := base.AsSlice()
@@ -57,17 +57,17 @@ func (g gen) addr(v4 string, v6 string, n int) netip.Addr {
 	return a
 }
 
-func (g gen) endpoints() []proxier.Endpoint {
-	var eps []proxier.Endpoint
+func (g gen) endpoints() []model.Endpoint {
+	var eps []model.Endpoint
 	for range g.ch.intn(5) {
 		port := uint16(8080)
 		if g.ch.intn(15) == 0 {
 			port = 0
 		}
-		ep := proxier.Endpoint{Addr: netip.AddrPortFrom(g.addr("10.244.1.0", "fd00:10:244:1::", 12), port), Local: g.ch.intn(2) == 0, Ready: true}
+		ep := model.Endpoint{Addr: netip.AddrPortFrom(g.addr("10.244.1.0", "fd00:10:244:1::", 12), port), Local: g.ch.intn(2) == 0, Ready: true}
 		eps = append(eps, ep)
 	}
-	slices.SortFunc(eps, func(a, b proxier.Endpoint) int { return a.Addr.Compare(b.Addr) })
+	slices.SortFunc(eps, func(a, b model.Endpoint) int { return a.Addr.Compare(b.Addr) })
 	return eps
 }
 
@@ -80,13 +80,13 @@ func (g gen) addrs(v4, v6 string) []netip.Addr {
 	return out
 }
 
-func (g gen) servicePort() *proxier.ServicePort {
-	sp := &proxier.ServicePort{
-		Name: proxier.ServicePortName{
+func (g gen) servicePort() *model.ServicePort {
+	sp := &model.ServicePort{
+		Name: model.ServicePortName{
 			Namespace: []string{"default", "kube-system", "we\"ird ns\n"}[g.ch.intn(3)],
 			Name:      fmt.Sprintf("svc-%d", g.ch.intn(20+g.spread)),
 			Port:      []string{"", "http", "dns"}[g.ch.intn(3)],
-			Protocol:  proxier.Protocol(g.ch.intn(4)), // 0 is invalid
+			Protocol:  model.Protocol(g.ch.intn(4)), // 0 is invalid
 		},
 		Port:                uint16(1 + g.ch.intn(3)*80),
 		ExternalPolicyLocal: g.ch.intn(3) == 0,
@@ -121,7 +121,7 @@ func (g gen) servicePort() *proxier.ServicePort {
 	return sp
 }
 
-func (g gen) view(n int) *proxier.NodeView {
+func (g gen) view(n int) *model.NodeView {
 	v := view(g.family)
 	for range n {
 		sp := g.servicePort()
@@ -131,7 +131,7 @@ func (g gen) view(n int) *proxier.NodeView {
 }
 
 // mutate returns a copy of v with a few ports changed, added or removed.
-func (g gen) mutate(v *proxier.NodeView) *proxier.NodeView {
+func (g gen) mutate(v *model.NodeView) *model.NodeView {
 	out := withPort(v, g.servicePort())
 	names := v.SortedNames()
 	for range g.ch.intn(4) {
@@ -168,7 +168,7 @@ func (g gen) config() iptables.Config {
 
 // checkPlans checks what must hold between a view, the view before it,
 // and their plans, whatever the views hold.
-func checkPlans(t *testing.T, cfg iptables.Config, prev, next *proxier.NodeView) {
+func checkPlans(t *testing.T, cfg iptables.Config, prev, next *model.NodeView) {
 	t.Helper()
 	full := iptables.Compile(cfg, next, nil)
 	checkChainsUsed(t, full)
@@ -203,7 +203,7 @@ func merge(base, partial *iptables.Plan) map[iptables.ChainKey][]string {
 // through the tracer's restore, which refuses what iptables-restore would
 // (unknown syntax, names over 28 characters, jumps to missing chains,
 // deleting a referenced chain), and compares with loading the full plan.
-func checkRestoredEqual(t *testing.T, family proxier.Family, base, partial, full *iptables.Plan) {
+func checkRestoredEqual(t *testing.T, family model.Family, base, partial, full *iptables.Plan) {
 	t.Helper()
 	got, want := tracer.New(family), tracer.New(family)
 	for _, step := range []struct {
@@ -284,7 +284,7 @@ func TestPropertiesOfScenarios(t *testing.T) {
 // destination buckets through random changes, checking every step, and
 // makes sure the walk did move bucket boundaries.
 func TestPartialPlansFollowRandomChanges(t *testing.T) {
-	for _, family := range []proxier.Family{proxier.IPv4, proxier.IPv6} {
+	for _, family := range []model.Family{model.IPv4, model.IPv6} {
 		t.Run(family.String(), func(t *testing.T) {
 			g := gen{ch: randChooser{rand.New(rand.NewPCG(1, uint64(family)))}, family: family, spread: 300}
 			cfg := g.config()
@@ -309,10 +309,10 @@ func TestPartialPlansFollowRandomChanges(t *testing.T) {
 var servicesChain = iptables.ChainKey{Table: iptables.TableNAT, Name: "SVCPROXY-SERVICES"}
 
 func TestBucketsSplitAndStillDispatch(t *testing.T) {
-	v := view(proxier.IPv4)
+	v := view(model.IPv4)
 	for i := range 600 {
 		ip := netip.AddrFrom4([4]byte{10, 96, byte(i / 200), byte(i % 200)})
-		sp := port("ns", fmt.Sprintf("svc-%d", i), "", proxier.TCP, ip.String(), 80,
+		sp := port("ns", fmt.Sprintf("svc-%d", i), "", model.TCP, ip.String(), 80,
 			eps(netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 244, byte(2 + i/200), byte(i % 200)}), 8080).String()))
 		v.Services[sp.Name] = sp
 	}
@@ -335,7 +335,7 @@ func FuzzCompile(f *testing.F) {
 	f.Add([]byte{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		ch := &byteChooser{data: data}
-		family := []proxier.Family{proxier.IPv4, proxier.IPv6}[ch.intn(2)]
+		family := []model.Family{model.IPv4, model.IPv6}[ch.intn(2)]
 		g := gen{ch: ch, family: family}
 		cfg := g.config()
 		prev := g.view(ch.intn(12))

@@ -5,7 +5,7 @@ import (
 	"slices"
 	"strconv"
 
-	"github.com/svcproxy/svcproxy/proxier"
+	"github.com/svcproxy/svcproxy/model"
 )
 
 // resolvedPort is a service port reduced to what this family's rules use.
@@ -13,7 +13,7 @@ import (
 // dropped once here, so rendering never checks again. The zero value is an
 // absent port: it has no rules at all.
 type resolvedPort struct {
-	sp        *proxier.ServicePort
+	sp        *model.ServicePort
 	clusterIP netip.Addr // invalid: none
 	nodePort  uint16     // 0: none, or node ports are off in this family
 	external  []netip.Addr
@@ -22,10 +22,10 @@ type resolvedPort struct {
 	// sourceRanges (which may be empty if none was usable: then nobody).
 	restricted   bool
 	sourceRanges []netip.Prefix
-	internal     []proxier.Endpoint // for ClusterIP traffic
-	cluster      []proxier.Endpoint // anywhere in the cluster (cluster traffic policy)
-	local        []proxier.Endpoint // on this node, for externalTrafficPolicy Local
-	hash         string             // of the name, for chain names; set on first use
+	internal     []model.Endpoint // for ClusterIP traffic
+	cluster      []model.Endpoint // anywhere in the cluster (cluster traffic policy)
+	local        []model.Endpoint // on this node, for externalTrafficPolicy Local
+	hash         string           // of the name, for chain names; set on first use
 }
 
 // chain names one of the port's chains: a prefix and a hash of the port's
@@ -40,8 +40,8 @@ func (rp *resolvedPort) chain(prefix string) string {
 
 // resolve reduces a port; nil, or a port no rule can express (port 0, an
 // unknown protocol), resolves to the absent port.
-func (c *compiler) resolve(sp *proxier.ServicePort) resolvedPort {
-	if sp == nil || sp.Port == 0 || sp.Protocol() < proxier.TCP || sp.Protocol() > proxier.SCTP {
+func (c *compiler) resolve(sp *model.ServicePort) resolvedPort {
+	if sp == nil || sp.Port == 0 || sp.Protocol() < model.TCP || sp.Protocol() > model.SCTP {
 		return resolvedPort{}
 	}
 	rp := resolvedPort{
@@ -70,14 +70,14 @@ func (c *compiler) resolve(sp *proxier.ServicePort) resolvedPort {
 }
 
 func (c *compiler) usableAddr(a netip.Addr) bool {
-	return a.IsValid() && a.Zone() == "" && proxier.FamilyOf(a) == c.family
+	return a.IsValid() && a.Zone() == "" && model.FamilyOf(a) == c.family
 }
 
 func (c *compiler) usablePrefix(p netip.Prefix) bool {
-	return p.IsValid() && proxier.FamilyOf(p.Addr()) == c.family
+	return p.IsValid() && model.FamilyOf(p.Addr()) == c.family
 }
 
-func (c *compiler) usableEndpoint(ep proxier.Endpoint) bool {
+func (c *compiler) usableEndpoint(ep model.Endpoint) bool {
 	return c.usableAddr(ep.Addr.Addr()) && ep.Addr.Port() != 0
 }
 
@@ -139,8 +139,8 @@ func (rp *resolvedPort) internalChain() string {
 	return rp.chain(prefixSVC)
 }
 
-func (rp *resolvedPort) name() proxier.ServicePortName { return rp.sp.Name }
-func (rp *resolvedPort) proto() string                 { return rp.sp.Protocol().Lower() }
+func (rp *resolvedPort) name() model.ServicePortName { return rp.sp.Name }
+func (rp *resolvedPort) proto() string               { return rp.sp.Protocol().Lower() }
 
 // portMatch matches the port's protocol and service port.
 func (rp *resolvedPort) portMatch() string { return protoMatch(rp.proto(), rp.sp.Port) }
@@ -206,7 +206,7 @@ func (c *compiler) masqueradeRules() []string {
 // which makes the choice uniform; the last one takes what is left. With
 // ClientIP affinity, a client seen recently goes back to its endpoint, and
 // every DNAT records the client in that endpoint's list.
-func (c *compiler) balance(rp *resolvedPort, eps []proxier.Endpoint, first []string) []string {
+func (c *compiler) balance(rp *resolvedPort, eps []model.Endpoint, first []string) []string {
 	rules := slices.Grow(slices.Clone(first), 2*len(eps))
 	proto := "-p " + rp.proto() + " "
 	affinity := rp.sp.AffinitySeconds > 0
@@ -234,7 +234,7 @@ func (c *compiler) balance(rp *resolvedPort, eps []proxier.Endpoint, first []str
 }
 
 func (c *compiler) hostMask() string {
-	if c.family == proxier.IPv6 {
+	if c.family == model.IPv6 {
 		return "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"
 	}
 	return "255.255.255.255"
@@ -433,7 +433,7 @@ func (c *compiler) refuseExternal(rules []string, rp *resolvedPort, why, target 
 }
 
 func (c *compiler) reject(rp *resolvedPort) string {
-	if rp.sp.Protocol() == proxier.TCP {
+	if rp.sp.Protocol() == model.TCP {
 		return "-j REJECT --reject-with tcp-reset"
 	}
 	return "-j REJECT --reject-with " + c.unreachable
@@ -446,7 +446,7 @@ func (rp *resolvedPort) hairpinAddrs() []netip.Addr {
 		return nil
 	}
 	var addrs []netip.Addr
-	add := func(used bool, eps []proxier.Endpoint) {
+	add := func(used bool, eps []model.Endpoint) {
 		for _, ep := range eps {
 			if used && ep.Local {
 				addrs = append(addrs, ep.Addr.Addr())

@@ -9,7 +9,7 @@ import (
 
 	"github.com/svcproxy/svcproxy/iptables"
 	"github.com/svcproxy/svcproxy/iptables/tracer"
-	"github.com/svcproxy/svcproxy/proxier"
+	"github.com/svcproxy/svcproxy/model"
 )
 
 // Addresses of the test world (see view_test.go).
@@ -175,7 +175,7 @@ func restore(t *testing.T, rs *tracer.Ruleset, plan *iptables.Plan) {
 	}
 }
 
-func insertJumps(t *testing.T, rs *tracer.Ruleset, cfg iptables.Config, family proxier.Family) {
+func insertJumps(t *testing.T, rs *tracer.Ruleset, cfg iptables.Config, family model.Family) {
 	t.Helper()
 	for _, j := range iptables.JumpRules(cfg, family) {
 		if err := rs.Insert(string(j.Table), j.Chain, j.Rule); err != nil {

@@ -7,7 +7,7 @@ import (
 	"strings"
 
 	"github.com/svcproxy/svcproxy/iptables"
-	"github.com/svcproxy/svcproxy/proxier"
+	"github.com/svcproxy/svcproxy/model"
 )
 
 // The test world: this node is 192.168.1.10 (and fd00:192::10), its pods are
@@ -25,14 +25,14 @@ type portOpt func(*portSpec)
 // service, whatever the policies; finish resolves the policies into the
 // endpoint lists the way Compute does.
 type portSpec struct {
-	sp  proxier.ServicePort
-	all []proxier.Endpoint
+	sp  model.ServicePort
+	all []model.Endpoint
 }
 
 // port builds a service port "ns/name:portName" of protocol proto on clusterIP:port.
-func port(ns, name, portName string, proto proxier.Protocol, clusterIP string, p uint16, opts ...portOpt) *proxier.ServicePort {
-	s := &portSpec{sp: proxier.ServicePort{
-		Name: proxier.ServicePortName{Namespace: ns, Name: name, Port: portName, Protocol: proto},
+func port(ns, name, portName string, proto model.Protocol, clusterIP string, p uint16, opts ...portOpt) *model.ServicePort {
+	s := &portSpec{sp: model.ServicePort{
+		Name: model.ServicePortName{Namespace: ns, Name: name, Port: portName, Protocol: proto},
 		Port: p,
 	}}
 	if clusterIP != "" {
@@ -44,10 +44,10 @@ func port(ns, name, portName string, proto proxier.Protocol, clusterIP string, p
 	return s.finish()
 }
 
-func (s *portSpec) finish() *proxier.ServicePort {
+func (s *portSpec) finish() *model.ServicePort {
 	sp := s.sp
 	sp.HasEndpoints = len(s.all) > 0
-	var local []proxier.Endpoint
+	var local []model.Endpoint
 	for _, ep := range s.all {
 		if ep.Local {
 			local = append(local, ep)
@@ -73,14 +73,14 @@ func eps(addrs ...string) portOpt {
 	return func(s *portSpec) {
 		s.all = nil
 		for _, a := range addrs {
-			ep := proxier.Endpoint{Ready: true, Serving: true}
+			ep := model.Endpoint{Ready: true, Serving: true}
 			if rest, ok := strings.CutPrefix(a, "local "); ok {
 				a, ep.Local = rest, true
 			}
 			ep.Addr = netip.MustParseAddrPort(a)
 			s.all = append(s.all, ep)
 		}
-		slices.SortFunc(s.all, func(a, b proxier.Endpoint) int { return a.Addr.Compare(b.Addr) })
+		slices.SortFunc(s.all, func(a, b model.Endpoint) int { return a.Addr.Compare(b.Addr) })
 	}
 }
 
@@ -122,15 +122,15 @@ func addrs(ss []string) []netip.Addr {
 }
 
 // view builds the NodeView of one family holding the ports.
-func view(family proxier.Family, ports ...*proxier.ServicePort) *proxier.NodeView {
-	v := &proxier.NodeView{
+func view(family model.Family, ports ...*model.ServicePort) *model.NodeView {
+	v := &model.NodeView{
 		Family: family,
-		Node: proxier.NodeInfo{
+		Node: model.NodeInfo{
 			Name:      "node-1",
 			Addresses: []netip.Addr{netip.MustParseAddr("192.168.1.10"), netip.MustParseAddr("fd00:192::10")},
 			PodCIDRs:  []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24"), netip.MustParsePrefix("fd00:10:244:1::/64")},
 		},
-		Services: map[proxier.ServicePortName]*proxier.ServicePort{},
+		Services: map[model.ServicePortName]*model.ServicePort{},
 	}
 	for _, p := range ports {
 		v.Services[p.Name] = p
@@ -139,20 +139,20 @@ func view(family proxier.Family, ports ...*proxier.ServicePort) *proxier.NodeVie
 }
 
 // withPort returns a copy of v with p added or replaced.
-func withPort(v *proxier.NodeView, p *proxier.ServicePort) *proxier.NodeView {
+func withPort(v *model.NodeView, p *model.ServicePort) *model.NodeView {
 	out := clone(v)
 	out.Services[p.Name] = p
 	return out
 }
 
 // withoutPort returns a copy of v without the port named n.
-func withoutPort(v *proxier.NodeView, n proxier.ServicePortName) *proxier.NodeView {
+func withoutPort(v *model.NodeView, n model.ServicePortName) *model.NodeView {
 	out := clone(v)
 	delete(out.Services, n)
 	return out
 }
 
-func clone(v *proxier.NodeView) *proxier.NodeView {
+func clone(v *model.NodeView) *model.NodeView {
 	out := *v
 	out.Services = maps.Clone(v.Services)
 	return &out

@@ -1,6 +1,9 @@
 package proxier
 
-import "context"
+import (
+	"context"
+	"github.com/svcproxy/svcproxy/model"
+)
 
 // Backend programs the kernel for one IP family. Implementations compile the
 // view to a plan (pure) and apply it (the only place that touches the kernel).
@@ -9,12 +12,12 @@ import "context"
 // last successful sync and hands it back as prev, so a failed apply can never
 // leave the backend believing something that is not in the kernel.
 type Backend interface {
-	Family() Family
+	Family() model.Family
 
 	// Sync brings the kernel in line with view. prev is the view of the last
 	// successful sync, which lets the backend rewrite only what changed; nil
 	// asks for a full sync that also removes anything stale it finds.
-	Sync(ctx context.Context, view, prev *NodeView) (SyncResult, error)
+	Sync(ctx context.Context, view, prev *model.NodeView) (model.SyncResult, error)
 
 	// Intact checks cheaply (it runs about once a second) that the
 	// programming is still in place: if another program flushed tables or
@@ -23,13 +26,4 @@ type Backend interface {
 
 	// Cleanup removes everything this backend ever programmed.
 	Cleanup(ctx context.Context) error
-}
-
-// SyncResult reports what one backend sync did, for logs, metrics and benchmarks.
-type SyncResult struct {
-	Full          bool
-	ChainsWritten int // chains (or virtual servers) created or rewritten
-	ChainsDeleted int
-	RulesWritten  int
-	Bytes         int // size of the iptables-restore input, if any
 }

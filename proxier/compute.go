@@ -1,6 +1,7 @@
 package proxier
 
 import (
+	"github.com/svcproxy/svcproxy/model"
 	"maps"
 	"net/netip"
 	"slices"
@@ -11,11 +12,11 @@ import (
 // snapshot gives an Equal view, and nothing in the snapshot is modified.
 // A NodeView and its ServicePorts must be treated as immutable: Update
 // shares ServicePorts between views.
-func Compute(snap *Snapshot, family Family) *NodeView {
-	view := &NodeView{
+func Compute(snap *Snapshot, family model.Family) *model.NodeView {
+	view := &model.NodeView{
 		Family:   family,
 		Node:     snap.Node,
-		Services: make(map[ServicePortName]*ServicePort, snap.NumServices()),
+		Services: make(map[model.ServicePortName]*model.ServicePort, snap.NumServices()),
 	}
 	// scratch is reused across ports: candidates never outlive one port.
 	var scratch []candidate
@@ -34,12 +35,12 @@ func Compute(snap *Snapshot, family Family) *NodeView {
 // snap, so a failed sync costs no correctness. On the hot path of a
 // one-endpoint change this turns O(services × endpoints) work into
 // O(services) pointer comparisons plus the changed services.
-func Update(snap *Snapshot, family Family, prevSnap *Snapshot, prev *NodeView) *NodeView {
+func Update(snap *Snapshot, family model.Family, prevSnap *Snapshot, prev *model.NodeView) *model.NodeView {
 	if prev == nil || prevSnap == nil || prev.Family != family ||
 		!nodeEqual(prev.Node, snap.Node) || !nodeEqual(prevSnap.Node, snap.Node) {
 		return Compute(snap, family)
 	}
-	view := &NodeView{Family: family, Node: snap.Node, Services: maps.Clone(prev.Services)}
+	view := &model.NodeView{Family: family, Node: snap.Node, Services: maps.Clone(prev.Services)}
 	changed := changedBetween(prevSnap, snap)
 	for _, name := range changed {
 		if old, ok := prevSnap.services[name]; ok {
@@ -90,7 +91,7 @@ func sameInputs(a, b *Snapshot, name ServiceName) bool {
 
 // addServicePorts adds a service's ports in the view's family, if it has a
 // ClusterIP of that family.
-func addServicePorts(view *NodeView, svc *Service, snap *Snapshot, scratch []candidate) []candidate {
+func addServicePorts(view *model.NodeView, svc *Service, snap *Snapshot, scratch []candidate) []candidate {
 	clusterIP, ok := svc.ClusterIP(view.Family)
 	if !ok {
 		return scratch
@@ -106,8 +107,8 @@ func addServicePorts(view *NodeView, svc *Service, snap *Snapshot, scratch []can
 }
 
 // servicePort fills in everything but the endpoints.
-func servicePort(svc *Service, spec ServicePortSpec, clusterIP netip.Addr, family Family) *ServicePort {
-	return &ServicePort{
+func servicePort(svc *Service, spec ServicePortSpec, clusterIP netip.Addr, family model.Family) *model.ServicePort {
+	return &model.ServicePort{
 		Name:                svc.Name.PortName(spec.Name, spec.Protocol),
 		ClusterIP:           clusterIP,
 		Port:                spec.Port,
@@ -124,10 +125,10 @@ func servicePort(svc *Service, spec ServicePortSpec, clusterIP netip.Addr, famil
 
 // ofFamily returns the members of a sorted list in one family, as a new
 // list (the input belongs to the snapshot), or nil if there are none.
-func ofFamily[T any](all []T, family Family, is4 func(T) bool) []T {
+func ofFamily[T any](all []T, family model.Family, is4 func(T) bool) []T {
 	var out []T
 	for _, x := range all {
-		if is4(x) == (family == IPv4) {
+		if is4(x) == (family == model.IPv4) {
 			out = append(out, x)
 		}
 	}
@@ -137,7 +138,7 @@ func ofFamily[T any](all []T, family Family, is4 func(T) bool) []T {
 // candidate is an endpoint of a service port before policy and topology:
 // the model's Endpoint plus the slice entry it came from, for its hints.
 type candidate struct {
-	Endpoint
+	model.Endpoint
 	src *SliceEndpoint
 }
 
@@ -146,7 +147,7 @@ type candidate struct {
 // deduplicated. When two slices list one address (an endpoint moving between
 // slices), the first in slice-name order wins unless a later one is local,
 // as in kube-proxy; iterating slices in name order makes that deterministic.
-func collectCandidates(out []candidate, svcSlices []*EndpointSlice, family Family, spec ServicePortSpec, nodeName string) []candidate {
+func collectCandidates(out []candidate, svcSlices []*EndpointSlice, family model.Family, spec ServicePortSpec, nodeName string) []candidate {
 	for _, es := range svcSlices {
 		if es.Family != family {
 			continue
@@ -158,7 +159,7 @@ func collectCandidates(out []candidate, svcSlices []*EndpointSlice, family Famil
 		for i := range es.Endpoints {
 			e := &es.Endpoints[i]
 			out = append(out, candidate{
-				Endpoint: Endpoint{
+				Endpoint: model.Endpoint{
 					Addr:        netip.AddrPortFrom(e.Addr, port),
 					Local:       nodeName != "" && e.NodeName == nodeName,
 					Ready:       e.Ready,
@@ -204,7 +205,7 @@ func dedupCandidates(sorted []candidate) []candidate {
 // CategorizeEndpoints: Cluster policy uses ready endpoints allowed by
 // topology, else serving terminating ones; Local policy uses local ready
 // endpoints, else local serving terminating ones, and never remote ones.
-func selectEndpoints(sp *ServicePort, cands []candidate, dist TrafficDistribution, node NodeInfo) {
+func selectEndpoints(sp *model.ServicePort, cands []candidate, dist TrafficDistribution, node model.NodeInfo) {
 	if len(cands) == 0 {
 		return
 	}
@@ -213,7 +214,7 @@ func selectEndpoints(sp *ServicePort, cands []candidate, dist TrafficDistributio
 	usesClusterPolicy := !sp.InternalPolicyLocal || external
 	usesLocalPolicy := sp.InternalPolicyLocal || sp.ExternalPolicyLocal
 
-	var clusterPolicy, localPolicy []Endpoint
+	var clusterPolicy, localPolicy []model.Endpoint
 	if usesClusterPolicy {
 		clusterPolicy = clusterPolicyEndpoints(cands, topologyFor(cands, dist, node), node)
 	}
@@ -238,7 +239,7 @@ func selectEndpoints(sp *ServicePort, cands []candidate, dist TrafficDistributio
 // serving terminating ones. The fallback needs no topology filter: a
 // topology mode is only chosen when it leaves at least one ready endpoint,
 // so the fallback only runs when no endpoint anywhere is ready.
-func clusterPolicyEndpoints(cands []candidate, mode topologyMode, node NodeInfo) []Endpoint {
+func clusterPolicyEndpoints(cands []candidate, mode topologyMode, node model.NodeInfo) []model.Endpoint {
 	eps := pick(cands, func(c *candidate) bool { return c.Ready && mode.allows(c.src, node) })
 	if eps == nil {
 		eps = pick(cands, func(c *candidate) bool { return c.Serving && c.Terminating })
@@ -246,7 +247,7 @@ func clusterPolicyEndpoints(cands []candidate, mode topologyMode, node NodeInfo)
 	return eps
 }
 
-func localPolicyEndpoints(cands []candidate) []Endpoint {
+func localPolicyEndpoints(cands []candidate) []model.Endpoint {
 	eps := pick(cands, func(c *candidate) bool { return c.Local && c.Ready })
 	if eps == nil {
 		eps = pick(cands, func(c *candidate) bool { return c.Local && c.Serving && c.Terminating })
@@ -255,7 +256,7 @@ func localPolicyEndpoints(cands []candidate) []Endpoint {
 }
 
 // pick returns the chosen candidates' endpoints, in order, or nil if none.
-func pick(cands []candidate, keep func(*candidate) bool) []Endpoint {
+func pick(cands []candidate, keep func(*candidate) bool) []model.Endpoint {
 	n := 0
 	for i := range cands {
 		if keep(&cands[i]) {
@@ -265,7 +266,7 @@ func pick(cands []candidate, keep func(*candidate) bool) []Endpoint {
 	if n == 0 {
 		return nil
 	}
-	out := make([]Endpoint, 0, n)
+	out := make([]model.Endpoint, 0, n)
 	for i := range cands {
 		if keep(&cands[i]) {
 			out = append(out, cands[i].Endpoint)

@@ -9,6 +9,7 @@ import (
 	"go.uber.org/zap"
 	discoveryv1 "k8s.io/api/discovery/v1"
 
+	"github.com/svcproxy/svcproxy/model"
 	pt "github.com/svcproxy/svcproxy/proxier/proxiertest"
 )
 
@@ -16,7 +17,7 @@ import (
 // slice of endpointsPer ready endpoints spread over 100 nodes in 3 zones.
 func benchTracker(services, endpointsPer int) *Tracker {
 	tr := NewTracker(zap.NewNop(), time.Now)
-	tr.SetNode(NodeInfo{Name: "node-0", Zone: "zone-0"})
+	tr.SetNode(model.NodeInfo{Name: "node-0", Zone: "zone-0"})
 	for i := range services {
 		name := fmt.Sprintf("svc-%d", i)
 		tr.UpsertService(pt.Service("ns", name, []string{fmt.Sprintf("10.96.%d.%d", i/250, i%250+1)},
@@ -46,7 +47,7 @@ func BenchmarkCompute10kServices10Endpoints(b *testing.B) {
 	snap := benchSnapshot(10000, 10)
 	cpu := startCPU(b)
 	for b.Loop() {
-		Compute(snap, IPv4)
+		Compute(snap, model.IPv4)
 	}
 	cpu.report(b)
 }
@@ -77,7 +78,7 @@ func BenchmarkOneChangeSync10k(b *testing.B) {
 	for b.Loop() {
 		gen++
 		tr.UpsertEndpointSlice(benchSlice("svc-42", 42, 10, gen))
-		Compute(tr.Snapshot(), IPv4)
+		Compute(tr.Snapshot(), model.IPv4)
 	}
 	cpu.report(b)
 }
@@ -87,14 +88,14 @@ func BenchmarkOneChangeSync10k(b *testing.B) {
 func BenchmarkOneChangeUpdate10k(b *testing.B) {
 	tr := benchTracker(10000, 10)
 	prevSnap := tr.Snapshot()
-	prev := Compute(prevSnap, IPv4)
+	prev := Compute(prevSnap, model.IPv4)
 	cpu := startCPU(b)
 	gen := 0
 	for b.Loop() {
 		gen++
 		tr.UpsertEndpointSlice(benchSlice("svc-42", 42, 10, gen))
 		snap := tr.Snapshot()
-		prev, prevSnap = Update(snap, IPv4, prevSnap, prev), snap
+		prev, prevSnap = Update(snap, model.IPv4, prevSnap, prev), snap
 	}
 	cpu.report(b)
 }

@@ -9,14 +9,15 @@ import (
 	v1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 
+	"github.com/svcproxy/svcproxy/model"
 	pt "github.com/svcproxy/svcproxy/proxier/proxiertest"
 )
 
-var testNode = NodeInfo{Name: "node-a", Zone: "z1"}
+var testNode = model.NodeInfo{Name: "node-a", Zone: "z1"}
 
 // computeView feeds objects through a tracker, as in production, and
 // computes the family's view for the node.
-func computeView(t *testing.T, family Family, node NodeInfo, svcs []*v1.Service, eps ...*discoveryv1.EndpointSlice) *NodeView {
+func computeView(t *testing.T, family model.Family, node model.NodeInfo, svcs []*v1.Service, eps ...*discoveryv1.EndpointSlice) *model.NodeView {
 	t.Helper()
 	tr, _, logs := newTestTracker()
 	tr.SetNode(node)
@@ -34,7 +35,7 @@ func computeView(t *testing.T, family Family, node NodeInfo, svcs []*v1.Service,
 
 // epList renders endpoints as "addr:port" with "/local" for local ones, so
 // a failure shows which endpoint went where.
-func epList(eps []Endpoint) string {
+func epList(eps []model.Endpoint) string {
 	var b []string
 	for _, e := range eps {
 		s := e.Addr.String()
@@ -46,9 +47,9 @@ func epList(eps []Endpoint) string {
 	return strings.Join(b, " ")
 }
 
-func webPort(view *NodeView, t *testing.T) *ServicePort {
+func webPort(view *model.NodeView, t *testing.T) *model.ServicePort {
 	t.Helper()
-	sp, ok := view.Services[ServicePortName{Namespace: "ns", Name: "web", Port: "http", Protocol: TCP}]
+	sp, ok := view.Services[model.ServicePortName{Namespace: "ns", Name: "web", Port: "http", Protocol: model.TCP}]
 	if !ok {
 		t.Fatalf("ns/web:http/TCP missing from the view; has %v", view.SortedNames())
 	}
@@ -156,7 +157,7 @@ func TestComputePolicies(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			svc := webService(tt.svcOpts...)
 			es := pt.Slice("ns", "web-1", "web", pt.SlicePort("http", "TCP", 8080), pt.Endpoints(tt.eps...))
-			sp := webPort(computeView(t, IPv4, testNode, []*v1.Service{svc}, es), t)
+			sp := webPort(computeView(t, model.IPv4, testNode, []*v1.Service{svc}, es), t)
 			check := func(what, got, want string) {
 				if got != want {
 					t.Errorf("%s = [%s], want [%s]", what, got, want)
@@ -168,7 +169,7 @@ func TestComputePolicies(t *testing.T) {
 			if sp.ExternallyAccessible() {
 				check("ExternalEndpoints()", epList(sp.ExternalEndpoints()), tt.external)
 			}
-			for what, l := range map[string][]Endpoint{"ClusterEndpoints": sp.ClusterEndpoints,
+			for what, l := range map[string][]model.Endpoint{"ClusterEndpoints": sp.ClusterEndpoints,
 				"LocalEndpoints": sp.LocalEndpoints, "ExternalClusterEndpoints": sp.ExternalClusterEndpoints} {
 				if l != nil && len(l) == 0 {
 					t.Errorf("%s is empty but not nil", what)
@@ -186,14 +187,14 @@ func TestComputeServicePortFields(t *testing.T) {
 		pt.ExternalIPs("192.0.2.2", "192.0.2.1", "2001:db8::1"),
 		pt.SourceRanges("10.0.0.0/8", "2001:db8::/32", "172.16.0.0/12"),
 		pt.ExternalLocal(31000), pt.Affinity(600))
-	view := computeView(t, IPv4, testNode, []*v1.Service{svc})
+	view := computeView(t, model.IPv4, testNode, []*v1.Service{svc})
 
 	if len(view.Services) != 2 {
 		t.Errorf("view has %v, want the two ports of ns/web", view.SortedNames())
 	}
 	got := webPort(view, t)
-	want := &ServicePort{
-		Name:                ServicePortName{"ns", "web", "http", TCP},
+	want := &model.ServicePort{
+		Name:                model.ServicePortName{Namespace: "ns", Name: "web", Port: "http", Protocol: model.TCP},
 		ClusterIP:           netip.MustParseAddr("10.96.0.10"),
 		Port:                80,
 		NodePort:            30080,
@@ -207,7 +208,7 @@ func TestComputeServicePortFields(t *testing.T) {
 	if !got.Equal(want) {
 		t.Errorf("service port:\n got %+v\nwant %+v", got, want)
 	}
-	dns := view.Services[ServicePortName{"ns", "web", "dns", UDP}]
+	dns := view.Services[model.ServicePortName{Namespace: "ns", Name: "web", Port: "dns", Protocol: model.UDP}]
 	if dns == nil || dns.Port != 53 || dns.NodePort != 0 {
 		t.Errorf("dns port = %+v", dns)
 	}
@@ -226,11 +227,11 @@ func TestComputePortMatching(t *testing.T) {
 		// A slice of another service contributes nothing.
 		pt.Slice("ns", "api-1", "api", pt.SlicePort("http", "TCP", 8080), pt.Endpoints(pt.Ready("10.0.0.9", "node-a"))),
 	}
-	view := computeView(t, IPv4, testNode, []*v1.Service{svc}, objs...)
-	for port, want := range map[ServicePortName]string{
-		{"ns", "web", "http", TCP}: "10.0.0.1:8080/local 10.0.0.2:8080",
-		{"ns", "web", "dns", UDP}:  "10.0.0.1:5353",
-		{"ns", "web", "dns", TCP}:  "10.0.0.1:5354/local 10.0.0.2:5354",
+	view := computeView(t, model.IPv4, testNode, []*v1.Service{svc}, objs...)
+	for port, want := range map[model.ServicePortName]string{
+		{Namespace: "ns", Name: "web", Port: "http", Protocol: model.TCP}: "10.0.0.1:8080/local 10.0.0.2:8080",
+		{Namespace: "ns", Name: "web", Port: "dns", Protocol: model.UDP}:  "10.0.0.1:5353",
+		{Namespace: "ns", Name: "web", Port: "dns", Protocol: model.TCP}:  "10.0.0.1:5354/local 10.0.0.2:5354",
 	} {
 		sp, ok := view.Services[port]
 		if !ok {
@@ -245,7 +246,7 @@ func TestComputePortMatching(t *testing.T) {
 
 func TestComputeDuplicateKeepsFirstSlice(t *testing.T) {
 	svc := webService()
-	view := computeView(t, IPv4, testNode, []*v1.Service{svc},
+	view := computeView(t, model.IPv4, testNode, []*v1.Service{svc},
 		pt.Slice("ns", "web-b", "web", pt.SlicePort("http", "TCP", 8080), pt.Endpoints(pt.NotReady("10.0.0.1", "node-b"))),
 		pt.Slice("ns", "web-a", "web", pt.SlicePort("http", "TCP", 8080), pt.Endpoints(pt.Ready("10.0.0.1", "node-b"))))
 	if got := epList(webPort(view, t).ClusterEndpoints); got != "10.0.0.1:8080" {
@@ -263,7 +264,7 @@ func TestComputeTopology(t *testing.T) {
 		name    string
 		svcOpts []pt.ServiceOption
 		eps     []pt.Endpoint
-		node    NodeInfo
+		node    model.NodeInfo
 		cluster string
 	}{
 		{
@@ -333,7 +334,7 @@ func TestComputeTopology(t *testing.T) {
 			name:    "no hints, PreferSameZone, node without a zone label: all endpoints",
 			svcOpts: []pt.ServiceOption{pt.Distribution("PreferSameZone")},
 			eps:     []pt.Endpoint{pt.Ready("10.0.0.1", "node-a"), c2},
-			node:    NodeInfo{Name: "node-a"},
+			node:    model.NodeInfo{Name: "node-a"},
 			cluster: "10.0.0.1:8080/local 10.0.0.3:8080",
 		},
 		{
@@ -379,7 +380,7 @@ func TestComputeTopology(t *testing.T) {
 				node = testNode
 			}
 			es := pt.Slice("ns", "web-1", "web", pt.SlicePort("http", "TCP", 8080), pt.Endpoints(tt.eps...))
-			sp := webPort(computeView(t, IPv4, node, []*v1.Service{webService(tt.svcOpts...)}, es), t)
+			sp := webPort(computeView(t, model.IPv4, node, []*v1.Service{webService(tt.svcOpts...)}, es), t)
 			if got := epList(sp.ClusterEndpoints); got != tt.cluster {
 				t.Errorf("ClusterEndpoints = [%s], want [%s]", got, tt.cluster)
 			}
@@ -391,7 +392,7 @@ func TestComputeTopologyAppliesToExternalClusterTraffic(t *testing.T) {
 	svc := webService(pt.NodePort("http", 30080), pt.ExternalLocal(0))
 	es := pt.Slice("ns", "web-1", "web", pt.SlicePort("http", "TCP", 8080), pt.Endpoints(
 		pt.Ready("10.0.0.1", "node-b").HintZones("z1"), pt.Ready("10.0.0.2", "node-a").HintZones("z2")))
-	sp := webPort(computeView(t, IPv4, testNode, []*v1.Service{svc}, es), t)
+	sp := webPort(computeView(t, model.IPv4, testNode, []*v1.Service{svc}, es), t)
 	if got := epList(sp.ClusterEndpoints); got != "10.0.0.1:8080" {
 		t.Errorf("ClusterEndpoints = [%s], want the z1-hinted endpoint", got)
 	}
@@ -412,13 +413,13 @@ func TestComputeDualStack(t *testing.T) {
 		pt.Slice("ns", "web-v6", "web", pt.SlicePort("http", "TCP", 8080), pt.Endpoints(pt.Ready("fd00:1::1", "node-b"))),
 	}
 	tests := []struct {
-		family                      Family
+		family                      model.Family
 		names                       []string
 		clusterIP, extIP, lbIP, src string
 		endpoints                   string
 	}{
-		{IPv4, []string{"ns/v4:http/TCP", "ns/web:http/TCP"}, "10.96.0.10", "192.0.2.1", "203.0.113.1", "10.0.0.0/8", "10.0.0.1:8080/local"},
-		{IPv6, []string{"ns/v6:http/TCP", "ns/web:http/TCP"}, "fd00::10", "2001:db8::1", "2001:db8::9", "2001:db8::/32", "[fd00:1::1]:8080"},
+		{model.IPv4, []string{"ns/v4:http/TCP", "ns/web:http/TCP"}, "10.96.0.10", "192.0.2.1", "203.0.113.1", "10.0.0.0/8", "10.0.0.1:8080/local"},
+		{model.IPv6, []string{"ns/v6:http/TCP", "ns/web:http/TCP"}, "fd00::10", "2001:db8::1", "2001:db8::9", "2001:db8::/32", "[fd00:1::1]:8080"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.family.String(), func(t *testing.T) {
@@ -458,7 +459,7 @@ func TestComputeLocalNeedsNodeName(t *testing.T) {
 	svc := webService(pt.InternalLocal())
 	es := pt.Slice("ns", "web-1", "web", pt.SlicePort("http", "TCP", 8080),
 		pt.Endpoints(pt.Endpoint{Addr: "10.0.0.1"}))
-	sp := webPort(computeView(t, IPv4, NodeInfo{}, []*v1.Service{svc}, es), t)
+	sp := webPort(computeView(t, model.IPv4, model.NodeInfo{}, []*v1.Service{svc}, es), t)
 	if sp.ClusterEndpoints != nil {
 		t.Errorf("an endpoint without nodeName counted as local on a node without a name: %v", sp.ClusterEndpoints)
 	}
@@ -466,7 +467,7 @@ func TestComputeLocalNeedsNodeName(t *testing.T) {
 
 func TestComputeIsDeterministic(t *testing.T) {
 	snap := benchSnapshot(200, 10)
-	a, b := Compute(snap, IPv4), Compute(snap, IPv4)
+	a, b := Compute(snap, model.IPv4), Compute(snap, model.IPv4)
 	if len(a.Services) != 200 || len(a.Services) != len(b.Services) {
 		t.Fatalf("views have %d and %d ports, want 200", len(a.Services), len(b.Services))
 	}
@@ -486,13 +487,13 @@ func TestUpdateMatchesComputeAndReusesUnchangedPorts(t *testing.T) {
 	tr.UpsertEndpointSlice(webSlice("web-1", "10.0.0.1"))
 	tr.UpsertEndpointSlice(pt.Slice("ns", "api-1", "api", pt.SlicePort("http", "TCP", 8080), pt.Endpoints(pt.Ready("10.0.1.1", "node-b"))))
 	first := tr.Snapshot()
-	firstView := Compute(first, IPv4)
-	apiPort := ServicePortName{"ns", "api", "http", TCP}
+	firstView := Compute(first, model.IPv4)
+	apiPort := model.ServicePortName{Namespace: "ns", Name: "api", Port: "http", Protocol: model.TCP}
 
 	steps := []struct {
 		name   string
 		change func()
-		from   func() (*Snapshot, *NodeView)
+		from   func() (*Snapshot, *model.NodeView)
 	}{
 		{"an endpoint added, consecutive snapshots", func() { tr.UpsertEndpointSlice(webSlice("web-1", "10.0.0.1", "10.0.0.2")) }, nil},
 		{"a service deleted and one added", func() {
@@ -500,7 +501,7 @@ func TestUpdateMatchesComputeAndReusesUnchangedPorts(t *testing.T) {
 			tr.UpsertService(pt.Service("ns", "new", []string{"10.96.0.13"}, pt.Port("http", "TCP", 80)))
 		}, nil},
 		{"from a snapshot two syncs back (a failed sync in between)", func() { tr.UpsertEndpointSlice(webSlice("web-2", "10.0.0.3")) },
-			func() (*Snapshot, *NodeView) { return first, firstView }},
+			func() (*Snapshot, *model.NodeView) { return first, firstView }},
 	}
 	prevSnap, prev := first, firstView
 	for _, step := range steps {
@@ -511,8 +512,8 @@ func TestUpdateMatchesComputeAndReusesUnchangedPorts(t *testing.T) {
 			if step.from != nil {
 				base, baseView = step.from()
 			}
-			got := Update(snap, IPv4, base, baseView)
-			if d := viewDiff(got, Compute(snap, IPv4)); d != "" {
+			got := Update(snap, model.IPv4, base, baseView)
+			if d := viewDiff(got, Compute(snap, model.IPv4)); d != "" {
 				t.Fatalf("Update differs from Compute: %s", d)
 			}
 			if got.Services[apiPort] != firstView.Services[apiPort] {
@@ -523,10 +524,10 @@ func TestUpdateMatchesComputeAndReusesUnchangedPorts(t *testing.T) {
 	}
 
 	t.Run("a node change recomputes everything", func(t *testing.T) {
-		tr.SetNode(NodeInfo{Name: "node-b", Zone: "z1"})
+		tr.SetNode(model.NodeInfo{Name: "node-b", Zone: "z1"})
 		snap := tr.Snapshot()
-		got := Update(snap, IPv4, prevSnap, prev)
-		if d := viewDiff(got, Compute(snap, IPv4)); d != "" {
+		got := Update(snap, model.IPv4, prevSnap, prev)
+		if d := viewDiff(got, Compute(snap, model.IPv4)); d != "" {
 			t.Fatalf("Update differs from Compute: %s", d)
 		}
 		if got := epList(got.Services[apiPort].ClusterEndpoints); got != "10.0.1.1:8080/local" {
@@ -536,7 +537,7 @@ func TestUpdateMatchesComputeAndReusesUnchangedPorts(t *testing.T) {
 
 	t.Run("no previous view is a full Compute", func(t *testing.T) {
 		snap := tr.Snapshot()
-		if d := viewDiff(Update(snap, IPv6, nil, nil), Compute(snap, IPv6)); d != "" {
+		if d := viewDiff(Update(snap, model.IPv6, nil, nil), Compute(snap, model.IPv6)); d != "" {
 			t.Fatal(d)
 		}
 	})
@@ -546,7 +547,7 @@ func TestReachableEndpointsIsTheUnion(t *testing.T) {
 	svc := webService(pt.InternalLocal(), pt.NodePort("http", 30080), pt.ExternalLocal(0))
 	es := pt.Slice("ns", "web-1", "web", pt.SlicePort("http", "TCP", 8080),
 		pt.Endpoints(readyRemote, readyLocal, termRemote, notReady))
-	sp := webPort(computeView(t, IPv4, testNode, []*v1.Service{svc}, es), t)
+	sp := webPort(computeView(t, model.IPv4, testNode, []*v1.Service{svc}, es), t)
 	if got := epList(sp.ReachableEndpoints()); got != "10.0.0.1:8080/local 10.0.0.2:8080" {
 		t.Errorf("ReachableEndpoints = [%s], want the local and the remote ready endpoint once each", got)
 	}
@@ -571,7 +572,7 @@ func TestComputeHasEndpoints(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			svc := pt.Service("ns", "web", []string{"10.96.0.10"}, append([]pt.ServiceOption{pt.Port("http", "TCP", 80)}, tc.svcOpts...)...)
 			slice := pt.Slice("ns", "web-1", "web", pt.SlicePort("http", "TCP", 8080), pt.Endpoints(tc.eps...))
-			if got := webPort(computeView(t, IPv4, testNode, []*v1.Service{svc}, slice), t).HasEndpoints; got != tc.want {
+			if got := webPort(computeView(t, model.IPv4, testNode, []*v1.Service{svc}, slice), t).HasEndpoints; got != tc.want {
 				t.Fatalf("HasEndpoints = %v, want %v", got, tc.want)
 			}
 		})

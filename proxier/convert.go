@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/svcproxy/svcproxy/model"
 	v1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 )
@@ -29,8 +30,8 @@ func (n ServiceName) Compare(o ServiceName) int {
 }
 
 // PortName names one port of this service.
-func (n ServiceName) PortName(port string, proto Protocol) ServicePortName {
-	return ServicePortName{Namespace: n.Namespace, Name: n.Name, Port: port, Protocol: proto}
+func (n ServiceName) PortName(port string, proto model.Protocol) model.ServicePortName {
+	return model.ServicePortName{Namespace: n.Namespace, Name: n.Name, Port: port, Protocol: proto}
 }
 
 // TrafficDistribution is a Service's spec.trafficDistribution preference.
@@ -88,15 +89,15 @@ type Service struct {
 // ServicePortSpec is one entry of a Service's spec.ports.
 type ServicePortSpec struct {
 	Name     string
-	Protocol Protocol
+	Protocol model.Protocol
 	Port     uint16
 	NodePort uint16 // 0: none
 }
 
 // ClusterIP returns the service's ClusterIP of the given family.
-func (s *Service) ClusterIP(f Family) (netip.Addr, bool) {
+func (s *Service) ClusterIP(f model.Family) (netip.Addr, bool) {
 	for _, ip := range s.ClusterIPs {
-		if FamilyOf(ip) == f {
+		if model.FamilyOf(ip) == f {
 			return ip, true
 		}
 	}
@@ -123,7 +124,7 @@ type EndpointSlice struct {
 	Namespace string
 	Name      string
 	Service   ServiceName // from the kubernetes.io/service-name label
-	Family    Family
+	Family    model.Family
 	Ports     []EndpointPort
 	Endpoints []SliceEndpoint
 	// TriggerTime is the endpoints.kubernetes.io/last-change-trigger-time
@@ -135,7 +136,7 @@ type EndpointSlice struct {
 // EndpointPort is one entry of a slice's ports.
 type EndpointPort struct {
 	Name     string
-	Protocol Protocol
+	Protocol model.Protocol
 	Port     uint16
 }
 
@@ -282,7 +283,7 @@ func (p *serviceParser) clusterIPs() []netip.Addr {
 			p.fail(fieldAt(i), s, "not an IP address")
 			continue
 		}
-		if i == 1 && len(ips) == 1 && FamilyOf(ips[0]) == FamilyOf(ip) {
+		if i == 1 && len(ips) == 1 && model.FamilyOf(ips[0]) == model.FamilyOf(ip) {
 			p.fail(fieldAt(i), s, "two addresses of one family")
 			continue
 		}
@@ -295,7 +296,7 @@ func (p *serviceParser) ports() []ServicePortSpec {
 	out := make([]ServicePortSpec, 0, len(p.svc.Spec.Ports))
 	for i, sp := range p.svc.Spec.Ports {
 		field := fmt.Sprintf("spec.ports[%d]", i)
-		proto, err := ParseProtocol(string(sp.Protocol))
+		proto, err := model.ParseProtocol(string(sp.Protocol))
 		if err != nil {
 			p.fail(field+".protocol", string(sp.Protocol), "unsupported protocol")
 		}
@@ -399,12 +400,12 @@ func ParseEndpointSlice(es *discoveryv1.EndpointSlice) (slice *EndpointSlice, dr
 	if svcName == "" {
 		return nil, nil, ignore("no " + discoveryv1.LabelServiceName + " label")
 	}
-	var family Family
+	var family model.Family
 	switch es.AddressType {
 	case discoveryv1.AddressTypeIPv4:
-		family = IPv4
+		family = model.IPv4
 	case discoveryv1.AddressTypeIPv6:
-		family = IPv6
+		family = model.IPv6
 	default:
 		return nil, nil, ignore(fmt.Sprintf("address type %q", es.AddressType))
 	}
@@ -429,12 +430,12 @@ func parseEndpointPorts(ports []discoveryv1.EndpointPort, dropped []string) ([]E
 		if p.Port == nil {
 			continue
 		}
-		ep := EndpointPort{Protocol: TCP}
+		ep := EndpointPort{Protocol: model.TCP}
 		if p.Name != nil {
 			ep.Name = *p.Name
 		}
 		if p.Protocol != nil {
-			proto, err := ParseProtocol(string(*p.Protocol))
+			proto, err := model.ParseProtocol(string(*p.Protocol))
 			if err != nil {
 				dropped = append(dropped, fmt.Sprintf("ports[%d].protocol %q: unsupported", i, *p.Protocol))
 				continue
@@ -451,7 +452,7 @@ func parseEndpointPorts(ports []discoveryv1.EndpointPort, dropped []string) ([]E
 	return out, dropped
 }
 
-func parseEndpoints(eps []discoveryv1.Endpoint, family Family, dropped []string) ([]SliceEndpoint, []string) {
+func parseEndpoints(eps []discoveryv1.Endpoint, family model.Family, dropped []string) ([]SliceEndpoint, []string) {
 	out := make([]SliceEndpoint, 0, len(eps))
 	for i, ep := range eps {
 		if len(ep.Addresses) == 0 {
@@ -461,7 +462,7 @@ func parseEndpoints(eps []discoveryv1.Endpoint, family Family, dropped []string)
 		// Only the first address counts: the API says all of an
 		// endpoint's addresses are fungible, and kube-proxy uses the first.
 		addr, ok := parseAddr(ep.Addresses[0])
-		if !ok || FamilyOf(addr) != family {
+		if !ok || model.FamilyOf(addr) != family {
 			dropped = append(dropped, fmt.Sprintf("endpoints[%d].addresses[0] %q: not an %s address", i, ep.Addresses[0], family))
 			continue
 		}

@@ -10,6 +10,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 
+	"github.com/svcproxy/svcproxy/model"
 	pt "github.com/svcproxy/svcproxy/proxier/proxiertest"
 )
 
@@ -46,9 +47,9 @@ func TestParseServiceFields(t *testing.T) {
 		Name:       ServiceName{"ns", "web"},
 		ClusterIPs: addrs("10.96.0.10", "fd00::10"),
 		Ports: []ServicePortSpec{
-			{Name: "http", Protocol: TCP, Port: 80, NodePort: 30080},
-			{Name: "dns", Protocol: UDP, Port: 53},
-			{Name: "sig", Protocol: SCTP, Port: 9000},
+			{Name: "http", Protocol: model.TCP, Port: 80, NodePort: 30080},
+			{Name: "dns", Protocol: model.UDP, Port: 53},
+			{Name: "sig", Protocol: model.SCTP, Port: 9000},
 		},
 		ExternalIPs:         addrs("192.0.2.1", "192.0.2.2", "2001:db8::1"),
 		LoadBalancerIPs:     addrs("203.0.113.1", "203.0.113.9", "2001:db8::9"),
@@ -209,10 +210,10 @@ func TestParseServiceSameFamilyOrderKeepsPrimary(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if v4, _ := got.ClusterIP(IPv4); v4 != netip.MustParseAddr("10.96.0.1") {
+	if v4, _ := got.ClusterIP(model.IPv4); v4 != netip.MustParseAddr("10.96.0.1") {
 		t.Errorf("IPv4 ClusterIP = %v", v4)
 	}
-	if v6, _ := got.ClusterIP(IPv6); v6 != netip.MustParseAddr("fd00::1") {
+	if v6, _ := got.ClusterIP(model.IPv6); v6 != netip.MustParseAddr("fd00::1") {
 		t.Errorf("IPv6 ClusterIP = %v", v6)
 	}
 }
@@ -234,8 +235,8 @@ func TestParseEndpointSlice(t *testing.T) {
 		t.Fatalf("ParseEndpointSlice: dropped %v, err %v", dropped, err)
 	}
 	want := &EndpointSlice{
-		Namespace: "ns", Name: "web-abc", Service: ServiceName{"ns", "web"}, Family: IPv4,
-		Ports: []EndpointPort{{Name: "http", Protocol: TCP, Port: 8080}, {Name: "dns", Protocol: UDP, Port: 53}},
+		Namespace: "ns", Name: "web-abc", Service: ServiceName{"ns", "web"}, Family: model.IPv4,
+		Ports: []EndpointPort{{Name: "http", Protocol: model.TCP, Port: 8080}, {Name: "dns", Protocol: model.UDP, Port: 53}},
 		Endpoints: []SliceEndpoint{
 			{Addr: netip.MustParseAddr("10.0.0.1"), Ready: true, Serving: true, NodeName: "node-a", Zone: "z1",
 				ZoneHints: []string{"z1", "z2"}, NodeHints: []string{"node-a"}},
@@ -266,7 +267,7 @@ func TestParseEndpointSliceDropsBadEntries(t *testing.T) {
 	if len(dropped) != 7 {
 		t.Errorf("dropped %d entries, want 7 (3 ports, 3 endpoints, 1 annotation): %q", len(dropped), dropped)
 	}
-	if want := []EndpointPort{{Name: "ok", Protocol: TCP, Port: 80}}; !slices.Equal(got.Ports, want) {
+	if want := []EndpointPort{{Name: "ok", Protocol: model.TCP, Port: 80}}; !slices.Equal(got.Ports, want) {
 		t.Errorf("ports = %v, want %v", got.Ports, want)
 	}
 	var kept []netip.Addr
@@ -306,7 +307,7 @@ func TestParseEndpointSliceIPv6(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.Family != IPv6 || len(got.Endpoints) != 1 || len(dropped) != 1 {
+	if got.Family != model.IPv6 || len(got.Endpoints) != 1 || len(dropped) != 1 {
 		t.Errorf("family %v, endpoints %v, dropped %v; want IPv6 with the IPv4 address dropped", got.Family, got.Endpoints, dropped)
 	}
 }

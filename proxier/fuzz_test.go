@@ -9,6 +9,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 
+	"github.com/svcproxy/svcproxy/model"
 	pt "github.com/svcproxy/svcproxy/proxier/proxiertest"
 )
 
@@ -172,7 +173,7 @@ func FuzzCompute(f *testing.F) {
 			case 3:
 				tr.DeleteEndpointSlice("ns", pickFrom(in, "s1", "s2", "s3", "s4"))
 			case 4:
-				tr.SetNode(NodeInfo{Name: pickFrom(in, "node-a", "node-b", ""), Zone: pickFrom(in, "z1", "z2", "")})
+				tr.SetNode(model.NodeInfo{Name: pickFrom(in, "node-a", "node-b", ""), Zone: pickFrom(in, "z1", "z2", "")})
 			case 5:
 				history = append(history, checkSnapshot(t, tr.Snapshot(), history))
 			}
@@ -185,15 +186,15 @@ func FuzzCompute(f *testing.F) {
 // snapshots can check Update from them.
 type computedViews struct {
 	snap  *Snapshot
-	views map[Family]*NodeView
+	views map[model.Family]*model.NodeView
 }
 
 // checkSnapshot computes both families' views, checks their invariants and
 // that Update from every earlier snapshot agrees with Compute.
 func checkSnapshot(t *testing.T, snap *Snapshot, history []computedViews) computedViews {
 	t.Helper()
-	c := computedViews{snap: snap, views: map[Family]*NodeView{}}
-	for _, family := range []Family{IPv4, IPv6} {
+	c := computedViews{snap: snap, views: map[model.Family]*model.NodeView{}}
+	for _, family := range []model.Family{model.IPv4, model.IPv6} {
 		view := Compute(snap, family)
 		checkView(t, snap, view)
 		for _, earlier := range history {
@@ -207,29 +208,29 @@ func checkSnapshot(t *testing.T, snap *Snapshot, history []computedViews) comput
 }
 
 // checkView asserts what any backend relies on in a view.
-func checkView(t *testing.T, snap *Snapshot, view *NodeView) {
+func checkView(t *testing.T, snap *Snapshot, view *model.NodeView) {
 	t.Helper()
 	for name, sp := range view.Services {
 		if sp.Name != name {
 			t.Fatalf("%v filed under %v", sp.Name, name)
 		}
-		if FamilyOf(sp.ClusterIP) != view.Family {
+		if model.FamilyOf(sp.ClusterIP) != view.Family {
 			t.Fatalf("%v: ClusterIP %v in the %v view", name, sp.ClusterIP, view.Family)
 		}
 		for _, a := range slices.Concat(sp.ExternalIPs, sp.LoadBalancerIPs) {
-			if FamilyOf(a) != view.Family {
+			if model.FamilyOf(a) != view.Family {
 				t.Fatalf("%v: address %v in the %v view", name, a, view.Family)
 			}
 		}
 		for _, p := range sp.SourceRanges {
-			if FamilyOf(p.Addr()) != view.Family {
+			if model.FamilyOf(p.Addr()) != view.Family {
 				t.Fatalf("%v: source range %v in the %v view", name, p, view.Family)
 			}
 		}
-		if sp.Port == 0 || sp.Protocol() < TCP || sp.Protocol() > SCTP {
+		if sp.Port == 0 || sp.Protocol() < model.TCP || sp.Protocol() > model.SCTP {
 			t.Fatalf("%v: port %d protocol %v", name, sp.Port, sp.Protocol())
 		}
-		lists := map[string][]Endpoint{"cluster": sp.ClusterEndpoints, "local": sp.LocalEndpoints, "externalCluster": sp.ExternalClusterEndpoints}
+		lists := map[string][]model.Endpoint{"cluster": sp.ClusterEndpoints, "local": sp.LocalEndpoints, "externalCluster": sp.ExternalClusterEndpoints}
 		for what, eps := range lists {
 			checkEndpoints(t, snap, view, name, what, eps)
 		}
@@ -248,19 +249,19 @@ func checkView(t *testing.T, snap *Snapshot, view *NodeView) {
 	}
 }
 
-func checkEndpoints(t *testing.T, snap *Snapshot, view *NodeView, name ServicePortName, what string, eps []Endpoint) {
+func checkEndpoints(t *testing.T, snap *Snapshot, view *model.NodeView, name model.ServicePortName, what string, eps []model.Endpoint) {
 	t.Helper()
 	if eps != nil && len(eps) == 0 {
 		t.Fatalf("%v: %s endpoints empty but not nil", name, what)
 	}
-	if !slices.IsSortedFunc(eps, func(a, b Endpoint) int { return a.Addr.Compare(b.Addr) }) {
+	if !slices.IsSortedFunc(eps, func(a, b model.Endpoint) int { return a.Addr.Compare(b.Addr) }) {
 		t.Fatalf("%v: %s endpoints not sorted: %v", name, what, eps)
 	}
 	for i, e := range eps {
 		if i > 0 && eps[i-1].Addr == e.Addr {
 			t.Fatalf("%v: %s endpoint %v twice", name, what, e)
 		}
-		if FamilyOf(e.Addr.Addr()) != view.Family {
+		if model.FamilyOf(e.Addr.Addr()) != view.Family {
 			t.Fatalf("%v: %s endpoint %v in the %v view", name, what, e, view.Family)
 		}
 		if !e.Ready && !(e.Serving && e.Terminating) {
@@ -284,7 +285,7 @@ func runsOn(snap *Snapshot, svc ServiceName, addr netip.Addr, node string) bool 
 }
 
 // viewDiff describes the first difference between two views, or "".
-func viewDiff(got, want *NodeView) string {
+func viewDiff(got, want *model.NodeView) string {
 	if got.Family != want.Family || !nodeEqual(got.Node, want.Node) {
 		return fmt.Sprintf("family/node %v %+v, want %v %+v", got.Family, got.Node, want.Family, want.Node)
 	}

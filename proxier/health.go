@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/svcproxy/svcproxy/model"
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/utils/clock"
 )
@@ -43,10 +44,10 @@ type Health struct {
 	cfg HealthConfig
 
 	mu           sync.Mutex
-	firstSync    time.Time            // start of the first sync; zero before
-	inFlight     time.Time            // oldest change the running sync took; zero if none
-	unsynced     map[Family]time.Time // oldest change taken by syncs that failed since the last success
-	lastUpdated  map[Family]time.Time
+	firstSync    time.Time                  // start of the first sync; zero before
+	inFlight     time.Time                  // oldest change the running sync took; zero if none
+	unsynced     map[model.Family]time.Time // oldest change taken by syncs that failed since the last success
+	lastUpdated  map[model.Family]time.Time
 	nodeEligible bool
 }
 
@@ -54,8 +55,8 @@ type Health struct {
 func NewHealth(cfg HealthConfig) *Health {
 	return &Health{
 		cfg:          cfg,
-		unsynced:     map[Family]time.Time{},
-		lastUpdated:  map[Family]time.Time{},
+		unsynced:     map[model.Family]time.Time{},
+		lastUpdated:  map[model.Family]time.Time{},
 		nodeEligible: true,
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/svcproxy/svcproxy/model"
 	"go.uber.org/zap"
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -21,10 +22,10 @@ type healthBed struct {
 	clock    *clocktesting.FakeClock
 	tracker  *Tracker
 	health   *Health
-	families []Family
+	families []model.Family
 }
 
-func newHealthBed(families ...Family) *healthBed {
+func newHealthBed(families ...model.Family) *healthBed {
 	b := &healthBed{clock: clocktesting.NewFakeClock(t0), families: families}
 	b.tracker = NewTracker(zap.NewNop(), b.clock.Now)
 	b.health = NewHealth(HealthConfig{Timeout: time.Minute, Pending: b.tracker.OldestPending, Clock: b.clock})
@@ -33,7 +34,7 @@ func newHealthBed(families ...Family) *healthBed {
 
 // sync runs one sync through Track: during is called while it runs, and
 // failed lists the families whose backend fails.
-func (b *healthBed) sync(during func(), failed ...Family) {
+func (b *healthBed) sync(during func(), failed ...model.Family) {
 	fams := b.families
 	sync := b.health.Track(func(context.Context, bool) error {
 		snap := b.tracker.Snapshot()
@@ -73,7 +74,7 @@ func (b *healthBed) get(t *testing.T, path string) (int, map[string]any) {
 }
 
 func TestHealthStartupWaitDoesNotCount(t *testing.T) {
-	b := newHealthBed(IPv4)
+	b := newHealthBed(model.IPv4)
 	b.change()
 	b.clock.Step(10 * time.Minute) // informers and the Node wait took long
 	if !b.health.Healthy() {
@@ -90,7 +91,7 @@ func TestHealthStartupWaitDoesNotCount(t *testing.T) {
 }
 
 func TestHealthPendingChangeTimesOut(t *testing.T) {
-	b := newHealthBed(IPv4)
+	b := newHealthBed(model.IPv4)
 	b.sync(nil)
 	synced := b.clock.Now()
 
@@ -124,12 +125,12 @@ func TestHealthPendingChangeTimesOut(t *testing.T) {
 }
 
 func TestHealthFailedSyncKeepsChangeWaitingUntilSuccess(t *testing.T) {
-	b := newHealthBed(IPv4, IPv6)
+	b := newHealthBed(model.IPv4, model.IPv6)
 	b.sync(nil)
 	b.change()
-	b.sync(nil, IPv6) // IPv4 programmed the change, IPv6 did not
+	b.sync(nil, model.IPv6) // IPv4 programmed the change, IPv6 did not
 	b.clock.Step(30 * time.Second)
-	b.sync(nil, IPv6) // a retry with nothing new fails again
+	b.sync(nil, model.IPv6) // a retry with nothing new fails again
 	if !b.health.Healthy() {
 		t.Fatal("unhealthy 30s after the change")
 	}
@@ -144,7 +145,7 @@ func TestHealthFailedSyncKeepsChangeWaitingUntilSuccess(t *testing.T) {
 }
 
 func TestHealthStuckSyncTimesOut(t *testing.T) {
-	b := newHealthBed(IPv4)
+	b := newHealthBed(model.IPv4)
 	b.sync(nil)
 	b.change()
 	b.sync(func() {
@@ -160,7 +161,7 @@ func TestHealthStuckSyncTimesOut(t *testing.T) {
 }
 
 func TestHealthNodeBeingDeletedFailsHealthzOnly(t *testing.T) {
-	b := newHealthBed(IPv4)
+	b := newHealthBed(model.IPv4)
 	b.sync(nil)
 	now := metav1.NewTime(t0)
 	cases := []struct {

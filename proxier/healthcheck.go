@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/svcproxy/svcproxy/model"
 	"go.uber.org/zap"
 )
 
@@ -49,7 +50,7 @@ func (s *HealthCheckServers) Observe(r *SyncReport) {
 	if r.Err() != nil {
 		return
 	}
-	var views []*NodeView
+	var views []*model.NodeView
 	for _, f := range r.Families {
 		views = append(views, f.View)
 	}
@@ -60,7 +61,7 @@ func (s *HealthCheckServers) Observe(r *SyncReport) {
 // and how many ready local endpoints each has. Like kube-proxy it counts
 // distinct endpoints over the service's ports; a dual-stack pod has one
 // endpoint per family, so the count is the larger of the two families.
-func wantedHealthChecks(views []*NodeView) map[ServiceName]healthCheck {
+func wantedHealthChecks(views []*model.NodeView) map[ServiceName]healthCheck {
 	wanted := map[ServiceName]healthCheck{}
 	for _, v := range views {
 		perFamily := map[ServiceName]map[netip.AddrPort]bool{}

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/svcproxy/svcproxy/model"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
@@ -30,9 +31,9 @@ func freePort(t *testing.T) uint16 {
 
 // lbPort is an externalTrafficPolicy=Local LoadBalancer port of ns/name
 // with the given endpoints, local or not.
-func lbPort(name string, hcPort uint16, portName string, eps ...Endpoint) *ServicePort {
-	sp := &ServicePort{
-		Name:                ServicePortName{"ns", name, portName, TCP},
+func lbPort(name string, hcPort uint16, portName string, eps ...model.Endpoint) *model.ServicePort {
+	sp := &model.ServicePort{
+		Name:                model.ServicePortName{Namespace: "ns", Name: name, Port: portName, Protocol: model.TCP},
 		NodePort:            30080,
 		ExternalPolicyLocal: true,
 		HealthCheckNodePort: hcPort,
@@ -46,15 +47,15 @@ func lbPort(name string, hcPort uint16, portName string, eps ...Endpoint) *Servi
 	return sp
 }
 
-func viewOf(fam Family, ports ...*ServicePort) *NodeView {
-	v := &NodeView{Family: fam, Services: map[ServicePortName]*ServicePort{}}
+func viewOf(fam model.Family, ports ...*model.ServicePort) *model.NodeView {
+	v := &model.NodeView{Family: fam, Services: map[model.ServicePortName]*model.ServicePort{}}
 	for _, sp := range ports {
 		v.Services[sp.Name] = sp
 	}
 	return v
 }
 
-func synced(views ...*NodeView) *SyncReport {
+func synced(views ...*model.NodeView) *SyncReport {
 	r := &SyncReport{Snapshot: &Snapshot{}}
 	for _, v := range views {
 		r.Families = append(r.Families, FamilyReport{Family: v.Family, View: v})
@@ -115,10 +116,10 @@ func TestHealthCheckServersFollowViews(t *testing.T) {
 	notReady := endpointAt("10.0.0.3:8080", true)
 	notReady.Ready = false
 	// Only ready local endpoints count; the others make no difference.
-	s.Observe(synced(viewOf(IPv4,
+	s.Observe(synced(viewOf(model.IPv4,
 		lbPort("web", web, "http", local1, local2, remote),
 		lbPort("api", api, "grpc", remote, notReady),
-		&ServicePort{Name: ServicePortName{"ns", "cluster-policy", "", TCP}, NodePort: 30081, ClusterEndpoints: []Endpoint{local1}},
+		&model.ServicePort{Name: model.ServicePortName{Namespace: "ns", Name: "cluster-policy", Port: "", Protocol: model.TCP}, NodePort: 30081, ClusterEndpoints: []model.Endpoint{local1}},
 	)))
 	expectAnswer(t, "web with two local endpoints", web, http.StatusOK, 2, true)
 	expectAnswer(t, "api with only remote and unready local endpoints", api, http.StatusServiceUnavailable, 0, true)
@@ -131,7 +132,7 @@ func TestHealthCheckServersFollowViews(t *testing.T) {
 	proxyHealthy.Store(true)
 
 	// A failed sync changes nothing.
-	failed := synced(viewOf(IPv4))
+	failed := synced(viewOf(model.IPv4))
 	failed.Families[0].Err = errors.New("restore failed")
 	s.Observe(failed)
 	expectAnswer(t, "web after a failed sync", web, http.StatusOK, 2, true)
@@ -139,15 +140,15 @@ func TestHealthCheckServersFollowViews(t *testing.T) {
 	// web goes away; api gets a local endpoint in IPv6 only (a dual-stack
 	// service whose IPv4 slice lags).
 	s.Observe(synced(
-		viewOf(IPv4, lbPort("api", api, "grpc", remote)),
-		viewOf(IPv6, lbPort("api", api, "grpc", endpointAt("[fd00::1]:8080", true))),
+		viewOf(model.IPv4, lbPort("api", api, "grpc", remote)),
+		viewOf(model.IPv6, lbPort("api", api, "grpc", endpointAt("[fd00::1]:8080", true))),
 	))
 	expectClosed(t, "web after its service went away", web)
 	expectAnswer(t, "api with a local IPv6 endpoint", api, http.StatusOK, 1, true)
 
 	// api's health check port moves.
 	moved := freePort(t)
-	s.Observe(synced(viewOf(IPv4, lbPort("api", moved, "grpc", local1))))
+	s.Observe(synced(viewOf(model.IPv4, lbPort("api", moved, "grpc", local1))))
 	expectClosed(t, "api's old port", api)
 	expectAnswer(t, "api on its new port", moved, http.StatusOK, 1, true)
 
@@ -168,7 +169,7 @@ func TestHealthCheckPortInUseIsLoggedNotFatal(t *testing.T) {
 	free := freePort(t)
 
 	local := endpointAt("10.0.0.1:8080", true)
-	s.Observe(synced(viewOf(IPv4, lbPort("busy", busy, "", local), lbPort("free", free, "", local))))
+	s.Observe(synced(viewOf(model.IPv4, lbPort("busy", busy, "", local), lbPort("free", free, "", local))))
 
 	expectAnswer(t, "the service whose port is free", free, http.StatusOK, 1, true)
 	warned := logs.FilterMessage("health check node port cannot be served").All()

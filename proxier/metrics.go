@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/svcproxy/svcproxy/model"
 	"k8s.io/utils/clock"
 )
 
@@ -50,7 +51,7 @@ func programmingBuckets() []float64 {
 
 // NewMetrics registers the metrics with reg; the change counters and the
 // last-queued time are read from tracker when scraped.
-func NewMetrics(reg prometheus.Registerer, tracker *Tracker, families []Family, clk clock.PassiveClock) *Metrics {
+func NewMetrics(reg prometheus.Registerer, tracker *Tracker, families []model.Family, clk clock.PassiveClock) *Metrics {
 	family := []string{"ip_family"}
 	histogram := func(name, help string, buckets []float64) *prometheus.HistogramVec {
 		return prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -123,7 +124,7 @@ func (m *Metrics) Observe(r *SyncReport) {
 // countNoLocalEndpoints counts, as kube-proxy does, the service ports that
 // have endpoints but none this node may use for a Local policy: internal
 // (the ClusterIP drops traffic) and external (outside traffic is dropped).
-func countNoLocalEndpoints(v *NodeView) (internal, external int) {
+func countNoLocalEndpoints(v *model.NodeView) (internal, external int) {
 	for _, sp := range v.Services {
 		if !sp.HasEndpoints {
 			continue
@@ -174,12 +175,12 @@ func unixSeconds(t time.Time) float64 {
 // the pending gauges and totals are as of the scrape and agree.
 type changeCollector struct {
 	tracker  *Tracker
-	families []Family
+	families []model.Family
 
 	endpointsPending, endpointsTotal, servicesPending, servicesTotal, lastQueued *prometheus.Desc
 }
 
-func newChangeCollector(tracker *Tracker, families []Family) *changeCollector {
+func newChangeCollector(tracker *Tracker, families []model.Family) *changeCollector {
 	name := func(n string) string { return prometheus.BuildFQName(metricsSubsystem, "", n) }
 	return &changeCollector{
 		tracker:          tracker,

@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 	clocktesting "k8s.io/utils/clock/testing"
 
+	"github.com/svcproxy/svcproxy/model"
 	pt "github.com/svcproxy/svcproxy/proxier/proxiertest"
 )
 
@@ -55,18 +56,20 @@ func scrape(t *testing.T, reg *prometheus.Registry) map[string]float64 {
 	return out
 }
 
-func endpointAt(addr string, local bool) Endpoint {
-	return Endpoint{Addr: netip.MustParseAddrPort(addr), Local: local, Ready: true, Serving: true}
+func endpointAt(addr string, local bool) model.Endpoint {
+	return model.Endpoint{Addr: netip.MustParseAddrPort(addr), Local: local, Ready: true, Serving: true}
 }
 
 // noLocalView has the ports kube-proxy counts: internal policy Local with
 // endpoints elsewhere only (with and without a node port), external policy
 // Local without a local endpoint, one that is fine and one with no
 // endpoints at all (counted nowhere).
-func noLocalView(fam Family) *NodeView {
-	port := func(name string) ServicePortName { return ServicePortName{"ns", name, "http", TCP} }
-	remote := []Endpoint{endpointAt("10.0.1.5:8080", false)}
-	return &NodeView{Family: fam, Services: map[ServicePortName]*ServicePort{
+func noLocalView(fam model.Family) *model.NodeView {
+	port := func(name string) model.ServicePortName {
+		return model.ServicePortName{Namespace: "ns", Name: name, Port: "http", Protocol: model.TCP}
+	}
+	remote := []model.Endpoint{endpointAt("10.0.1.5:8080", false)}
+	return &model.NodeView{Family: fam, Services: map[model.ServicePortName]*model.ServicePort{
 		port("internal-local"): {Name: port("internal-local"), InternalPolicyLocal: true, ExternalClusterEndpoints: remote, NodePort: 30001, HasEndpoints: true},
 		port("internal-only"):  {Name: port("internal-only"), InternalPolicyLocal: true, HasEndpoints: true},
 		port("external-local"): {Name: port("external-local"), ExternalPolicyLocal: true, NodePort: 30002, ClusterEndpoints: remote, HasEndpoints: true},
@@ -79,7 +82,7 @@ func TestMetricsFromSyncReport(t *testing.T) {
 	clock := clocktesting.NewFakeClock(t0)
 	tracker := NewTracker(zap.NewNop(), clock.Now)
 	reg := prometheus.NewRegistry()
-	m := NewMetrics(reg, tracker, []Family{IPv4, IPv6}, clock)
+	m := NewMetrics(reg, tracker, []model.Family{model.IPv4, model.IPv6}, clock)
 
 	tracker.UpsertService(webService())
 	tracker.UpsertEndpointSlice(pt.Slice("ns", "web-1", "web", pt.SlicePort("http", "TCP", 8080),
@@ -88,8 +91,8 @@ func TestMetricsFromSyncReport(t *testing.T) {
 	clock.Step(time.Second) // the sync ends 2.5s after the trigger
 
 	m.Observe(&SyncReport{Full: false, Snapshot: snap, Families: []FamilyReport{
-		{Family: IPv4, View: noLocalView(IPv4), Result: SyncResult{Full: true}, Duration: 30 * time.Millisecond},
-		{Family: IPv6, View: noLocalView(IPv6), Err: errors.New("ip6tables-restore: exit status 1"), Duration: 3 * time.Millisecond},
+		{Family: model.IPv4, View: noLocalView(model.IPv4), Result: model.SyncResult{Full: true}, Duration: 30 * time.Millisecond},
+		{Family: model.IPv6, View: noLocalView(model.IPv6), Err: errors.New("ip6tables-restore: exit status 1"), Duration: 3 * time.Millisecond},
 	}})
 	probes := m.InstrumentHealth(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Query().Has("down") {

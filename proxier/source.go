@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/svcproxy/svcproxy/model"
 	"go.uber.org/zap"
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -185,7 +186,7 @@ func (s *Source) notSynced() error {
 // WaitForNode waits, until ctx ends, for this node's Node object to exist
 // with an address, as kube-proxy does before it decides the node's IP
 // families. It returns what it last saw and whether that has addresses.
-func (s *Source) WaitForNode(ctx context.Context) (NodeInfo, bool) {
+func (s *Source) WaitForNode(ctx context.Context) (model.NodeInfo, bool) {
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	for {
@@ -199,7 +200,7 @@ func (s *Source) WaitForNode(ctx context.Context) (NodeInfo, bool) {
 		case <-ctx.Done():
 			n, err := s.nodes.Get(s.cfg.NodeName)
 			if err != nil {
-				return NodeInfo{Name: s.cfg.NodeName}, false
+				return model.NodeInfo{Name: s.cfg.NodeName}, false
 			}
 			return NodeInfoFromNode(n), false
 		case <-tick.C:
@@ -211,8 +212,8 @@ func (s *Source) WaitForNode(ctx context.Context) (NodeInfo, bool) {
 // addresses, then its ExternalIP ones (kube-proxy's order, so the first is
 // the node's primary IP), its zone label and its pod CIDRs. Unparsable
 // values are left out.
-func NodeInfoFromNode(n *v1.Node) NodeInfo {
-	info := NodeInfo{Name: n.Name, Zone: n.Labels[v1.LabelTopologyZone]}
+func NodeInfoFromNode(n *v1.Node) model.NodeInfo {
+	info := model.NodeInfo{Name: n.Name, Zone: n.Labels[v1.LabelTopologyZone]}
 	for _, kind := range []v1.NodeAddressType{v1.NodeInternalIP, v1.NodeExternalIP} {
 		for _, a := range n.Status.Addresses {
 			if a.Type != kind {

@@ -17,6 +17,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 
+	"github.com/svcproxy/svcproxy/model"
 	pt "github.com/svcproxy/svcproxy/proxier/proxiertest"
 )
 
@@ -108,7 +109,7 @@ func TestSourceFeedsTrackerFromInformers(t *testing.T) {
 	if got := sliceAddrs(snap, web); !slices.Equal(got, []string{"web-1=10.0.0.1"}) {
 		t.Errorf("web's endpoints %v (the headless slice must be left out)", got)
 	}
-	wantNode := NodeInfo{Name: "node-a", Zone: "zone-1",
+	wantNode := model.NodeInfo{Name: "node-a", Zone: "zone-1",
 		Addresses: []netip.Addr{netip.MustParseAddr("192.168.50.1"), netip.MustParseAddr("fd00:50::1"), netip.MustParseAddr("203.0.113.7")},
 		PodCIDRs:  []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24"), netip.MustParsePrefix("fd00:244:1::/64")}}
 	if !nodeEqual(snap.Node, wantNode) || !nodeEqual(node, wantNode) {
@@ -173,7 +174,7 @@ func TestNodeInfoFromNodeSkipsBadValues(t *testing.T) {
 		}},
 	}
 	got := NodeInfoFromNode(n)
-	want := NodeInfo{Name: "n", Addresses: []netip.Addr{netip.MustParseAddr("192.168.1.1")},
+	want := model.NodeInfo{Name: "n", Addresses: []netip.Addr{netip.MustParseAddr("192.168.1.1")},
 		PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.3.0/24")}}
 	if !nodeEqual(got, want) {
 		t.Errorf("got %+v, want %+v", got, want)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/svcproxy/svcproxy/model"
 	"go.uber.org/zap"
 	"k8s.io/utils/clock"
 )
@@ -15,7 +16,7 @@ import (
 // the first sync of a process: the cleaner must then judge the entries it
 // finds against next, deleting only those next makes stale (never a flush).
 type FlowCleaner interface {
-	Clean(ctx context.Context, prev, next *NodeView) error
+	Clean(ctx context.Context, prev, next *model.NodeView) error
 }
 
 // SyncReport tells what one sync did, for metrics, health and logs.
@@ -42,9 +43,9 @@ func (r *SyncReport) Err() error {
 
 // FamilyReport is one backend's part of a sync.
 type FamilyReport struct {
-	Family   Family
-	View     *NodeView // what the backend was asked to program
-	Result   SyncResult
+	Family   model.Family
+	View     *model.NodeView // what the backend was asked to program
+	Result   model.SyncResult
 	Err      error
 	Duration time.Duration // this family's compute, apply and conntrack cleanup
 }
@@ -65,15 +66,15 @@ type Syncer struct {
 	// computed and the snapshot it came from, which lets Update redo only
 	// the services that changed (it is a memo: dropping it costs time, not
 	// correctness).
-	applied  map[Family]*NodeView
-	computed map[Family]computedView
+	applied  map[model.Family]*model.NodeView
+	computed map[model.Family]computedView
 	// cleaned is, per family, the view up to which stale flows are gone.
-	cleaned map[Family]*NodeView
+	cleaned map[model.Family]*model.NodeView
 }
 
 type computedView struct {
 	snap *Snapshot
-	view *NodeView
+	view *model.NodeView
 }
 
 // NewSyncer wires a tracker to backends; flows may be nil.
@@ -84,9 +85,9 @@ func NewSyncer(tracker *Tracker, backends []Backend, flows FlowCleaner, clk cloc
 		flows:    flows,
 		clock:    clk,
 		log:      log,
-		applied:  map[Family]*NodeView{},
-		computed: map[Family]computedView{},
-		cleaned:  map[Family]*NodeView{},
+		applied:  map[model.Family]*model.NodeView{},
+		computed: map[model.Family]computedView{},
+		cleaned:  map[model.Family]*model.NodeView{},
 	}
 }
 
@@ -136,7 +137,7 @@ func (s *Syncer) syncFamily(ctx context.Context, b Backend, snap *Snapshot, full
 // rules, but it keeps its baseline, so the next sync deletes what this one
 // could not: a UDP client that keeps a flow alive would otherwise stay
 // pinned to a dead endpoint for good.
-func (s *Syncer) cleanFlows(ctx context.Context, fam Family, view *NodeView) {
+func (s *Syncer) cleanFlows(ctx context.Context, fam model.Family, view *model.NodeView) {
 	if s.flows == nil {
 		return
 	}

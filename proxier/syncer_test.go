@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/svcproxy/svcproxy/model"
 	"go.uber.org/zap"
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -14,20 +15,20 @@ import (
 
 // recordingBackend remembers what each Sync was given and fails on demand.
 type recordingBackend struct {
-	family Family
+	family model.Family
 	fail   bool
 	calls  []backendCall
 }
 
-type backendCall struct{ view, prev *NodeView }
+type backendCall struct{ view, prev *model.NodeView }
 
-func (b *recordingBackend) Family() Family { return b.family }
-func (b *recordingBackend) Sync(_ context.Context, view, prev *NodeView) (SyncResult, error) {
+func (b *recordingBackend) Family() model.Family { return b.family }
+func (b *recordingBackend) Sync(_ context.Context, view, prev *model.NodeView) (model.SyncResult, error) {
 	b.calls = append(b.calls, backendCall{view, prev})
 	if b.fail {
-		return SyncResult{}, errors.New("iptables-restore: line 3 failed")
+		return model.SyncResult{}, errors.New("iptables-restore: line 3 failed")
 	}
-	return SyncResult{Full: prev == nil}, nil
+	return model.SyncResult{Full: prev == nil}, nil
 }
 func (b *recordingBackend) Intact(context.Context) (bool, error) { return true, nil }
 func (b *recordingBackend) Cleanup(context.Context) error        { return nil }
@@ -37,7 +38,7 @@ type recordingCleaner struct {
 	fail  bool
 }
 
-func (c *recordingCleaner) Clean(_ context.Context, prev, next *NodeView) error {
+func (c *recordingCleaner) Clean(_ context.Context, prev, next *model.NodeView) error {
 	c.calls = append(c.calls, backendCall{next, prev})
 	if c.fail {
 		return errors.New("conntrack dump interrupted")
@@ -88,7 +89,7 @@ func (f *syncerFixture) mustAddAndSync(name, ip string, full bool) {
 }
 
 func TestSyncerPassesPrevOnlyForPartialSyncs(t *testing.T) {
-	b4 := &recordingBackend{family: IPv4}
+	b4 := &recordingBackend{family: model.IPv4}
 	f := newSyncerFixture(t, b4)
 	flows := f.flows
 	f.mustAddAndSync("a", "10.96.0.1", true)
@@ -110,8 +111,8 @@ func TestSyncerPassesPrevOnlyForPartialSyncs(t *testing.T) {
 }
 
 func TestSyncerKeepsLastGoodViewAcrossFailures(t *testing.T) {
-	b4 := &recordingBackend{family: IPv4}
-	b6 := &recordingBackend{family: IPv6}
+	b4 := &recordingBackend{family: model.IPv4}
+	b6 := &recordingBackend{family: model.IPv6}
 	f := newSyncerFixture(t, b4, b6)
 	flows := f.flows
 	f.mustAddAndSync("a", "10.96.0.1", true)
@@ -149,7 +150,7 @@ func TestSyncerKeepsLastGoodViewAcrossFailures(t *testing.T) {
 // A cleanup that fails is retried from the same baseline after the next
 // sync, so the stale flows it missed are not forgotten.
 func TestSyncerRetriesFailedFlowCleanupFromItsBaseline(t *testing.T) {
-	b4 := &recordingBackend{family: IPv4}
+	b4 := &recordingBackend{family: model.IPv4}
 	f := newSyncerFixture(t, b4)
 	flows := f.flows
 	f.mustAddAndSync("a", "10.96.0.1", true)

@@ -1,6 +1,9 @@
 package proxier
 
-import "slices"
+import (
+	"github.com/svcproxy/svcproxy/model"
+	"slices"
+)
 
 // topologyMode is how a service port's ready endpoints are narrowed for
 // this node before the Cluster traffic policy uses them.
@@ -35,7 +38,7 @@ const (
 // node's zone if there are any, and otherwise all of them. Hints, when a
 // controller did write any, always win: partial hints are the controller's
 // way of asking for no narrowing, and kube-proxy honours that.
-func topologyFor(cands []candidate, dist TrafficDistribution, node NodeInfo) topologyMode {
+func topologyFor(cands []candidate, dist TrafficDistribution, node model.NodeInfo) topologyMode {
 	h := surveyHints(cands, node)
 	switch {
 	case !h.anyReady:
@@ -68,7 +71,7 @@ type hintSurvey struct {
 	readyInZone  bool // some ready endpoint is in this node's (non-empty) zone
 }
 
-func surveyHints(cands []candidate, node NodeInfo) hintSurvey {
+func surveyHints(cands []candidate, node model.NodeInfo) hintSurvey {
 	h := hintSurvey{allNodeHints: true, allZoneHints: true}
 	for i := range cands {
 		c := &cands[i]
@@ -89,7 +92,7 @@ func surveyHints(cands []candidate, node NodeInfo) hintSurvey {
 }
 
 // allows reports whether the mode lets this node use an endpoint.
-func (m topologyMode) allows(e *SliceEndpoint, node NodeInfo) bool {
+func (m topologyMode) allows(e *SliceEndpoint, node model.NodeInfo) bool {
 	switch m {
 	case topologyNodeHints:
 		return slices.Contains(e.NodeHints, node.Name)

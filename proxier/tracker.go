@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/svcproxy/svcproxy/model"
 	"go.uber.org/zap"
 	v1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -38,7 +39,7 @@ type Tracker struct {
 	// sliceOwner remembers which service each slice was filed under, so a
 	// slice whose service label changes is removed from the old service.
 	sliceOwner map[sliceKey]ServiceName
-	node       NodeInfo
+	node       model.NodeInfo
 	pending    pendingChanges
 	last       *Snapshot
 	// counts feeds ChangeStats: cumulative counts and the latest queue time.
@@ -65,7 +66,7 @@ type pendingChanges struct {
 // plus what changed since the previous snapshot. Nothing reachable from it
 // may be modified.
 type Snapshot struct {
-	Node NodeInfo
+	Node model.NodeInfo
 
 	// NodeChanged: the node's name, zone, addresses or CIDRs changed, which
 	// can change every service port.
@@ -205,7 +206,7 @@ func (t *Tracker) DeleteEndpointSlice(namespace, name string) {
 }
 
 // SetNode records this node's name, zone, addresses and CIDRs.
-func (t *Tracker) SetNode(n NodeInfo) {
+func (t *Tracker) SetNode(n model.NodeInfo) {
 	n = cloneNode(n)
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -396,13 +397,13 @@ func findSlice(list []*EndpointSlice, name string) *EndpointSlice {
 
 func compareSliceName(s *EndpointSlice, name string) int { return strings.Compare(s.Name, name) }
 
-func cloneNode(n NodeInfo) NodeInfo {
+func cloneNode(n model.NodeInfo) model.NodeInfo {
 	n.Addresses = slices.Clone(n.Addresses)
 	n.PodCIDRs = slices.Clone(n.PodCIDRs)
 	return n
 }
 
-func nodeEqual(a, b NodeInfo) bool {
+func nodeEqual(a, b model.NodeInfo) bool {
 	return a.Name == b.Name && a.Zone == b.Zone &&
 		slices.Equal(a.Addresses, b.Addresses) && slices.Equal(a.PodCIDRs, b.PodCIDRs)
 }

@@ -13,6 +13,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 
+	"github.com/svcproxy/svcproxy/model"
 	pt "github.com/svcproxy/svcproxy/proxier/proxiertest"
 )
 
@@ -336,13 +337,13 @@ func TestTrackerTriggerTimes(t *testing.T) {
 
 func TestTrackerNode(t *testing.T) {
 	tr, _, _ := newTestTracker()
-	node := NodeInfo{Name: "node-a", Zone: "z1", Addresses: addrs("192.168.0.10")}
+	node := model.NodeInfo{Name: "node-a", Zone: "z1", Addresses: addrs("192.168.0.10")}
 	tr.SetNode(node)
 	snap := tr.Snapshot()
 	if !snap.NodeChanged || snap.Node.Name != "node-a" {
 		t.Errorf("after SetNode: NodeChanged %v, node %+v", snap.NodeChanged, snap.Node)
 	}
-	tr.SetNode(NodeInfo{Name: "node-a", Zone: "z1", Addresses: addrs("192.168.0.10")})
+	tr.SetNode(model.NodeInfo{Name: "node-a", Zone: "z1", Addresses: addrs("192.168.0.10")})
 	if signalled(tr) || tr.Snapshot().NodeChanged {
 		t.Error("an identical node was reported as a change")
 	}
@@ -350,7 +351,7 @@ func TestTrackerNode(t *testing.T) {
 	if got := tr.Snapshot().Node.Addresses[0]; got != addrs("192.168.0.10")[0] {
 		t.Errorf("the tracker shares the caller's address slice: now %v", got)
 	}
-	tr.SetNode(NodeInfo{Name: "node-a", Zone: "z2"})
+	tr.SetNode(model.NodeInfo{Name: "node-a", Zone: "z2"})
 	if snap := tr.Snapshot(); !snap.NodeChanged || snap.Node.Zone != "z2" {
 		t.Errorf("zone change: NodeChanged %v, zone %q", snap.NodeChanged, snap.Node.Zone)
 	}

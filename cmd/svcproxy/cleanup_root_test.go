@@ -8,15 +8,15 @@ import (
 
 	"github.com/svcproxy/svcproxy/internal/netnstest"
 	"github.com/svcproxy/svcproxy/iptables"
-	"github.com/svcproxy/svcproxy/proxier"
+	"github.com/svcproxy/svcproxy/model"
 )
 
 // oneService is a view with one ClusterIP service port and one endpoint.
-func oneService(family proxier.Family, clusterIP, endpoint string) *proxier.NodeView {
-	name := proxier.ServicePortName{Namespace: "ns", Name: "web", Port: "http", Protocol: proxier.TCP}
-	return &proxier.NodeView{Family: family, Services: map[proxier.ServicePortName]*proxier.ServicePort{
+func oneService(family model.Family, clusterIP, endpoint string) *model.NodeView {
+	name := model.ServicePortName{Namespace: "ns", Name: "web", Port: "http", Protocol: model.TCP}
+	return &model.NodeView{Family: family, Services: map[model.ServicePortName]*model.ServicePort{
 		name: {Name: name, ClusterIP: netip.MustParseAddr(clusterIP), Port: 80,
-			ClusterEndpoints: []proxier.Endpoint{{Addr: netip.MustParseAddrPort(endpoint), Ready: true, Serving: true}}},
+			ClusterEndpoints: []model.Endpoint{{Addr: netip.MustParseAddrPort(endpoint), Ready: true, Serving: true}}},
 	}}
 }
 
@@ -28,10 +28,10 @@ func TestCleanupFlagRemovesEverySvcproxyRuleInTheNamespace(t *testing.T) {
 	ns := netnstest.NewNS(t, "node")
 	programmed := []struct {
 		flavor iptables.Flavor
-		view   *proxier.NodeView
+		view   *model.NodeView
 	}{
-		{iptables.FlavorNFT, oneService(proxier.IPv4, "10.96.0.10", "10.244.0.11:8080")},
-		{iptables.FlavorLegacy, oneService(proxier.IPv6, "fd00:96::10", "[fd00:244::11]:8080")},
+		{iptables.FlavorNFT, oneService(model.IPv4, "10.96.0.10", "10.244.0.11:8080")},
+		{iptables.FlavorLegacy, oneService(model.IPv6, "fd00:96::10", "[fd00:244::11]:8080")},
 	}
 	for _, p := range programmed {
 		err := ns.Do(func() error {
@@ -58,7 +58,7 @@ func TestCleanupFlagRemovesEverySvcproxyRuleInTheNamespace(t *testing.T) {
 	}
 
 	for _, flavor := range []iptables.Flavor{iptables.FlavorNFT, iptables.FlavorLegacy} {
-		for _, family := range []proxier.Family{proxier.IPv4, proxier.IPv6} {
+		for _, family := range []model.Family{model.IPv4, model.IPv6} {
 			save := ns.MustRun(flavor.Binary(family, "-save"))
 			if strings.Contains(save, "SVCPROXY") {
 				t.Errorf("%s %s still holds svcproxy rules after --cleanup:\n%s", flavor, family, save)

@@ -24,6 +24,7 @@ import (
 
 	"github.com/svcproxy/svcproxy/conntrack"
 	"github.com/svcproxy/svcproxy/iptables"
+	"github.com/svcproxy/svcproxy/model"
 	"github.com/svcproxy/svcproxy/proxier"
 )
 
@@ -51,8 +52,8 @@ type proxy struct {
 	tracker  *proxier.Tracker
 	health   *proxier.Health
 	source   *proxier.Source
-	node     proxier.NodeInfo
-	families []proxier.Family
+	node     model.NodeInfo
+	families []model.Family
 	backends []proxier.Backend
 }
 
@@ -201,7 +202,7 @@ func apiServer(cfg Config) string {
 	return loaded.Host
 }
 
-func (d *daemon) waitForNode(ctx context.Context, source *proxier.Source, name string) proxier.NodeInfo {
+func (d *daemon) waitForNode(ctx context.Context, source *proxier.Source, name string) model.NodeInfo {
 	wait, cancel := context.WithTimeout(ctx, d.cfg.NodeTimeout)
 	defer cancel()
 	node, ok := source.WaitForNode(wait)
@@ -220,7 +221,7 @@ func (d *daemon) makeBackends(ctx context.Context, p *proxy) error {
 	if err != nil {
 		return err
 	}
-	p.families, err = chooseFamilies(p.node, func(f proxier.Family) error { return d.ipt.works(ctx, f, flavor) })
+	p.families, err = chooseFamilies(p.node, func(f model.Family) error { return d.ipt.works(ctx, f, flavor) })
 	if err != nil {
 		return err
 	}
@@ -236,7 +237,7 @@ func (d *daemon) makeBackends(ctx context.Context, p *proxy) error {
 	return nil
 }
 
-func (d *daemon) iptablesConfig(node proxier.NodeInfo) iptables.Config {
+func (d *daemon) iptablesConfig(node model.NodeInfo) iptables.Config {
 	cfg := iptables.Config{ClusterCIDRs: d.cfg.ClusterCIDRs, MasqueradeAll: d.cfg.MasqueradeAll,
 		NodePortAddresses: d.cfg.NodePortAddresses, MasqueradeBit: d.cfg.MasqueradeBit}
 	if d.cfg.MasqueradeBit == 0 {

@@ -7,7 +7,7 @@ import (
 	"sync"
 
 	"github.com/svcproxy/svcproxy/iptables"
-	"github.com/svcproxy/svcproxy/proxier"
+	"github.com/svcproxy/svcproxy/model"
 )
 
 // fakeHost is iptables of both flavors and families as fake kernels; a
@@ -18,7 +18,7 @@ type fakeHost struct {
 	kernels map[string]*iptables.FakeKernel // by kernelKey
 }
 
-func kernelKey(flavor iptables.Flavor, family proxier.Family) string {
+func kernelKey(flavor iptables.Flavor, family model.Family) string {
 	return string(flavor) + "/" + family.String()
 }
 
@@ -37,9 +37,9 @@ func (h *fakeHost) Run(ctx context.Context, name string, args []string, stdin []
 	defer h.mu.Unlock()
 	base, rest, _ := strings.Cut(name, "-")
 	flavor, _, _ := strings.Cut(rest, "-")
-	family := proxier.IPv4
+	family := model.IPv4
 	if base == "ip6tables" {
-		family = proxier.IPv6
+		family = model.IPv6
 	}
 	k := h.kernels[kernelKey(iptables.Flavor(flavor), family)]
 	if k == nil {
@@ -70,7 +70,7 @@ func (h *fakeHost) addChain(key string, table iptables.Table, chain string, rule
 
 // access is the daemon's view of this host.
 func (h *fakeHost) access() iptablesAccess {
-	return iptablesAccess{run: h, backend: func(cfg iptables.Config, family proxier.Family, flavor iptables.Flavor) (*iptables.Backend, error) {
+	return iptablesAccess{run: h, backend: func(cfg iptables.Config, family model.Family, flavor iptables.Flavor) (*iptables.Backend, error) {
 		rules := lockedRules{h: h, k: h.kernels[kernelKey(flavor, family)]}
 		a, err := iptables.NewApplier(iptables.ApplierConfig{Family: family, Flavor: flavor,
 			Jumps: iptables.JumpRules(cfg, family), TopChains: iptables.TopChains(), Run: h, Rules: rules})

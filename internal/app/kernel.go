@@ -8,7 +8,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/svcproxy/svcproxy/iptables"
-	"github.com/svcproxy/svcproxy/proxier"
+	"github.com/svcproxy/svcproxy/model"
 )
 
 // iptablesAccess is how the daemon reaches iptables: the real binaries,
@@ -17,7 +17,7 @@ type iptablesAccess struct {
 	// run runs iptables binaries: the probes and the flavor detection.
 	run iptables.Runner
 	// backend makes the backend of one family and flavor.
-	backend func(cfg iptables.Config, family proxier.Family, flavor iptables.Flavor) (*iptables.Backend, error)
+	backend func(cfg iptables.Config, family model.Family, flavor iptables.Flavor) (*iptables.Backend, error)
 }
 
 func hostIPTables() iptablesAccess {
@@ -26,7 +26,7 @@ func hostIPTables() iptablesAccess {
 
 // works checks that a family's iptables of a flavor can be used here: the
 // binary exists and the kernel has the family's nat table.
-func (a iptablesAccess) works(ctx context.Context, family proxier.Family, flavor iptables.Flavor) error {
+func (a iptablesAccess) works(ctx context.Context, family model.Family, flavor iptables.Flavor) error {
 	_, err := a.run.Run(ctx, flavor.Binary(family, "-save"), []string{"-t", string(iptables.TableNAT)}, nil)
 	return err
 }
@@ -47,27 +47,27 @@ func (a iptablesAccess) flavor(ctx context.Context, name string) (iptables.Flavo
 // services of the other family, and a node that gains an address of it,
 // are served without a restart, and the cost of an idle family is a few
 // empty chains.
-func chooseFamilies(node proxier.NodeInfo, works func(proxier.Family) error) ([]proxier.Family, error) {
-	primary, secondary := proxier.IPv4, proxier.IPv6
-	if len(node.Addresses) > 0 && proxier.FamilyOf(node.Addresses[0]) == proxier.IPv6 {
-		primary, secondary = proxier.IPv6, proxier.IPv4
+func chooseFamilies(node model.NodeInfo, works func(model.Family) error) ([]model.Family, error) {
+	primary, secondary := model.IPv4, model.IPv6
+	if len(node.Addresses) > 0 && model.FamilyOf(node.Addresses[0]) == model.IPv6 {
+		primary, secondary = model.IPv6, model.IPv4
 	}
 	if err := works(primary); err != nil {
 		return nil, fmt.Errorf("no support for the node's primary IP family %s: %w", primary, err)
 	}
 	if works(secondary) != nil {
-		return []proxier.Family{primary}, nil
+		return []model.Family{primary}, nil
 	}
-	return []proxier.Family{primary, secondary}, nil
+	return []model.Family{primary, secondary}, nil
 }
 
 // primaryNodePortAddresses is kube-proxy's --nodeport-addresses=primary:
 // the node's primary IP of each family, loopback left out.
-func primaryNodePortAddresses(node proxier.NodeInfo) []netip.Prefix {
+func primaryNodePortAddresses(node model.NodeInfo) []netip.Prefix {
 	var out []netip.Prefix
-	seen := map[proxier.Family]bool{}
+	seen := map[model.Family]bool{}
 	for _, a := range node.Addresses {
-		fam := proxier.FamilyOf(a)
+		fam := model.FamilyOf(a)
 		if seen[fam] || a.IsLoopback() {
 			continue
 		}
@@ -86,7 +86,7 @@ func Cleanup(ctx context.Context, log *zap.Logger) error {
 func cleanup(ctx context.Context, ipt iptablesAccess, log *zap.Logger) error {
 	var errs []error
 	for _, flavor := range []iptables.Flavor{iptables.FlavorNFT, iptables.FlavorLegacy} {
-		for _, family := range []proxier.Family{proxier.IPv4, proxier.IPv6} {
+		for _, family := range []model.Family{model.IPv4, model.IPv6} {
 			if err := ipt.works(ctx, family, flavor); err != nil {
 				log.Debug("nothing to clean up: iptables unusable", zap.String("flavor", string(flavor)),
 					zap.Stringer("family", family), zap.Error(err))

@@ -13,7 +13,7 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/svcproxy/svcproxy/proxier"
+	"github.com/svcproxy/svcproxy/model"
 )
 
 // MaxChainName is the longest chain name iptables accepts.
@@ -26,13 +26,13 @@ var builtinChains = map[string][]string{
 
 // Ruleset is the rules of one family: table, then chain, then rules.
 type Ruleset struct {
-	family proxier.Family
+	family model.Family
 	tables map[string]map[string][]*rule
 }
 
 // New returns a ruleset of a family holding only the empty built-in chains
 // of the nat and filter tables, as a fresh network namespace has.
-func New(family proxier.Family) *Ruleset {
+func New(family model.Family) *Ruleset {
 	rs := &Ruleset{family: family, tables: map[string]map[string][]*rule{}}
 	for table, chains := range builtinChains {
 		rs.tables[table] = map[string][]*rule{}
@@ -117,7 +117,7 @@ func declareChain(t map[string][]*rule, line string) error {
 	return nil
 }
 
-func appendRule(family proxier.Family, t map[string][]*rule, table, text string) error {
+func appendRule(family model.Family, t map[string][]*rule, table, text string) error {
 	chain, args, _ := strings.Cut(text, " ")
 	if _, ok := t[chain]; !ok {
 		return fmt.Errorf("no chain %q", chain)

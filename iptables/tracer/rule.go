@@ -7,7 +7,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/svcproxy/svcproxy/proxier"
+	"github.com/svcproxy/svcproxy/model"
 )
 
 // rule is a parsed rule: every match must hold for its target to apply.
@@ -58,7 +58,7 @@ type target struct {
 // ruleParser walks a rule's tokens: options before -m belong to the rule,
 // options after -m NAME to that module, options after -j to the target.
 type ruleParser struct {
-	family proxier.Family
+	family model.Family
 	table  string
 	tokens []string
 	i      int
@@ -68,7 +68,7 @@ type ruleParser struct {
 	neg    bool
 }
 
-func parseRule(family proxier.Family, table string, tokens []string) (*rule, error) {
+func parseRule(family model.Family, table string, tokens []string) (*rule, error) {
 	p := &ruleParser{family: family, table: table, tokens: tokens, r: &rule{text: strings.Join(quoteComments(tokens), " ")}}
 	for p.i < len(tokens) {
 		if err := p.next(); err != nil {
@@ -149,7 +149,7 @@ func (p *ruleParser) address(opt string) error {
 	if prefix != prefix.Masked() {
 		return fmt.Errorf("%s %s has host bits set", opt, s)
 	}
-	if proxier.FamilyOf(prefix.Addr()) != p.family {
+	if model.FamilyOf(prefix.Addr()) != p.family {
 		return fmt.Errorf("%s %s is not %s", opt, s, p.family)
 	}
 	kind := matchSrc
@@ -290,7 +290,7 @@ func (p *ruleParser) parseTarget() error {
 			return fmt.Errorf("%s outside the filter table", name)
 		}
 		t.verdict, t.rejectWith = name, "icmp-port-unreachable"
-		if p.family == proxier.IPv6 {
+		if p.family == model.IPv6 {
 			t.rejectWith = "icmp6-port-unreachable"
 		}
 	case "DNAT", "MASQUERADE", "MARK":
@@ -344,7 +344,7 @@ func (p *ruleParser) dnatTarget(s string) error {
 		return err
 	case to.Port() != 0 && p.proto == "":
 		return fmt.Errorf("DNAT to a port needs -p")
-	case proxier.FamilyOf(to.Addr()) != p.family:
+	case model.FamilyOf(to.Addr()) != p.family:
 		return fmt.Errorf("DNAT destination %s is not %s", s, p.family)
 	}
 	p.r.target.to = to

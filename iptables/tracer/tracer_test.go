@@ -5,12 +5,12 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/svcproxy/svcproxy/proxier"
+	"github.com/svcproxy/svcproxy/model"
 )
 
 func restored(t *testing.T, text string) *Ruleset {
 	t.Helper()
-	rs := New(proxier.IPv4)
+	rs := New(model.IPv4)
 	if err := rs.Restore([]byte(text)); err != nil {
 		t.Fatal(err)
 	}
@@ -35,7 +35,7 @@ func TestRestoreRefusesWhatIptablesRefuses(t *testing.T) {
 		{"no commit", "*nat\n:X - [0:0]\n", "no COMMIT"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			err := New(proxier.IPv4).Restore([]byte(tc.text))
+			err := New(model.IPv4).Restore([]byte(tc.text))
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("got error %v, want one containing %q", err, tc.want)
 			}

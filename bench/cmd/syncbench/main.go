@@ -20,6 +20,7 @@ import (
 
 	"github.com/svcproxy/svcproxy/bench"
 	"github.com/svcproxy/svcproxy/iptables"
+	"github.com/svcproxy/svcproxy/model"
 	"github.com/svcproxy/svcproxy/proxier"
 )
 
@@ -62,13 +63,13 @@ type harness struct {
 }
 
 func newHarness(flavor iptables.Flavor) (*harness, error) {
-	backend, err := iptables.New(iptables.Config{}, proxier.IPv4, flavor)
+	backend, err := iptables.New(iptables.Config{}, model.IPv4, flavor)
 	if err != nil {
 		return nil, err
 	}
 	h := &harness{backend: backend}
 	h.tracker = proxier.NewTracker(zap.NewNop(), time.Now)
-	h.tracker.SetNode(proxier.NodeInfo{Name: bench.NodeName})
+	h.tracker.SetNode(model.NodeInfo{Name: bench.NodeName})
 	h.syncer = proxier.NewSyncer(h.tracker, []proxier.Backend{backend}, nil, clock.RealClock{}, zap.NewNop())
 	h.syncer.Observe(func(r *proxier.SyncReport) { h.last = r })
 	return h, nil
@@ -77,7 +78,7 @@ func newHarness(flavor iptables.Flavor) (*harness, error) {
 // sample is one timed sync.
 type sample struct {
 	elapsed time.Duration
-	result  proxier.SyncResult
+	result  model.SyncResult
 }
 
 func (h *harness) sync(full bool) (sample, error) {

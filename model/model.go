@@ -1,7 +1,8 @@
-// Package proxier holds svcproxy's model of services and endpoints, the change
-// tracker, the pure Compute step that turns them into a per-node view, and the
-// runner that drives a backend.
-package proxier
+// Package model holds svcproxy's value model: what Compute makes of the API's
+// Services and EndpointSlices for one node and one IP family (NodeView), and
+// what a backend reports of a sync. Backends see nothing else, so they link
+// neither client-go nor Prometheus.
+package model
 
 import (
 	"fmt"
@@ -244,4 +245,13 @@ func (v *NodeView) SortedNames() []ServicePortName {
 	}
 	slices.SortFunc(names, ServicePortName.Compare)
 	return names
+}
+
+// SyncResult reports what one backend sync did, for logs, metrics and benchmarks.
+type SyncResult struct {
+	Full          bool
+	ChainsWritten int // chains (or virtual servers) created or rewritten
+	ChainsDeleted int
+	RulesWritten  int
+	Bytes         int // size of the iptables-restore input, if any
 }
