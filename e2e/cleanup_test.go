@@ -13,7 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/svcproxy/svcproxy/internal/netnstest"
-	"github.com/svcproxy/svcproxy/iptables"
+	"github.com/svcproxy/svcproxy/netfilter"
 	"github.com/svcproxy/svcproxy/proxier"
 )
 
@@ -23,7 +23,7 @@ import (
 // kernel frees them with their rules. (Every cluster's cleanup also checks
 // that svcproxy's own cleanup removed its rules.)
 func TestNothingOutlivesACluster(t *testing.T) {
-	forEachFlavor(t, func(t *testing.T, flavor iptables.Flavor) {
+	forEachFlavor(t, func(t *testing.T, flavor netfilter.Flavor) {
 		var inodes []uint64
 		t.Run("cluster", func(t *testing.T) { inodes = busyCluster(t, flavor) })
 		// Threads that entered a namespace exit just after their goroutine.
@@ -42,7 +42,7 @@ func TestNothingOutlivesACluster(t *testing.T) {
 
 // busyCluster runs a cluster with everything the harness can start and
 // returns the inodes of its namespaces.
-func busyCluster(t *testing.T, flavor iptables.Flavor) []uint64 {
+func busyCluster(t *testing.T, flavor netfilter.Flavor) []uint64 {
 	c := newCluster(t, flavor, 2)
 	serveLines(t, c.Pod(1), 9000)
 	c.upsertService(service("web", []string{"10.96.0.60"}))

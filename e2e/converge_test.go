@@ -14,8 +14,8 @@ import (
 	v1 "k8s.io/api/core/v1"
 
 	"github.com/svcproxy/svcproxy/internal/netnstest"
-	"github.com/svcproxy/svcproxy/iptables"
 	"github.com/svcproxy/svcproxy/model"
+	"github.com/svcproxy/svcproxy/netfilter"
 	"github.com/svcproxy/svcproxy/proxier/proxiertest"
 )
 
@@ -24,7 +24,7 @@ import (
 // as a full sync of the final state writes it: nothing stale, nothing
 // missing in any shared chain.
 func TestPartialSyncsConverge(t *testing.T) {
-	forEachFlavor(t, func(t *testing.T, flavor iptables.Flavor) {
+	forEachFlavor(t, func(t *testing.T, flavor netfilter.Flavor) {
 		c := newCluster(t, flavor, 5)
 		c.Outside().Timeout = netnstest.DefaultTimeout
 		rng := rand.New(rand.NewPCG(7, uint64(len(flavor)))) // reproducible per flavor

@@ -29,6 +29,7 @@ import (
 	"github.com/svcproxy/svcproxy/internal/netnstest"
 	"github.com/svcproxy/svcproxy/iptables"
 	"github.com/svcproxy/svcproxy/model"
+	"github.com/svcproxy/svcproxy/netfilter"
 	"github.com/svcproxy/svcproxy/proxier"
 	"github.com/svcproxy/svcproxy/proxier/proxiertest"
 )
@@ -59,8 +60,8 @@ func clusterCIDRs() []netip.Prefix {
 	return []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:244::/64")}
 }
 
-func forEachFlavor(t *testing.T, test func(t *testing.T, flavor iptables.Flavor)) {
-	for _, flavor := range []iptables.Flavor{iptables.FlavorNFT, iptables.FlavorLegacy} {
+func forEachFlavor(t *testing.T, test func(t *testing.T, flavor netfilter.Flavor)) {
+	for _, flavor := range []netfilter.Flavor{netfilter.FlavorNFT, netfilter.FlavorLegacy} {
 		t.Run(string(flavor), func(t *testing.T) { test(t, flavor) })
 	}
 }
@@ -69,7 +70,7 @@ func forEachFlavor(t *testing.T, test func(t *testing.T, flavor iptables.Flavor)
 type option func(*settings)
 
 type settings struct {
-	cfg  iptables.Config
+	cfg  netfilter.Config
 	zone string
 }
 
@@ -85,7 +86,7 @@ func inZone(zone string) option { return func(s *settings) { s.zone = zone } }
 type cluster struct {
 	*netnstest.Bed
 	t        *testing.T
-	flavor   iptables.Flavor
+	flavor   netfilter.Flavor
 	settings settings
 	flows    *conntrack.Kernel
 	proc     *process
@@ -124,13 +125,13 @@ func (p *process) reportsSince(t time.Time) []*proxier.SyncReport {
 // newCluster builds a bed with pods serving TCP podTCP and UDP podUDP, and
 // starts svcproxy for both families on its node. Everything svcproxy
 // programmed is removed, and checked to be gone, when the test ends.
-func newCluster(t *testing.T, flavor iptables.Flavor, pods int, opts ...option) *cluster {
+func newCluster(t *testing.T, flavor netfilter.Flavor, pods int, opts ...option) *cluster {
 	t.Helper()
 	c := &cluster{
 		Bed:      netnstest.NewBed(t, pods),
 		t:        t,
 		flavor:   flavor,
-		settings: settings{cfg: iptables.Config{ClusterCIDRs: clusterCIDRs()}},
+		settings: settings{cfg: netfilter.Config{ClusterCIDRs: clusterCIDRs()}},
 		services: map[string]*v1.Service{},
 		slices:   map[string]*discoveryv1.EndpointSlice{},
 	}
@@ -233,7 +234,10 @@ func (c *cluster) deleteSlice(name string) {
 func (c *cluster) sync() *proxier.SyncReport {
 	c.t.Helper()
 	start := time.Now()
-	err := c.Node().Do(func() error { return c.proc.syncer.Sync(context.Background(), false) })
+	err := c.Node().Do(func() error {
+		_, err := c.proc.syncer.Sync(context.Background(), false)
+		return err
+	})
 	if err != nil {
 		c.t.Fatalf("sync: %v", err)
 	}
@@ -245,11 +249,15 @@ func (c *cluster) sync() *proxier.SyncReport {
 // call sync while it runs: the runner owns the syncer.
 func (c *cluster) run(cfg proxier.RunnerConfig) (stop func()) {
 	log := zaptest.NewLogger(c.t, zaptest.Level(zap.WarnLevel))
-	inNode := func(ctx context.Context, full bool) error {
+	inNode := func(ctx context.Context, full bool) (recheck time.Duration, err error) {
 		// Stopping lets a sync in progress finish: killing iptables-restore
 		// after its commit would log a failure that is not one.
 		ctx = context.WithoutCancel(ctx)
-		return c.Node().Do(func() error { return c.proc.syncer.Sync(ctx, full) })
+		err = c.Node().Do(func() (err error) {
+			recheck, err = c.proc.syncer.Sync(ctx, full)
+			return err
+		})
+		return recheck, err
 	}
 	intact := func(ctx context.Context) bool {
 		var ok bool
@@ -312,7 +320,7 @@ func (c *cluster) cleanup() {
 			c.t.Error(err)
 			continue
 		}
-		if strings.Contains(saved, iptables.ChainPrefix) {
+		if strings.Contains(saved, netfilter.ChainPrefix) {
 			c.t.Errorf("%v rules left after cleanup:\n%s", family, saved)
 		}
 	}

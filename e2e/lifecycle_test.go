@@ -10,8 +10,8 @@ import (
 
 	"github.com/svcproxy/svcproxy/conntrack"
 	"github.com/svcproxy/svcproxy/internal/netnstest"
-	"github.com/svcproxy/svcproxy/iptables"
 	"github.com/svcproxy/svcproxy/model"
+	"github.com/svcproxy/svcproxy/netfilter"
 	"github.com/svcproxy/svcproxy/proxier"
 	"github.com/svcproxy/svcproxy/proxier/proxiertest"
 )
@@ -21,7 +21,7 @@ import (
 // the conntrack entry that still pinned it to the old one, which is alive
 // and would otherwise go on answering.
 func TestUDPFailover(t *testing.T) {
-	forEachFlavor(t, func(t *testing.T, flavor iptables.Flavor) {
+	forEachFlavor(t, func(t *testing.T, flavor netfilter.Flavor) {
 		c := newCluster(t, flavor, 3)
 		c.upsertService(service("dns", []string{"10.96.0.30"}, nodePorts(30100, 30101)))
 		c.upsertSlice(endpoints("dns", local(c.Pod(1))))
@@ -62,7 +62,7 @@ func expectAsk(t *testing.T, client *netnstest.UDPClient, server string) {
 // ones atomically: an established connection survives, new connections
 // made all along never fail, and no conntrack entry is flushed.
 func TestRestartKeepsTraffic(t *testing.T) {
-	forEachFlavor(t, func(t *testing.T, flavor iptables.Flavor) {
+	forEachFlavor(t, func(t *testing.T, flavor netfilter.Flavor) {
 		c := newCluster(t, flavor, 3)
 		const longPort = 9000
 		for _, pod := range c.Pods()[1:] {
@@ -189,7 +189,7 @@ func (p *probe) stop() (made int, failures []string) {
 // The real Runner notices when another program removes svcproxy's rules
 // and puts them back with a full sync, within its check period.
 func TestDriftIsRepaired(t *testing.T) {
-	forEachFlavor(t, func(t *testing.T, flavor iptables.Flavor) {
+	forEachFlavor(t, func(t *testing.T, flavor netfilter.Flavor) {
 		c := newCluster(t, flavor, 3)
 		c.upsertService(service("web", []string{"10.96.0.33"}))
 		c.upsertSlice(endpoints("web", local(c.Pod(1))))
@@ -207,7 +207,7 @@ func TestDriftIsRepaired(t *testing.T) {
 		}{
 			{"nat table flushed", []string{"-t", "nat", "-F"}},
 			{"PREROUTING jump deleted", []string{"-t", "nat", "-D", "PREROUTING",
-				"-m", "comment", "--comment", "svcproxy service portals", "-j", iptables.ChainPrefix + "SERVICES"}},
+				"-m", "comment", "--comment", "svcproxy service portals", "-j", netfilter.ChainPrefix + "SERVICES"}},
 		} {
 			start := time.Now()
 			c.iptables(model.IPv4, drift.args...)
@@ -262,7 +262,7 @@ func fullSyncSince(p *process, t time.Time, limit time.Duration) *proxier.SyncRe
 // Objects svcproxy cannot program are skipped, or their bad entries
 // dropped, while valid services synced alongside carry traffic.
 func TestBadInputIsSkipped(t *testing.T) {
-	forEachFlavor(t, func(t *testing.T, flavor iptables.Flavor) {
+	forEachFlavor(t, func(t *testing.T, flavor netfilter.Flavor) {
 		c := newCluster(t, flavor, 3)
 		c.upsertService(service("good", []string{"10.96.0.34"}))
 		c.upsertSlice(endpoints("good", local(c.Pod(1)),
@@ -297,7 +297,7 @@ func TestBadInputIsSkipped(t *testing.T) {
 // Partial syncs rewrite only what changed, and everything else keeps
 // carrying traffic; a deleted service's address stops answering.
 func TestPartialSyncsCarryTraffic(t *testing.T) {
-	forEachFlavor(t, func(t *testing.T, flavor iptables.Flavor) {
+	forEachFlavor(t, func(t *testing.T, flavor netfilter.Flavor) {
 		c := newCluster(t, flavor, 5)
 		ips := map[string]string{"a": "10.96.0.40", "b": "10.96.0.41", "c": "10.96.0.42", "d": "10.96.0.43"}
 		for i, name := range []string{"a", "b", "c"} {

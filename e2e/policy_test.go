@@ -4,14 +4,14 @@ import (
 	"testing"
 
 	"github.com/svcproxy/svcproxy/internal/netnstest"
-	"github.com/svcproxy/svcproxy/iptables"
+	"github.com/svcproxy/svcproxy/netfilter"
 	"github.com/svcproxy/svcproxy/proxier/proxiertest"
 )
 
 // New connections spread over every endpoint. With 4 endpoints and 60
 // connections, one endpoint missing out by chance has odds of about 1e-7.
 func TestBalancing(t *testing.T) {
-	forEachFlavor(t, func(t *testing.T, flavor iptables.Flavor) {
+	forEachFlavor(t, func(t *testing.T, flavor netfilter.Flavor) {
 		c := newCluster(t, flavor, 5)
 		backends := c.Pods()[1:]
 		var eps []proxiertest.Endpoint
@@ -40,7 +40,7 @@ func TestBalancing(t *testing.T) {
 
 // ClientIP affinity: every connection of one client goes to one endpoint.
 func TestSessionAffinity(t *testing.T) {
-	forEachFlavor(t, func(t *testing.T, flavor iptables.Flavor) {
+	forEachFlavor(t, func(t *testing.T, flavor netfilter.Flavor) {
 		c := newCluster(t, flavor, 5)
 		c.upsertService(service("sticky", []string{"10.96.0.21"}, proxiertest.Affinity(0)))
 		c.upsertSlice(endpoints("sticky", local(c.Pod(2)), local(c.Pod(3)), local(c.Pod(4))))
@@ -67,7 +67,7 @@ func TestSessionAffinity(t *testing.T) {
 // dropped (so a load balancer's retry goes to another node) while the
 // ClusterIP still reaches every endpoint.
 func TestExternalTrafficPolicyLocal(t *testing.T) {
-	forEachFlavor(t, func(t *testing.T, flavor iptables.Flavor) {
+	forEachFlavor(t, func(t *testing.T, flavor netfilter.Flavor) {
 		c := newCluster(t, flavor, 4)
 		c.upsertService(service("local", []string{"10.96.0.22"}, nodePorts(30090, 30091),
 			proxiertest.LoadBalancer("203.0.113.22"), proxiertest.ExternalLocal(32000)))
@@ -97,7 +97,7 @@ func TestExternalTrafficPolicyLocal(t *testing.T) {
 
 // internalTrafficPolicy Local: ClusterIP traffic stays on this node.
 func TestInternalTrafficPolicyLocal(t *testing.T) {
-	forEachFlavor(t, func(t *testing.T, flavor iptables.Flavor) {
+	forEachFlavor(t, func(t *testing.T, flavor netfilter.Flavor) {
 		c := newCluster(t, flavor, 4)
 		c.upsertService(service("node-local", []string{"10.96.0.23"}, proxiertest.InternalLocal()))
 		c.upsertSlice(endpoints("node-local", remote(c.Pod(1)), local(c.Pod(2)), remote(c.Pod(3))))
@@ -111,7 +111,7 @@ func TestInternalTrafficPolicyLocal(t *testing.T) {
 // loadBalancerSourceRanges admit the listed sources to the load-balancer
 // IP and drop the rest; the service's ClusterIP stays open to all.
 func TestLoadBalancerSourceRanges(t *testing.T) {
-	forEachFlavor(t, func(t *testing.T, flavor iptables.Flavor) {
+	forEachFlavor(t, func(t *testing.T, flavor netfilter.Flavor) {
 		c := newCluster(t, flavor, 3)
 		outside, allowedPod := c.Outside().IPv4().String()+"/32", c.Pod(0).IPv4().String()+"/32"
 		svc := func(ranges ...string) {
@@ -142,7 +142,7 @@ func TestLoadBalancerSourceRanges(t *testing.T) {
 // The terminating fallback: when every endpoint is terminating, the
 // serving ones keep the service up; once a ready one exists, only it is used.
 func TestTerminatingFallback(t *testing.T) {
-	forEachFlavor(t, func(t *testing.T, flavor iptables.Flavor) {
+	forEachFlavor(t, func(t *testing.T, flavor netfilter.Flavor) {
 		c := newCluster(t, flavor, 4)
 		draining := []proxiertest.Endpoint{
 			proxiertest.Terminating(c.Pod(1).IPv4().String(), nodeName, true),
@@ -163,7 +163,7 @@ func TestTerminatingFallback(t *testing.T) {
 
 // Zone hints keep traffic in the node's zone.
 func TestTopologyZoneHints(t *testing.T) {
-	forEachFlavor(t, func(t *testing.T, flavor iptables.Flavor) {
+	forEachFlavor(t, func(t *testing.T, flavor netfilter.Flavor) {
 		c := newCluster(t, flavor, 4, inZone("zone-a"))
 		c.upsertService(service("zonal", []string{"10.96.0.26"}))
 		c.upsertSlice(endpoints("zonal",
@@ -179,7 +179,7 @@ func TestTopologyZoneHints(t *testing.T) {
 // A pod balanced back to itself still gets its answer: the node
 // masquerades it, so the reply comes back through the node to be un-DNATed.
 func TestHairpin(t *testing.T) {
-	forEachFlavor(t, func(t *testing.T, flavor iptables.Flavor) {
+	forEachFlavor(t, func(t *testing.T, flavor netfilter.Flavor) {
 		c := newCluster(t, flavor, 1)
 		c.upsertService(service("self", []string{"10.96.0.27"}))
 		c.upsertSlice(endpoints("self", local(c.Pod(0))))
@@ -193,7 +193,7 @@ func TestHairpin(t *testing.T) {
 
 // --masquerade-all masquerades pods too.
 func TestMasqueradeAll(t *testing.T) {
-	forEachFlavor(t, func(t *testing.T, flavor iptables.Flavor) {
+	forEachFlavor(t, func(t *testing.T, flavor netfilter.Flavor) {
 		c := newCluster(t, flavor, 2, masqueradeAll())
 		c.upsertService(service("web", []string{"10.96.0.28"}))
 		c.upsertSlice(endpoints("web", local(c.Pod(1))))

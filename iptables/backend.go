@@ -5,18 +5,19 @@ import (
 	"fmt"
 
 	"github.com/svcproxy/svcproxy/model"
+	"github.com/svcproxy/svcproxy/netfilter"
 )
 
 // Backend is the iptables proxier.Backend of one family: Compile, then Apply.
 type Backend struct {
-	cfg     Config
-	applier *Applier
+	cfg     netfilter.Config
+	applier *netfilter.Applier
 }
 
 // New returns the backend of one family, programming the host through the
 // flavor's binaries with the compiler's jump rules and top chains.
-func New(cfg Config, family model.Family, flavor Flavor) (*Backend, error) {
-	a, err := NewApplier(ApplierConfig{Family: family, Flavor: flavor, Jumps: JumpRules(cfg, family), TopChains: TopChains()})
+func New(cfg netfilter.Config, family model.Family, flavor netfilter.Flavor) (*Backend, error) {
+	a, err := netfilter.NewApplier(netfilter.ApplierConfig{Family: family, Flavor: flavor, Jumps: netfilter.JumpRules(), TopChains: TopChains()})
 	if err != nil {
 		return nil, err
 	}
@@ -24,10 +25,12 @@ func New(cfg Config, family model.Family, flavor Flavor) (*Backend, error) {
 }
 
 // NewBackend returns a backend applying through a, e.g. one built on a FakeKernel.
-func NewBackend(cfg Config, a *Applier) *Backend { return &Backend{cfg: cfg, applier: a} }
+func NewBackend(cfg netfilter.Config, a *netfilter.Applier) *Backend {
+	return &Backend{cfg: cfg, applier: a}
+}
 
 // Family implements proxier.Backend.
-func (b *Backend) Family() model.Family { return b.applier.family }
+func (b *Backend) Family() model.Family { return b.applier.Family() }
 
 // Sync implements proxier.Backend.
 func (b *Backend) Sync(ctx context.Context, view, prev *model.NodeView) (model.SyncResult, error) {
@@ -35,19 +38,18 @@ func (b *Backend) Sync(ctx context.Context, view, prev *model.NodeView) (model.S
 		return model.SyncResult{}, fmt.Errorf("syncing an %s view with the %s backend", view.Family, b.Family())
 	}
 	plan := Compile(b.cfg, view, prev)
-	n, err := b.applier.Apply(ctx, plan)
-	result := model.SyncResult{
-		Full:          plan.Full,
-		ChainsWritten: len(plan.Write),
-		ChainsDeleted: len(plan.Delete),
-		RulesWritten:  plan.Rules(),
-		Bytes:         n,
-	}
-	return result, err
+	done, err := b.applier.Apply(ctx, plan)
+	return plan.Result(done, err), err
 }
 
-// Intact implements proxier.Backend.
-func (b *Backend) Intact(ctx context.Context) (bool, error) { return b.applier.Intact(ctx) }
+// TopChains are the chains every ruleset of this mode has.
+func TopChains() []netfilter.ChainKey { return netfilter.TopChains(netfilter.NatKey(chainNodePorts)) }
+
+// Intact implements proxier.Backend. The rules of every view are hooked
+// in the same way, so the view does not matter.
+func (b *Backend) Intact(ctx context.Context, _ *model.NodeView) (bool, error) {
+	return b.applier.Intact(ctx)
+}
 
 // Cleanup implements proxier.Backend.
 func (b *Backend) Cleanup(ctx context.Context) error { return b.applier.Cleanup(ctx) }

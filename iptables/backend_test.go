@@ -11,6 +11,7 @@ import (
 
 	"github.com/svcproxy/svcproxy/internal/netnstest"
 	"github.com/svcproxy/svcproxy/model"
+	"github.com/svcproxy/svcproxy/netfilter"
 )
 
 func webName() model.ServicePortName {
@@ -38,25 +39,25 @@ func backendView(family model.Family, endpoints ...netip.Addr) *model.NodeView {
 
 func TestBackendSyncsThroughTheApplier(t *testing.T) {
 	ctx := context.Background()
-	k := NewFakeKernel()
-	a, err := NewApplier(ApplierConfig{Family: model.IPv4, Flavor: FlavorNFT, Jumps: JumpRules(Config{}, model.IPv4), TopChains: TopChains(), Run: k, Rules: k})
+	k := netfilter.NewFakeKernel()
+	a, err := netfilter.NewApplier(netfilter.ApplierConfig{Family: model.IPv4, Flavor: netfilter.FlavorNFT, Jumps: netfilter.JumpRules(), TopChains: TopChains(), Run: k, Rules: k})
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := NewBackend(Config{}, a)
+	b := NewBackend(netfilter.Config{}, a)
 	two := backendView(model.IPv4, netip.MustParseAddr("10.244.0.11"), netip.MustParseAddr("10.244.0.12"))
 
 	full, err := b.Sync(ctx, two, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !full.Full || full.ChainsWritten == 0 || full.RulesWritten == 0 || full.Bytes == 0 {
+	if !full.Full || full.Written == 0 || full.Rules == 0 || full.Bytes == 0 {
 		t.Errorf("full sync result %+v", full)
 	}
-	if ok, err := b.Intact(ctx); !ok || err != nil {
+	if ok, err := b.Intact(ctx, two); !ok || err != nil {
 		t.Errorf("Intact after a full sync: %v, %v", ok, err)
 	}
-	if nat := k.Save(TableNAT); !strings.Contains(nat, "10.244.0.12:8080") {
+	if nat := k.Save(netfilter.TableNAT); !strings.Contains(nat, "10.244.0.12:8080") {
 		t.Errorf("nat table lacks the endpoint 10.244.0.12:8080:\n%s", nat)
 	}
 
@@ -66,13 +67,13 @@ func TestBackendSyncsThroughTheApplier(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if partial.Full || partial.ChainsWritten+partial.ChainsDeleted == 0 || partial.ChainsWritten >= full.ChainsWritten {
+	if partial.Full || partial.Written+partial.Deleted == 0 || partial.Written >= full.Written {
 		t.Errorf("partial sync result %+v after full %+v", partial, full)
 	}
 	if len(k.Calls) != 1 || !strings.HasPrefix(k.Calls[0], "iptables-nft-restore") {
 		t.Errorf("partial sync ran %q, want one restore", k.Calls)
 	}
-	if nat := k.Save(TableNAT); strings.Contains(nat, "10.244.0.12") {
+	if nat := k.Save(netfilter.TableNAT); strings.Contains(nat, "10.244.0.12") {
 		t.Errorf("nat table still has the removed endpoint:\n%s", nat)
 	}
 
@@ -82,8 +83,8 @@ func TestBackendSyncsThroughTheApplier(t *testing.T) {
 	if err := b.Cleanup(ctx); err != nil {
 		t.Fatal(err)
 	}
-	for _, table := range []Table{TableNAT, TableFilter} {
-		if got := k.Save(table); strings.Contains(got, ChainPrefix) {
+	for _, table := range []netfilter.Table{netfilter.TableNAT, netfilter.TableFilter} {
+		if got := k.Save(table); strings.Contains(got, netfilter.ChainPrefix) {
 			t.Errorf("%s after Cleanup:\n%s", table, got)
 		}
 	}
@@ -92,7 +93,7 @@ func TestBackendSyncsThroughTheApplier(t *testing.T) {
 // TestKernelBackendCarriesServiceTraffic syncs compiled views into a node
 // namespace and sends real traffic through them, in both flavors.
 func TestKernelBackendCarriesServiceTraffic(t *testing.T) {
-	for _, flavor := range flavors() {
+	for _, flavor := range netfilter.Flavors() {
 		for _, family := range []model.Family{model.IPv4, model.IPv6} {
 			t.Run(string(flavor)+"/"+family.String(), func(t *testing.T) {
 				testBackendTraffic(t, flavor, family)
@@ -101,7 +102,7 @@ func TestKernelBackendCarriesServiceTraffic(t *testing.T) {
 	}
 }
 
-func testBackendTraffic(t *testing.T, flavor Flavor, family model.Family) {
+func testBackendTraffic(t *testing.T, flavor netfilter.Flavor, family model.Family) {
 	bed := netnstest.NewBed(t, 3)
 	client := bed.Pod(0)
 	client.Timeout = 500 * time.Millisecond
@@ -115,7 +116,7 @@ func testBackendTraffic(t *testing.T, flavor Flavor, family model.Family) {
 		}
 		return ns.IPv4()
 	}
-	b, err := New(Config{}, family, flavor)
+	b, err := New(netfilter.Config{}, family, flavor)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,7 +131,7 @@ func testBackendTraffic(t *testing.T, flavor Flavor, family model.Family) {
 	intact := func() bool {
 		t.Helper()
 		var ok bool
-		if err := bed.Node().Do(func() (err error) { ok, err = b.Intact(context.Background()); return err }); err != nil {
+		if err := bed.Node().Do(func() (err error) { ok, err = b.Intact(context.Background(), nil); return err }); err != nil {
 			t.Fatalf("Intact: %v", err)
 		}
 		return ok

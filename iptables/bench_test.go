@@ -8,6 +8,7 @@ import (
 
 	"github.com/svcproxy/svcproxy/iptables"
 	"github.com/svcproxy/svcproxy/model"
+	"github.com/svcproxy/svcproxy/netfilter"
 )
 
 // bigView is a cluster-sized view: services ports with endpoints each,
@@ -67,7 +68,7 @@ func BenchmarkCompileAddService10k(b *testing.B) {
 // and reports its size: rendered bytes, chains and rules written.
 func benchCompile(b *testing.B, view, prev *model.NodeView) {
 	b.ReportAllocs()
-	var plan *iptables.Plan
+	var plan *netfilter.Plan
 	var rendered int
 	for b.Loop() {
 		plan = iptables.Compile(testCfg, view, prev)

@@ -6,6 +6,7 @@ import (
 	"slices"
 
 	"github.com/svcproxy/svcproxy/model"
+	"github.com/svcproxy/svcproxy/netfilter"
 )
 
 // maxBucketEntries bounds the addresses one destination bucket dispatches.
@@ -28,14 +29,14 @@ const maxBucketEntries = 128
 type dispatchEntry struct {
 	dst  netip.Addr
 	kind addrKind
-	port *resolvedPort
+	port *netfilter.Port
 }
 
 func compareEntries(a, b dispatchEntry) int {
 	if c := a.dst.Compare(b.dst); c != 0 {
 		return c
 	}
-	if c := a.port.name().Compare(b.port.name()); c != 0 {
+	if c := a.port.Name().Compare(b.port.Name()); c != 0 {
 		return c
 	}
 	return cmp.Compare(a.kind, b.kind)
@@ -50,14 +51,14 @@ type destBucket struct {
 
 // buckets splits every dispatched address of the ports into buckets, in
 // address order.
-func (c *compiler) buckets(ports []resolvedPort) []destBucket {
+func (c *compiler) buckets(ports []netfilter.Port) []destBucket {
 	entries := make([]dispatchEntry, 0, len(ports))
 	for i := range ports {
 		rp := &ports[i]
-		if !rp.present() {
+		if !rp.Present() {
 			continue
 		}
-		rp.eachDispatch(func(kind addrKind, dst netip.Addr) {
+		eachDispatch(rp, func(kind addrKind, dst netip.Addr) {
 			entries = append(entries, dispatchEntry{dst: dst, kind: kind, port: rp})
 		})
 	}
@@ -66,7 +67,7 @@ func (c *compiler) buckets(ports []resolvedPort) []destBucket {
 	}
 	slices.SortFunc(entries, compareEntries)
 	root := netip.PrefixFrom(netip.IPv4Unspecified(), 0)
-	if c.family == model.IPv6 {
+	if c.Family == model.IPv6 {
 		root = netip.PrefixFrom(netip.IPv6Unspecified(), 0)
 	}
 	return splitBuckets(nil, root, entries)
@@ -110,7 +111,7 @@ func (c *compiler) bucketRules(b destBucket) []string {
 // servicesRules renders SERVICES: a jump per bucket, then node ports last,
 // so that a service address that is also a node address keeps its port.
 func (c *compiler) servicesRules(buckets []destBucket) []string {
-	rules := make([]string, 0, len(buckets)+len(c.nodePortDsts))
+	rules := make([]string, 0, len(buckets)+len(c.NodePortDsts))
 	for _, b := range buckets {
 		if b.prefix.Bits() == 0 {
 			rules = append(rules, "-j "+b.chain)
@@ -118,9 +119,9 @@ func (c *compiler) servicesRules(buckets []destBucket) []string {
 			rules = append(rules, "-d "+b.prefix.String()+" -j "+b.chain)
 		}
 	}
-	for _, dst := range c.nodePortDsts {
+	for _, dst := range c.NodePortDsts {
 		rules = append(rules, dst+"-m addrtype --dst-type LOCAL -m comment --comment "+
-			quoteComment("svcproxy node ports, must be the last rule")+" -j "+chainNodePorts)
+			netfilter.QuoteComment("svcproxy node ports, must be the last rule")+" -j "+chainNodePorts)
 	}
 	return rules
 }
@@ -128,9 +129,9 @@ func (c *compiler) servicesRules(buckets []destBucket) []string {
 // diffDispatch brings SERVICES and the buckets from prev's to view's.
 // Only buckets that hold an address of a port whose dispatch rules changed
 // can differ, unless the split itself moved; the others are not rendered.
-func (c *compiler) diffDispatch(plan *Plan, ports *resolvedViews, changed map[model.ServicePortName]bool) {
-	before, after := c.buckets(ports.before()), c.buckets(ports.after())
-	diffChain(plan, natKey(chainServices), c.servicesRules(before), c.servicesRules(after))
+func (c *compiler) diffDispatch(plan *netfilter.Plan, ports *netfilter.Views, changed map[model.ServicePortName]bool) {
+	before, after := c.buckets(ports.Before()), c.buckets(ports.After())
+	netfilter.DiffChain(plan, netfilter.NatKey(netfilter.ChainServices), c.servicesRules(before), c.servicesRules(after))
 	old := make(map[netip.Prefix]destBucket, len(before))
 	for _, b := range before {
 		old[b.prefix] = b
@@ -140,16 +141,16 @@ func (c *compiler) diffDispatch(plan *Plan, ports *resolvedViews, changed map[mo
 		delete(old, b.prefix)
 		switch {
 		case !existed:
-			plan.Write[natKey(b.chain)] = c.bucketRules(b)
+			plan.Write[netfilter.NatKey(b.chain)] = c.bucketRules(b)
 		case holdsAny(o, changed) || holdsAny(b, changed):
-			diffChain(plan, natKey(b.chain), c.bucketRules(o), c.bucketRules(b))
+			netfilter.DiffChain(plan, netfilter.NatKey(b.chain), c.bucketRules(o), c.bucketRules(b))
 		}
 	}
 	for _, o := range old {
-		plan.Delete = append(plan.Delete, natKey(o.chain))
+		plan.Delete = append(plan.Delete, netfilter.NatKey(o.chain))
 	}
 }
 
 func holdsAny(b destBucket, names map[model.ServicePortName]bool) bool {
-	return slices.ContainsFunc(b.entries, func(e dispatchEntry) bool { return names[e.port.name()] })
+	return slices.ContainsFunc(b.entries, func(e dispatchEntry) bool { return names[e.port.Name()] })
 }

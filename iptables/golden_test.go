@@ -11,6 +11,7 @@ import (
 
 	"github.com/svcproxy/svcproxy/iptables"
 	"github.com/svcproxy/svcproxy/model"
+	"github.com/svcproxy/svcproxy/netfilter"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files under testdata/golden")
@@ -20,12 +21,12 @@ var update = flag.Bool("update", false, "rewrite the golden files under testdata
 // what packets do under it.
 type scenario struct {
 	name string
-	cfg  iptables.Config
+	cfg  netfilter.Config
 	view *model.NodeView
 	prev *model.NodeView // nil: full plan
 }
 
-func (sc scenario) plan() *iptables.Plan { return iptables.Compile(sc.cfg, sc.view, sc.prev) }
+func (sc scenario) plan() *netfilter.Plan { return iptables.Compile(sc.cfg, sc.view, sc.prev) }
 
 // web is the workhorse service: default/web:http, TCP 10.96.0.10:80.
 func web(opts ...portOpt) *model.ServicePort {
@@ -66,13 +67,13 @@ func scenarios() []scenario {
 			web(eps("local 10.244.1.5:8080")),
 			port("default", "db", "", model.TCP, "10.96.0.30", 5432, eps("local 10.244.1.5:5432", "local 10.244.1.6:5432")),
 		)},
-		{name: "masquerade-all", cfg: iptables.Config{ClusterCIDRs: podCIDRs, MasqueradeAll: true}, view: v4(web(twoRemote))},
-		{name: "no-cluster-cidr", cfg: iptables.Config{}, view: v4(
+		{name: "masquerade-all", cfg: netfilter.Config{ClusterCIDRs: podCIDRs, MasqueradeAll: true}, view: v4(web(twoRemote))},
+		{name: "no-cluster-cidr", cfg: netfilter.Config{}, view: v4(
 			web(twoRemote),
 			port("default", "edge", "", model.TCP, "10.96.0.40", 443, loadBalancer("198.51.100.40"), externalLocal(32001),
 				eps("local 10.244.1.5:8443", "10.244.2.5:8443")),
 		)},
-		{name: "nodeport-addresses", cfg: iptables.Config{
+		{name: "nodeport-addresses", cfg: netfilter.Config{
 			ClusterCIDRs:      podCIDRs,
 			NodePortAddresses: []netip.Prefix{netip.MustParsePrefix("192.168.1.0/24"), netip.MustParsePrefix("fd00::/8")},
 		}, view: v4(

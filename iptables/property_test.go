@@ -10,8 +10,9 @@ import (
 	"testing"
 
 	"github.com/svcproxy/svcproxy/iptables"
-	"github.com/svcproxy/svcproxy/iptables/tracer"
 	"github.com/svcproxy/svcproxy/model"
+	"github.com/svcproxy/svcproxy/netfilter"
+	"github.com/svcproxy/svcproxy/netfilter/tracer"
 )
 
 // chooser makes the choices of the random view generator: from a seeded
@@ -155,8 +156,8 @@ func (g gen) mutate(v *model.NodeView) *model.NodeView {
 	return out
 }
 
-func (g gen) config() iptables.Config {
-	cfg := iptables.Config{MasqueradeAll: g.ch.intn(4) == 0, MasqueradeBit: g.ch.intn(33)}
+func (g gen) config() netfilter.Config {
+	cfg := netfilter.Config{MasqueradeAll: g.ch.intn(4) == 0, MasqueradeBit: g.ch.intn(33)}
 	if g.ch.intn(4) != 0 {
 		cfg.ClusterCIDRs = podCIDRs
 	}
@@ -168,7 +169,7 @@ func (g gen) config() iptables.Config {
 
 // checkPlans checks what must hold between a view, the view before it,
 // and their plans, whatever the views hold.
-func checkPlans(t *testing.T, cfg iptables.Config, prev, next *model.NodeView) {
+func checkPlans(t *testing.T, cfg netfilter.Config, prev, next *model.NodeView) {
 	t.Helper()
 	full := iptables.Compile(cfg, next, nil)
 	checkChainsUsed(t, full)
@@ -190,7 +191,7 @@ func checkPlans(t *testing.T, cfg iptables.Config, prev, next *model.NodeView) {
 }
 
 // merge applies a partial plan to a full plan's chains, as the kernel would.
-func merge(base, partial *iptables.Plan) map[iptables.ChainKey][]string {
+func merge(base, partial *netfilter.Plan) map[netfilter.ChainKey][]string {
 	merged := maps.Clone(base.Write)
 	for _, k := range partial.Delete {
 		delete(merged, k)
@@ -203,12 +204,12 @@ func merge(base, partial *iptables.Plan) map[iptables.ChainKey][]string {
 // through the tracer's restore, which refuses what iptables-restore would
 // (unknown syntax, names over 28 characters, jumps to missing chains,
 // deleting a referenced chain), and compares with loading the full plan.
-func checkRestoredEqual(t *testing.T, family model.Family, base, partial, full *iptables.Plan) {
+func checkRestoredEqual(t *testing.T, family model.Family, base, partial, full *netfilter.Plan) {
 	t.Helper()
 	got, want := tracer.New(family), tracer.New(family)
 	for _, step := range []struct {
 		rs   *tracer.Ruleset
-		plan *iptables.Plan
+		plan *netfilter.Plan
 	}{{got, base}, {got, partial}, {want, full}} {
 		if err := step.rs.Restore(step.plan.Render(nil)); err != nil {
 			t.Fatalf("restore: %v\n%s", err, step.plan.Render(nil))
@@ -221,16 +222,16 @@ func checkRestoredEqual(t *testing.T, family model.Family, base, partial, full *
 
 // checkChainsUsed checks that every chain but the top ones is jumped to:
 // a chain nothing reaches is a leak that only grows.
-func checkChainsUsed(t *testing.T, plan *iptables.Plan) {
+func checkChainsUsed(t *testing.T, plan *netfilter.Plan) {
 	t.Helper()
-	used := map[iptables.ChainKey]bool{}
+	used := map[netfilter.ChainKey]bool{}
 	for _, k := range iptables.TopChains() {
 		used[k] = true
 	}
 	for k, rules := range plan.Write {
 		for _, r := range rules {
 			if _, target, ok := strings.Cut(r, "-j "); ok {
-				used[iptables.ChainKey{Table: k.Table, Name: strings.Fields(target)[0]}] = true
+				used[netfilter.ChainKey{Table: k.Table, Name: strings.Fields(target)[0]}] = true
 			}
 		}
 	}
@@ -246,7 +247,7 @@ func checkChainsUsed(t *testing.T, plan *iptables.Plan) {
 	}
 }
 
-func mapDiff(got, want map[iptables.ChainKey][]string) string {
+func mapDiff(got, want map[netfilter.ChainKey][]string) string {
 	var b strings.Builder
 	for _, k := range slices.SortedFunc(maps.Keys(got), compareKeys) {
 		if w, ok := want[k]; !ok {
@@ -263,7 +264,7 @@ func mapDiff(got, want map[iptables.ChainKey][]string) string {
 	return b.String()
 }
 
-func compareKeys(a, b iptables.ChainKey) int {
+func compareKeys(a, b netfilter.ChainKey) int {
 	return strings.Compare(string(a.Table)+" "+a.Name, string(b.Table)+" "+b.Name)
 }
 
@@ -306,7 +307,7 @@ func TestPartialPlansFollowRandomChanges(t *testing.T) {
 	}
 }
 
-var servicesChain = iptables.ChainKey{Table: iptables.TableNAT, Name: "SVCPROXY-SERVICES"}
+var servicesChain = netfilter.ChainKey{Table: netfilter.TableNAT, Name: "SVCPROXY-SERVICES"}
 
 func TestBucketsSplitAndStillDispatch(t *testing.T) {
 	v := view(model.IPv4)

@@ -8,8 +8,9 @@ import (
 	"testing"
 
 	"github.com/svcproxy/svcproxy/iptables"
-	"github.com/svcproxy/svcproxy/iptables/tracer"
 	"github.com/svcproxy/svcproxy/model"
+	"github.com/svcproxy/svcproxy/netfilter"
+	"github.com/svcproxy/svcproxy/netfilter/tracer"
 )
 
 // Addresses of the test world (see view_test.go).
@@ -168,16 +169,16 @@ func load(t *testing.T, sc scenario) *tracer.Ruleset {
 	return rs
 }
 
-func restore(t *testing.T, rs *tracer.Ruleset, plan *iptables.Plan) {
+func restore(t *testing.T, rs *tracer.Ruleset, plan *netfilter.Plan) {
 	t.Helper()
 	if err := rs.Restore(plan.Render(nil)); err != nil {
 		t.Fatalf("restore: %v", err)
 	}
 }
 
-func insertJumps(t *testing.T, rs *tracer.Ruleset, cfg iptables.Config, family model.Family) {
+func insertJumps(t *testing.T, rs *tracer.Ruleset, cfg netfilter.Config, family model.Family) {
 	t.Helper()
-	for _, j := range iptables.JumpRules(cfg, family) {
+	for _, j := range netfilter.JumpRules() {
 		if err := rs.Insert(string(j.Table), j.Chain, j.Rule); err != nil {
 			t.Fatal(err)
 		}

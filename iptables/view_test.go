@@ -6,8 +6,8 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/svcproxy/svcproxy/iptables"
 	"github.com/svcproxy/svcproxy/model"
+	"github.com/svcproxy/svcproxy/netfilter"
 )
 
 // The test world: this node is 192.168.1.10 (and fd00:192::10), its pods are
@@ -15,7 +15,7 @@ import (
 // clients outside the cluster at 203.0.113.0/24.
 var (
 	podCIDRs = []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:10:244::/48")}
-	testCfg  = iptables.Config{ClusterCIDRs: podCIDRs}
+	testCfg  = netfilter.Config{ClusterCIDRs: podCIDRs}
 )
 
 // portOpt changes a service port under construction.

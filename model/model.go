@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"time"
 )
 
 // Protocol is a service port's L4 protocol.
@@ -247,11 +248,44 @@ func (v *NodeView) SortedNames() []ServicePortName {
 	return names
 }
 
-// SyncResult reports what one backend sync did, for logs, metrics and benchmarks.
+// SyncResult reports what one backend sync did, for logs, metrics and
+// benchmarks, in terms that hold for every mode.
 type SyncResult struct {
-	Full          bool
-	ChainsWritten int // chains (or virtual servers) created or rewritten
-	ChainsDeleted int
-	RulesWritten  int
-	Bytes         int // size of the iptables-restore input, if any
+	Full bool
+	// KernelOps counts the requests the sync made of the kernel: one per
+	// iptables-restore or other program run, one per netlink request.
+	KernelOps int
+	// Written and Deleted count the kernel objects the sync created or
+	// changed, and removed: chains in the iptables mode; virtual servers,
+	// real servers, addresses and set members in the IPVS mode.
+	Written, Deleted int
+	// Rules counts the iptables rules written; Bytes is the size of the
+	// iptables-restore input.
+	Rules, Bytes int
+	// RestoreFailed: the sync failed in iptables-restore, which is what
+	// kube-proxy's restore failure metrics count.
+	RestoreFailed bool
+	// RecheckAfter, when positive, asks for another sync after that long
+	// even if nothing changes: the backend has work in progress, such as
+	// real servers draining their connections.
+	RecheckAfter time.Duration
+}
+
+// ChangedPorts lists, in order, the ports added, removed or changed
+// between two views.
+func ChangedPorts(view, prev *NodeView) []ServicePortName {
+	var changed []ServicePortName
+	for name, sp := range view.Services {
+		old, ok := prev.Services[name]
+		if !ok || (old != sp && !old.Equal(sp)) {
+			changed = append(changed, name)
+		}
+	}
+	for name := range prev.Services {
+		if _, ok := view.Services[name]; !ok {
+			changed = append(changed, name)
+		}
+	}
+	slices.SortFunc(changed, ServicePortName.Compare)
+	return changed
 }

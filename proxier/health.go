@@ -64,7 +64,7 @@ func NewHealth(cfg HealthConfig) *Health {
 // Track wraps the runner's sync function so Health knows which changes a
 // running sync holds.
 func (h *Health) Track(sync SyncFunc) SyncFunc {
-	return func(ctx context.Context, full bool) error {
+	return func(ctx context.Context, full bool) (time.Duration, error) {
 		h.syncStarting()
 		defer h.syncEnded()
 		return sync(ctx, full)

@@ -36,7 +36,7 @@ func newHealthBed(families ...model.Family) *healthBed {
 // failed lists the families whose backend fails.
 func (b *healthBed) sync(during func(), failed ...model.Family) {
 	fams := b.families
-	sync := b.health.Track(func(context.Context, bool) error {
+	sync := b.health.Track(func(context.Context, bool) (time.Duration, error) {
 		snap := b.tracker.Snapshot()
 		if during != nil {
 			during()
@@ -52,9 +52,9 @@ func (b *healthBed) sync(during func(), failed ...model.Family) {
 			r.Families = append(r.Families, fr)
 		}
 		b.health.Observe(r)
-		return r.Err()
+		return 0, r.Err()
 	})
-	_ = sync(context.Background(), false)
+	_, _ = sync(context.Background(), false)
 }
 
 func (b *healthBed) change() { b.tracker.UpsertService(webService()) }

@@ -15,9 +15,11 @@ import (
 // alerts written for kube-proxy keep working. Per-family metrics carry
 // ip_family="IPv4" or "IPv6".
 //
-// Two approximations: every failed sync of a family counts as an
-// iptables-restore failure (a failed save or jump-rule insert is rare and
-// as serious), and the network programming latency of a sync is observed
+// The iptables-restore failure counters count what they say, in either
+// mode (the IPVS mode restores its iptables rules too); every failed sync,
+// whatever failed (a netlink request in the IPVS mode, a save or jump-rule
+// insert), counts in svcproxy's own svcproxy_sync_failures_total, by mode.
+// One approximation: the network programming latency of a sync is observed
 // in each family it succeeded in, not only the family of the slice.
 type Metrics struct {
 	clock clock.PassiveClock
@@ -29,6 +31,8 @@ type Metrics struct {
 	lastSynced             *prometheus.GaugeVec
 	restoreFailures        *prometheus.CounterVec
 	partialRestoreFailures *prometheus.CounterVec
+	syncFailures           *prometheus.CounterVec
+	mode                   string
 	noLocalEndpoints       *prometheus.GaugeVec
 	healthz                *prometheus.CounterVec
 	livez                  *prometheus.CounterVec
@@ -50,8 +54,9 @@ func programmingBuckets() []float64 {
 }
 
 // NewMetrics registers the metrics with reg; the change counters and the
-// last-queued time are read from tracker when scraped.
-func NewMetrics(reg prometheus.Registerer, tracker *Tracker, families []model.Family, clk clock.PassiveClock) *Metrics {
+// last-queued time are read from tracker when scraped. mode ("iptables",
+// "ipvs") labels svcproxy's own failure counter.
+func NewMetrics(reg prometheus.Registerer, tracker *Tracker, families []model.Family, mode string, clk clock.PassiveClock) *Metrics {
 	family := []string{"ip_family"}
 	histogram := func(name, help string, buckets []float64) *prometheus.HistogramVec {
 		return prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -60,6 +65,7 @@ func NewMetrics(reg prometheus.Registerer, tracker *Tracker, families []model.Fa
 	}
 	m := &Metrics{
 		clock:               clk,
+		mode:                mode,
 		syncDuration:        histogram("sync_proxy_rules_duration_seconds", "SyncProxyRules latency in seconds", syncBuckets),
 		fullSyncDuration:    histogram("sync_full_proxy_rules_duration_seconds", "SyncProxyRules latency in seconds for full resyncs", syncBuckets),
 		partialSyncDuration: histogram("sync_partial_proxy_rules_duration_seconds", "SyncProxyRules latency in seconds for partial resyncs", syncBuckets),
@@ -70,6 +76,8 @@ func NewMetrics(reg prometheus.Registerer, tracker *Tracker, families []model.Fa
 			Name: "sync_proxy_rules_iptables_restore_failures_total", Help: "Cumulative proxy iptables restore failures"}, family),
 		partialRestoreFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Subsystem: metricsSubsystem,
 			Name: "sync_proxy_rules_iptables_partial_restore_failures_total", Help: "Cumulative proxy iptables partial restore failures"}, family),
+		syncFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "svcproxy",
+			Name: "sync_failures_total", Help: "Cumulative failed syncs of a family, whatever failed"}, []string{"ip_family", "mode"}),
 		noLocalEndpoints: prometheus.NewGaugeVec(prometheus.GaugeOpts{Subsystem: metricsSubsystem,
 			Name: "sync_proxy_rules_no_local_endpoints_total", Help: "Number of services with a Local traffic policy and no endpoints"},
 			[]string{"ip_family", "traffic_policy"}),
@@ -83,9 +91,10 @@ func NewMetrics(reg prometheus.Registerer, tracker *Tracker, families []model.Fa
 	for _, f := range families {
 		m.restoreFailures.WithLabelValues(f.String())
 		m.partialRestoreFailures.WithLabelValues(f.String())
+		m.syncFailures.WithLabelValues(f.String(), mode)
 	}
 	reg.MustRegister(m.syncDuration, m.fullSyncDuration, m.partialSyncDuration, m.programmingDuration,
-		m.lastSynced, m.restoreFailures, m.partialRestoreFailures, m.noLocalEndpoints, m.healthz, m.livez,
+		m.lastSynced, m.restoreFailures, m.partialRestoreFailures, m.syncFailures, m.noLocalEndpoints, m.healthz, m.livez,
 		newChangeCollector(tracker, families))
 	return m
 }
@@ -108,9 +117,12 @@ func (m *Metrics) Observe(r *SyncReport) {
 			m.noLocalEndpoints.WithLabelValues(fam, "external").Set(float64(external))
 		}
 		if f.Err != nil {
-			m.restoreFailures.WithLabelValues(fam).Inc()
-			if !full {
-				m.partialRestoreFailures.WithLabelValues(fam).Inc()
+			m.syncFailures.WithLabelValues(fam, m.mode).Inc()
+			if f.Result.RestoreFailed {
+				m.restoreFailures.WithLabelValues(fam).Inc()
+				if !full {
+					m.partialRestoreFailures.WithLabelValues(fam).Inc()
+				}
 			}
 			continue
 		}

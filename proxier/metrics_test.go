@@ -82,7 +82,7 @@ func TestMetricsFromSyncReport(t *testing.T) {
 	clock := clocktesting.NewFakeClock(t0)
 	tracker := NewTracker(zap.NewNop(), clock.Now)
 	reg := prometheus.NewRegistry()
-	m := NewMetrics(reg, tracker, []model.Family{model.IPv4, model.IPv6}, clock)
+	m := NewMetrics(reg, tracker, []model.Family{model.IPv4, model.IPv6}, "iptables", clock)
 
 	tracker.UpsertService(webService())
 	tracker.UpsertEndpointSlice(pt.Slice("ns", "web-1", "web", pt.SlicePort("http", "TCP", 8080),
@@ -92,7 +92,8 @@ func TestMetricsFromSyncReport(t *testing.T) {
 
 	m.Observe(&SyncReport{Full: false, Snapshot: snap, Families: []FamilyReport{
 		{Family: model.IPv4, View: noLocalView(model.IPv4), Result: model.SyncResult{Full: true}, Duration: 30 * time.Millisecond},
-		{Family: model.IPv6, View: noLocalView(model.IPv6), Err: errors.New("ip6tables-restore: exit status 1"), Duration: 3 * time.Millisecond},
+		{Family: model.IPv6, View: noLocalView(model.IPv6), Result: model.SyncResult{RestoreFailed: true},
+			Err: errors.New("ip6tables-restore: exit status 1"), Duration: 3 * time.Millisecond},
 	}})
 	probes := m.InstrumentHealth(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Query().Has("down") {
@@ -122,6 +123,8 @@ func TestMetricsFromSyncReport(t *testing.T) {
 		"kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family=IPv4}":                           synced,
 		"kubeproxy_sync_proxy_rules_iptables_restore_failures_total{ip_family=IPv6}":                  1,
 		"kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total{ip_family=IPv6}":          1,
+		"svcproxy_sync_failures_total{ip_family=IPv6,mode=iptables}":                                  1,
+		"svcproxy_sync_failures_total{ip_family=IPv4,mode=iptables}":                                  0,
 		"kubeproxy_sync_proxy_rules_no_local_endpoints_total{ip_family=IPv4,traffic_policy=internal}": 2,
 		"kubeproxy_sync_proxy_rules_no_local_endpoints_total{ip_family=IPv4,traffic_policy=external}": 1,
 		"kubeproxy_sync_proxy_rules_endpoint_changes_pending{}":                                       1,
@@ -154,6 +157,27 @@ func TestMetricsFromSyncReport(t *testing.T) {
 	sort.Strings(wrong)
 	for _, w := range wrong {
 		t.Error(w)
+	}
+}
+
+// A sync that fails elsewhere than in iptables-restore (a netlink request
+// of the IPVS mode) counts as a failed sync, not as a restore failure.
+func TestMetricsCountOnlyRestoreFailuresAsSuch(t *testing.T) {
+	clock := clocktesting.NewFakeClock(t0)
+	tracker := NewTracker(zap.NewNop(), clock.Now)
+	reg := prometheus.NewRegistry()
+	m := NewMetrics(reg, tracker, []model.Family{model.IPv4}, "ipvs", clock)
+	m.Observe(&SyncReport{Snapshot: tracker.Snapshot(), Families: []FamilyReport{
+		{Family: model.IPv4, Err: errors.New("adding real server: file exists")},
+	}})
+	got := scrape(t, reg)
+	for name, want := range map[string]float64{
+		"svcproxy_sync_failures_total{ip_family=IPv4,mode=ipvs}":                     1,
+		"kubeproxy_sync_proxy_rules_iptables_restore_failures_total{ip_family=IPv4}": 0,
+	} {
+		if got[name] != want {
+			t.Errorf("%s = %v, want %v", name, got[name], want)
+		}
 	}
 }
 

@@ -34,8 +34,11 @@ func DefaultRunnerConfig() RunnerConfig {
 	}
 }
 
-// SyncFunc performs one sync; full asks it to ignore what it applied before.
-type SyncFunc func(ctx context.Context, full bool) error
+// SyncFunc performs one sync; full asks it to ignore what it applied
+// before. A positive recheck asks for another sync within that long even
+// if nothing changes: a backend has work in progress that only time
+// completes (connections draining from removed real servers).
+type SyncFunc func(ctx context.Context, full bool) (recheck time.Duration, err error)
 
 // CheckFunc reports whether the kernel still holds what was programmed.
 type CheckFunc func(ctx context.Context) bool
@@ -65,6 +68,7 @@ type schedule struct {
 	lastSync time.Time // start of the last attempt
 	lastFull time.Time // start of the last successful full sync
 	failures int       // consecutive failed attempts
+	recheck  time.Time // a backend asked for a sync by then; zero: none
 }
 
 // nextSync returns when the next sync is due and whether it must be full.
@@ -82,8 +86,17 @@ func (s schedule) nextSync(cfg RunnerConfig) (time.Time, bool) {
 			return periodic, true
 		}
 		return at, s.full
+	case !s.recheck.IsZero() && s.recheck.Before(periodic):
+		return later(s.recheck, s.lastSync.Add(cfg.MinSyncPeriod)), false
 	}
 	return periodic, true
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 func backoff(cfg RunnerConfig, failures int) time.Duration {
@@ -95,9 +108,13 @@ func backoff(cfg RunnerConfig, failures int) time.Duration {
 }
 
 // afterSync records the outcome of an attempt started at start.
-func (s schedule) afterSync(start time.Time, full bool, err error) schedule {
+func (s schedule) afterSync(start time.Time, full bool, recheck time.Duration, err error) schedule {
 	s.lastSync = start
 	s.urgent = false
+	s.recheck = time.Time{}
+	if recheck > 0 {
+		s.recheck = start.Add(recheck)
+	}
 	if err != nil {
 		s.failures++
 		s.full = true // whatever was applied before may not be what the kernel holds
@@ -124,7 +141,8 @@ func (r *Runner) Run(ctx context.Context, changed <-chan struct{}) {
 		now := r.clock.Now()
 		at, full := s.nextSync(r.cfg)
 		if !now.Before(at) {
-			s = s.afterSync(now, full, r.attempt(ctx, full, s.failures))
+			recheck, err := r.attempt(ctx, full, s.failures)
+			s = s.afterSync(now, full, recheck, err)
 			continue
 		}
 		timer := r.clock.NewTimer(at.Sub(now))
@@ -164,11 +182,11 @@ func (r *Runner) runCheck(ctx context.Context) (bool, time.Time) {
 	return intact, start.Add(max(r.cfg.CheckPeriod, maxCheckShare*elapsed))
 }
 
-func (r *Runner) attempt(ctx context.Context, full bool, failures int) error {
-	err := r.sync(ctx, full)
+func (r *Runner) attempt(ctx context.Context, full bool, failures int) (time.Duration, error) {
+	recheck, err := r.sync(ctx, full)
 	if err != nil {
 		r.log.Error("sync failed; will retry with a full sync",
 			zap.Bool("full", full), zap.Int("consecutiveFailures", failures+1), zap.Error(err))
 	}
-	return err
+	return recheck, err
 }

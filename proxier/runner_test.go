@@ -22,6 +22,8 @@ type runnerHarness struct {
 	fail    bool
 	intact  bool
 	started time.Time
+	// rechecks are what the next syncs return as their recheck, in order.
+	rechecks []time.Duration
 }
 
 type syncCall struct {
@@ -45,14 +47,18 @@ func newRunnerHarness(t *testing.T) *runnerHarness {
 		RetryInitial:  time.Second,
 		RetryMax:      8 * time.Second,
 	}
-	sync := func(ctx context.Context, full bool) error {
+	sync := func(ctx context.Context, full bool) (time.Duration, error) {
 		h.syncs <- syncCall{at: h.clock.Since(h.started), full: full}
 		h.mu.Lock()
 		defer h.mu.Unlock()
-		if h.fail {
-			return errors.New("kernel said no")
+		var recheck time.Duration
+		if len(h.rechecks) > 0 {
+			recheck, h.rechecks = h.rechecks[0], h.rechecks[1:]
 		}
-		return nil
+		if h.fail {
+			return 0, errors.New("kernel said no")
+		}
+		return recheck, nil
 	}
 	check := func(ctx context.Context) bool {
 		h.mu.Lock()
@@ -196,6 +202,30 @@ func TestRunnerResyncsFullyWhenRulesGoMissing(t *testing.T) {
 	h.set(false, false)
 	h.step(time.Second)
 	h.expect(4*time.Second, true)
+}
+
+// A backend with work in progress (real servers draining) gets a partial
+// sync when it asks for one, not earlier than --min-sync-period after the
+// last, and none once it stops asking.
+func TestRunnerRechecksWhenABackendAsks(t *testing.T) {
+	h := newRunnerHarness(t)
+	h.mu.Lock()
+	h.rechecks = []time.Duration{3 * time.Second, 500 * time.Millisecond}
+	h.mu.Unlock()
+	h.expect(0, true)
+	h.step(2 * time.Second)
+	h.expectNone()
+	h.step(time.Second)
+	h.expect(3*time.Second, false)
+	// Asked again after half a second: held to the 1s minimum period.
+	h.step(500 * time.Millisecond)
+	h.expectNone()
+	h.step(500 * time.Millisecond)
+	h.expect(4*time.Second, false)
+	for range 10 {
+		h.step(time.Second)
+	}
+	h.expectNone()
 }
 
 func TestScheduleBackoffIsCapped(t *testing.T) {

@@ -94,21 +94,26 @@ func NewSyncer(tracker *Tracker, backends []Backend, flows FlowCleaner, clk cloc
 // Observe registers a function called after every sync, on the runner's goroutine.
 func (s *Syncer) Observe(f func(*SyncReport)) { s.observers = append(s.observers, f) }
 
-// Sync is a SyncFunc for the Runner.
-func (s *Syncer) Sync(ctx context.Context, full bool) error {
+// Sync is a SyncFunc for the Runner: it asks for a recheck as soon as any
+// backend does.
+func (s *Syncer) Sync(ctx context.Context, full bool) (time.Duration, error) {
 	report := &SyncReport{Start: s.clock.Now(), Full: full, Snapshot: s.tracker.Snapshot()}
+	var recheck time.Duration
 	for _, b := range s.backends {
 		start := s.clock.Now()
 		fr := s.syncFamily(ctx, b, report.Snapshot, full)
 		fr.Duration = s.clock.Since(start)
 		report.Families = append(report.Families, fr)
+		if r := fr.Result.RecheckAfter; r > 0 && (recheck == 0 || r < recheck) {
+			recheck = r
+		}
 	}
 	report.Duration = s.clock.Since(report.Start)
 	s.logReport(report)
 	for _, observe := range s.observers {
 		observe(report)
 	}
-	return report.Err()
+	return recheck, report.Err()
 }
 
 func (s *Syncer) syncFamily(ctx context.Context, b Backend, snap *Snapshot, full bool) FamilyReport {
@@ -123,8 +128,12 @@ func (s *Syncer) syncFamily(ctx context.Context, b Backend, snap *Snapshot, full
 	}
 	res, err := b.Sync(ctx, view, basis)
 	if err != nil {
-		// The kernel still holds the last successful state (restores are
-		// atomic), so the conntrack baseline stays where it was.
+		// The kernel may hold anything between the last applied view and
+		// this one (an iptables-restore is atomic, a sequence of netlink
+		// requests is not), so nothing the family applied can be trusted:
+		// its next sync is full. The conntrack baseline stays where it
+		// was, so the next cleanup covers this sync's changes too.
+		delete(s.applied, fam)
 		return FamilyReport{Family: fam, View: view, Result: res, Err: fmt.Errorf("%v: %w", fam, err)}
 	}
 	s.applied[fam] = view
@@ -155,8 +164,8 @@ func (s *Syncer) logReport(r *SyncReport) {
 		fields := []zap.Field{
 			zap.Stringer("family", f.Family), zap.Bool("full", f.Result.Full),
 			zap.Int("servicePorts", len(f.View.Services)),
-			zap.Int("chainsWritten", f.Result.ChainsWritten), zap.Int("chainsDeleted", f.Result.ChainsDeleted),
-			zap.Int("rulesWritten", f.Result.RulesWritten), zap.Int("bytes", f.Result.Bytes),
+			zap.Int("written", f.Result.Written), zap.Int("deleted", f.Result.Deleted),
+			zap.Int("rules", f.Result.Rules), zap.Int("bytes", f.Result.Bytes), zap.Int("kernelOps", f.Result.KernelOps),
 			zap.Duration("elapsed", r.Duration),
 		}
 		if f.Err != nil {
@@ -170,7 +179,11 @@ func (s *Syncer) logReport(r *SyncReport) {
 // Intact is a CheckFunc for the Runner: every backend must be intact.
 func (s *Syncer) Intact(ctx context.Context) bool {
 	for _, b := range s.backends {
-		ok, err := b.Intact(ctx)
+		applied := s.applied[b.Family()]
+		if applied == nil {
+			continue // nothing applied yet: the next sync is full anyway
+		}
+		ok, err := b.Intact(ctx, applied)
 		if err != nil {
 			s.log.Warn("integrity check failed", zap.Stringer("family", b.Family()), zap.Error(err))
 			return false

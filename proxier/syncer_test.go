@@ -15,9 +15,11 @@ import (
 
 // recordingBackend remembers what each Sync was given and fails on demand.
 type recordingBackend struct {
-	family model.Family
-	fail   bool
-	calls  []backendCall
+	family  model.Family
+	fail    bool
+	recheck time.Duration // what each Sync asks for
+	calls   []backendCall
+	checked []*model.NodeView // what each Intact was given
 }
 
 type backendCall struct{ view, prev *model.NodeView }
@@ -28,10 +30,13 @@ func (b *recordingBackend) Sync(_ context.Context, view, prev *model.NodeView) (
 	if b.fail {
 		return model.SyncResult{}, errors.New("iptables-restore: line 3 failed")
 	}
-	return model.SyncResult{Full: prev == nil}, nil
+	return model.SyncResult{Full: prev == nil, RecheckAfter: b.recheck}, nil
 }
-func (b *recordingBackend) Intact(context.Context) (bool, error) { return true, nil }
-func (b *recordingBackend) Cleanup(context.Context) error        { return nil }
+func (b *recordingBackend) Intact(_ context.Context, applied *model.NodeView) (bool, error) {
+	b.checked = append(b.checked, applied)
+	return true, nil
+}
+func (b *recordingBackend) Cleanup(context.Context) error { return nil }
 
 type recordingCleaner struct {
 	calls []backendCall
@@ -77,7 +82,8 @@ func newSyncerFixture(t *testing.T, backends ...Backend) *syncerFixture {
 // addAndSync adds a ClusterIP service, then syncs; it returns the sync's error.
 func (f *syncerFixture) addAndSync(name, ip string, full bool) error {
 	f.tr.UpsertService(clusterIPService(name, ip))
-	return f.s.Sync(context.Background(), full)
+	_, err := f.s.Sync(context.Background(), full)
+	return err
 }
 
 // mustAddAndSync is addAndSync for syncs that must succeed.
@@ -127,12 +133,13 @@ func TestSyncerKeepsLastGoodViewAcrossFailures(t *testing.T) {
 	}
 
 	b4.fail = false
-	if err := f.s.Sync(context.Background(), true); err != nil {
-		t.Fatal(err)
-	}
+	f.mustAddAndSync("c", "10.96.0.3", false)
 	last := b4.calls[len(b4.calls)-1]
 	if last.prev != nil {
-		t.Fatal("the retry was asked to be full but got a prev view")
+		t.Fatal("the sync after a failed one must be full in that family, even when asked for a partial one")
+	}
+	if b6.calls[len(b6.calls)-1].prev == nil {
+		t.Fatal("the family that did not fail must stay partial")
 	}
 	// The failed sync never reached the kernel, so stale flows are judged
 	// against the last view that did.
@@ -169,5 +176,24 @@ func TestSyncerRetriesFailedFlowCleanupFromItsBaseline(t *testing.T) {
 	f.mustAddAndSync("d", "10.96.0.4", false)
 	if got := flows.calls[len(flows.calls)-1]; got.prev != third {
 		t.Fatal("after a successful cleanup the baseline moves on")
+	}
+}
+
+// The runner is asked for the earliest recheck any backend wants, and the
+// integrity check is given each family's last applied view.
+func TestSyncerPassesRechecksAndAppliedViews(t *testing.T) {
+	b4 := &recordingBackend{family: model.IPv4, recheck: 5 * time.Second}
+	b6 := &recordingBackend{family: model.IPv6, recheck: 2 * time.Second}
+	f := newSyncerFixture(t, b4, b6)
+	if !f.s.Intact(context.Background()) || len(b4.checked)+len(b6.checked) != 0 {
+		t.Fatal("before any sync there is nothing to check")
+	}
+	f.tr.UpsertService(clusterIPService("a", "10.96.0.1"))
+	recheck, err := f.s.Sync(context.Background(), true)
+	if err != nil || recheck != 2*time.Second {
+		t.Fatalf("Sync = %v, %v; want the earliest recheck, 2s", recheck, err)
+	}
+	if !f.s.Intact(context.Background()) || len(b4.checked) != 1 || b4.checked[0] != b4.calls[0].view {
+		t.Fatal("Intact must be given the view the backend last applied")
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/svcproxy/svcproxy/internal/netnstest"
 	"github.com/svcproxy/svcproxy/iptables"
 	"github.com/svcproxy/svcproxy/model"
+	"github.com/svcproxy/svcproxy/netfilter"
 )
 
 // oneService is a view with one ClusterIP service port and one endpoint.
@@ -27,15 +28,15 @@ func TestCleanupFlagRemovesEverySvcproxyRuleInTheNamespace(t *testing.T) {
 	netnstest.RequireRoot(t)
 	ns := netnstest.NewNS(t, "node")
 	programmed := []struct {
-		flavor iptables.Flavor
+		flavor netfilter.Flavor
 		view   *model.NodeView
 	}{
-		{iptables.FlavorNFT, oneService(model.IPv4, "10.96.0.10", "10.244.0.11:8080")},
-		{iptables.FlavorLegacy, oneService(model.IPv6, "fd00:96::10", "[fd00:244::11]:8080")},
+		{netfilter.FlavorNFT, oneService(model.IPv4, "10.96.0.10", "10.244.0.11:8080")},
+		{netfilter.FlavorLegacy, oneService(model.IPv6, "fd00:96::10", "[fd00:244::11]:8080")},
 	}
 	for _, p := range programmed {
 		err := ns.Do(func() error {
-			b, err := iptables.New(iptables.Config{}, p.view.Family, p.flavor)
+			b, err := iptables.New(netfilter.Config{}, p.view.Family, p.flavor)
 			if err != nil {
 				return err
 			}
@@ -57,7 +58,7 @@ func TestCleanupFlagRemovesEverySvcproxyRuleInTheNamespace(t *testing.T) {
 		t.Fatalf("svcproxy --cleanup: %v", err)
 	}
 
-	for _, flavor := range []iptables.Flavor{iptables.FlavorNFT, iptables.FlavorLegacy} {
+	for _, flavor := range []netfilter.Flavor{netfilter.FlavorNFT, netfilter.FlavorLegacy} {
 		for _, family := range []model.Family{model.IPv4, model.IPv6} {
 			save := ns.MustRun(flavor.Binary(family, "-save"))
 			if strings.Contains(save, "SVCPROXY") {

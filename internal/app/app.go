@@ -23,8 +23,8 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/svcproxy/svcproxy/conntrack"
-	"github.com/svcproxy/svcproxy/iptables"
 	"github.com/svcproxy/svcproxy/model"
+	"github.com/svcproxy/svcproxy/netfilter"
 	"github.com/svcproxy/svcproxy/proxier"
 )
 
@@ -83,7 +83,7 @@ func (d *daemon) run(ctx context.Context) error {
 	defer closeFlows()
 	clk := clock.RealClock{}
 	syncer := proxier.NewSyncer(p.tracker, p.backends, flows, clk, d.log.Named("sync"))
-	metrics := proxier.NewMetrics(registry, p.tracker, p.families, clk)
+	metrics := proxier.NewMetrics(registry, p.tracker, p.families, "iptables", clk)
 	health.countWith(metrics)
 	checks := proxier.NewHealthCheckServers("", p.health.Healthy, d.log.Named("healthcheck"))
 	defer checks.Close()
@@ -237,8 +237,8 @@ func (d *daemon) makeBackends(ctx context.Context, p *proxy) error {
 	return nil
 }
 
-func (d *daemon) iptablesConfig(node model.NodeInfo) iptables.Config {
-	cfg := iptables.Config{ClusterCIDRs: d.cfg.ClusterCIDRs, MasqueradeAll: d.cfg.MasqueradeAll,
+func (d *daemon) iptablesConfig(node model.NodeInfo) netfilter.Config {
+	cfg := netfilter.Config{ClusterCIDRs: d.cfg.ClusterCIDRs, MasqueradeAll: d.cfg.MasqueradeAll,
 		NodePortAddresses: d.cfg.NodePortAddresses, MasqueradeBit: d.cfg.MasqueradeBit}
 	if d.cfg.MasqueradeBit == 0 {
 		d.log.Warn("masquerade bit 0 is not supported by the iptables backend; using 14")

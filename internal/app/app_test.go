@@ -21,7 +21,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 
-	"github.com/svcproxy/svcproxy/iptables"
+	"github.com/svcproxy/svcproxy/netfilter"
 	"github.com/svcproxy/svcproxy/proxier"
 	pt "github.com/svcproxy/svcproxy/proxier/proxiertest"
 )
@@ -124,12 +124,12 @@ func TestDaemonProgramsServesAndStopsLeavingRules(t *testing.T) {
 	stop := td.start(t)
 
 	waitFor(t, "the service's ClusterIP in nft IPv4 nat", func() bool {
-		return strings.Contains(host.save("nft/IPv4", iptables.TableNAT), "10.244.0.11:8080")
+		return strings.Contains(host.save("nft/IPv4", netfilter.TableNAT), "10.244.0.11:8080")
 	})
-	if nat6 := host.save("nft/IPv6", iptables.TableNAT); !strings.Contains(nat6, ":SVCPROXY-SERVICES") {
+	if nat6 := host.save("nft/IPv6", netfilter.TableNAT); !strings.Contains(nat6, ":SVCPROXY-SERVICES") {
 		t.Errorf("IPv6 works here, so it must be programmed too:\n%s", nat6)
 	}
-	if nat := host.save("legacy/IPv4", iptables.TableNAT); strings.Contains(nat, "SVCPROXY") {
+	if nat := host.save("legacy/IPv4", netfilter.TableNAT); strings.Contains(nat, "SVCPROXY") {
 		t.Errorf("--iptables-flavor=nft, yet legacy was programmed:\n%s", nat)
 	}
 
@@ -139,7 +139,7 @@ func TestDaemonProgramsServesAndStopsLeavingRules(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "the moved endpoint in nat", func() bool {
-		nat := host.save("nft/IPv4", iptables.TableNAT)
+		nat := host.save("nft/IPv4", netfilter.TableNAT)
 		return strings.Contains(nat, "10.244.0.12:8080") && !strings.Contains(nat, "10.244.0.11:8080")
 	})
 
@@ -149,7 +149,7 @@ func TestDaemonProgramsServesAndStopsLeavingRules(t *testing.T) {
 	if err := stop(); err != nil {
 		t.Fatalf("run after cancel: %v", err)
 	}
-	if nat := host.save("nft/IPv4", iptables.TableNAT); !strings.Contains(nat, "10.244.0.12:8080") {
+	if nat := host.save("nft/IPv4", netfilter.TableNAT); !strings.Contains(nat, "10.244.0.12:8080") {
 		t.Errorf("the rules must stay in place after a stop:\n%s", nat)
 	}
 	if _, _, err := get("http://" + td.healthz + "/healthz"); err == nil {
@@ -240,7 +240,7 @@ func TestDaemonRunsWithoutItsNode(t *testing.T) {
 	td := newTestDaemon(t, fake.NewClientset(webObjects()...), host, "--node-timeout=100ms")
 	td.start(t)
 	waitFor(t, "the service programmed without a Node", func() bool {
-		return strings.Contains(host.save("nft/IPv4", iptables.TableNAT), "10.244.0.11:8080")
+		return strings.Contains(host.save("nft/IPv4", netfilter.TableNAT), "10.244.0.11:8080")
 	})
 }
 
@@ -258,7 +258,7 @@ func TestDaemonAnswersProbesWhileWaitingForItsNode(t *testing.T) {
 		return code != 0
 	})
 	time.Sleep(time.Second)
-	if nat := host.save("nft/IPv4", iptables.TableNAT); strings.Contains(nat, "SVCPROXY") {
+	if nat := host.save("nft/IPv4", netfilter.TableNAT); strings.Contains(nat, "SVCPROXY") {
 		t.Fatalf("programmed although its Node has no address and --node-timeout=1h:\n%s", nat)
 	}
 	for _, path := range []string{"/livez", "/healthz"} {
@@ -276,7 +276,7 @@ func TestDaemonAnswersProbesWhileWaitingForItsNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "the service programmed once the Node has an address", func() bool {
-		return strings.Contains(host.save("nft/IPv4", iptables.TableNAT), "10.244.0.11:8080")
+		return strings.Contains(host.save("nft/IPv4", netfilter.TableNAT), "10.244.0.11:8080")
 	})
 	if code, body, err := get("http://" + td.healthz + "/healthz"); code != http.StatusOK {
 		t.Errorf("/healthz after the first sync: %d %s %v; want 200", code, body, err)
@@ -323,7 +323,7 @@ func TestDaemonPortInUseIsOneErrorAndClosesTheOtherServer(t *testing.T) {
 	if _, _, err := get("http://" + td.healthz + "/livez"); err == nil {
 		t.Error("the health server, started first, still answers after the metrics port failed")
 	}
-	if nat := host.save("nft/IPv4", iptables.TableNAT); strings.Contains(nat, "SVCPROXY") {
+	if nat := host.save("nft/IPv4", netfilter.TableNAT); strings.Contains(nat, "SVCPROXY") {
 		t.Errorf("programmed although the start failed:\n%s", nat)
 	}
 }
@@ -334,13 +334,13 @@ func TestCleanupRemovesOnlySvcproxyRulesEverywhere(t *testing.T) {
 	host := newFakeHost("nft/IPv4", "legacy/IPv4", "legacy/IPv6")
 	client := fake.NewClientset(append(webObjects(), dualStackNode())...)
 	for _, key := range []string{"nft/IPv4", "legacy/IPv6"} {
-		host.addChain(key, iptables.TableNAT, "OTHER-PROGRAM", "-j RETURN")
+		host.addChain(key, netfilter.TableNAT, "OTHER-PROGRAM", "-j RETURN")
 	}
 	for _, flavor := range []string{"nft", "legacy"} {
 		td := newTestDaemon(t, client, host, "--iptables-flavor="+flavor)
 		stop := td.start(t)
 		waitFor(t, flavor+" programmed", func() bool {
-			return strings.Contains(host.save(flavor+"/IPv4", iptables.TableNAT), "10.244.0.11:8080")
+			return strings.Contains(host.save(flavor+"/IPv4", netfilter.TableNAT), "10.244.0.11:8080")
 		})
 		if err := stop(); err != nil {
 			t.Fatal(err)
@@ -352,14 +352,14 @@ func TestCleanupRemovesOnlySvcproxyRulesEverywhere(t *testing.T) {
 		t.Fatalf("cleanup: %v", err)
 	}
 	for _, key := range []string{"nft/IPv4", "legacy/IPv4", "legacy/IPv6"} {
-		for _, table := range []iptables.Table{iptables.TableNAT, iptables.TableFilter} {
+		for _, table := range []netfilter.Table{netfilter.TableNAT, netfilter.TableFilter} {
 			if dump := host.save(key, table); strings.Contains(dump, "SVCPROXY") {
 				t.Errorf("%s %s still has svcproxy rules:\n%s", key, table, dump)
 			}
 		}
 	}
 	for _, key := range []string{"nft/IPv4", "legacy/IPv6"} {
-		if !strings.Contains(host.save(key, iptables.TableNAT), ":OTHER-PROGRAM") {
+		if !strings.Contains(host.save(key, netfilter.TableNAT), ":OTHER-PROGRAM") {
 			t.Errorf("%s: cleanup removed another program's chain", key)
 		}
 	}

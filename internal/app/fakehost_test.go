@@ -8,6 +8,7 @@ import (
 
 	"github.com/svcproxy/svcproxy/iptables"
 	"github.com/svcproxy/svcproxy/model"
+	"github.com/svcproxy/svcproxy/netfilter"
 )
 
 // fakeHost is iptables of both flavors and families as fake kernels; a
@@ -15,22 +16,22 @@ import (
 // every call, since the daemon's runner and the test both use it.
 type fakeHost struct {
 	mu      sync.Mutex
-	kernels map[string]*iptables.FakeKernel // by kernelKey
+	kernels map[string]*netfilter.FakeKernel // by kernelKey
 }
 
-func kernelKey(flavor iptables.Flavor, family model.Family) string {
+func kernelKey(flavor netfilter.Flavor, family model.Family) string {
 	return string(flavor) + "/" + family.String()
 }
 
 func newFakeHost(keys ...string) *fakeHost {
-	h := &fakeHost{kernels: map[string]*iptables.FakeKernel{}}
+	h := &fakeHost{kernels: map[string]*netfilter.FakeKernel{}}
 	for _, k := range keys {
-		h.kernels[k] = iptables.NewFakeKernel()
+		h.kernels[k] = netfilter.NewFakeKernel()
 	}
 	return h
 }
 
-// Run implements iptables.Runner, routing by binary name
+// Run implements netfilter.Runner, routing by binary name
 // ("ip6tables-legacy-save" goes to legacy/IPv6).
 func (h *fakeHost) Run(ctx context.Context, name string, args []string, stdin []byte) ([]byte, error) {
 	h.mu.Lock()
@@ -41,19 +42,19 @@ func (h *fakeHost) Run(ctx context.Context, name string, args []string, stdin []
 	if base == "ip6tables" {
 		family = model.IPv6
 	}
-	k := h.kernels[kernelKey(iptables.Flavor(flavor), family)]
+	k := h.kernels[kernelKey(netfilter.Flavor(flavor), family)]
 	if k == nil {
-		return nil, &iptables.ExecError{Name: name, Args: args, Stderr: "not installed", Err: fmt.Errorf("exit status 127")}
+		return nil, &netfilter.ExecError{Name: name, Args: args, Stderr: "not installed", Err: fmt.Errorf("exit status 127")}
 	}
 	if strings.HasSuffix(name, "-save") && len(args) == 0 {
 		// DetectFlavor's whole-host save.
-		return []byte(k.Save(iptables.TableFilter) + k.Save(iptables.TableNAT)), nil
+		return []byte(k.Save(netfilter.TableFilter) + k.Save(netfilter.TableNAT)), nil
 	}
 	return k.Run(ctx, name, args, stdin)
 }
 
 // save dumps one table of one kernel.
-func (h *fakeHost) save(key string, table iptables.Table) string {
+func (h *fakeHost) save(key string, table netfilter.Table) string {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if k := h.kernels[key]; k != nil {
@@ -62,7 +63,7 @@ func (h *fakeHost) save(key string, table iptables.Table) string {
 	return ""
 }
 
-func (h *fakeHost) addChain(key string, table iptables.Table, chain string, rules ...string) {
+func (h *fakeHost) addChain(key string, table netfilter.Table, chain string, rules ...string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.kernels[key].AddChain(table, chain, rules...)
@@ -70,10 +71,10 @@ func (h *fakeHost) addChain(key string, table iptables.Table, chain string, rule
 
 // access is the daemon's view of this host.
 func (h *fakeHost) access() iptablesAccess {
-	return iptablesAccess{run: h, backend: func(cfg iptables.Config, family model.Family, flavor iptables.Flavor) (*iptables.Backend, error) {
+	return iptablesAccess{run: h, backend: func(cfg netfilter.Config, family model.Family, flavor netfilter.Flavor) (*iptables.Backend, error) {
 		rules := lockedRules{h: h, k: h.kernels[kernelKey(flavor, family)]}
-		a, err := iptables.NewApplier(iptables.ApplierConfig{Family: family, Flavor: flavor,
-			Jumps: iptables.JumpRules(cfg, family), TopChains: iptables.TopChains(), Run: h, Rules: rules})
+		a, err := netfilter.NewApplier(netfilter.ApplierConfig{Family: family, Flavor: flavor,
+			Jumps: netfilter.JumpRules(), TopChains: iptables.TopChains(), Run: h, Rules: rules})
 		if err != nil {
 			return nil, err
 		}
@@ -84,7 +85,7 @@ func (h *fakeHost) access() iptablesAccess {
 // lockedRules is a fake kernel's RuleEditor under the host's lock.
 type lockedRules struct {
 	h *fakeHost
-	k *iptables.FakeKernel
+	k *netfilter.FakeKernel
 }
 
 func (r lockedRules) Exists(table, chain string, rule ...string) (bool, error) {

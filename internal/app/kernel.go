@@ -9,34 +9,35 @@ import (
 
 	"github.com/svcproxy/svcproxy/iptables"
 	"github.com/svcproxy/svcproxy/model"
+	"github.com/svcproxy/svcproxy/netfilter"
 )
 
 // iptablesAccess is how the daemon reaches iptables: the real binaries,
 // or fake kernels in tests.
 type iptablesAccess struct {
 	// run runs iptables binaries: the probes and the flavor detection.
-	run iptables.Runner
+	run netfilter.Runner
 	// backend makes the backend of one family and flavor.
-	backend func(cfg iptables.Config, family model.Family, flavor iptables.Flavor) (*iptables.Backend, error)
+	backend func(cfg netfilter.Config, family model.Family, flavor netfilter.Flavor) (*iptables.Backend, error)
 }
 
 func hostIPTables() iptablesAccess {
-	return iptablesAccess{run: iptables.ExecRunner{}, backend: iptables.New}
+	return iptablesAccess{run: netfilter.ExecRunner{}, backend: iptables.New}
 }
 
 // works checks that a family's iptables of a flavor can be used here: the
 // binary exists and the kernel has the family's nat table.
-func (a iptablesAccess) works(ctx context.Context, family model.Family, flavor iptables.Flavor) error {
-	_, err := a.run.Run(ctx, flavor.Binary(family, "-save"), []string{"-t", string(iptables.TableNAT)}, nil)
+func (a iptablesAccess) works(ctx context.Context, family model.Family, flavor netfilter.Flavor) error {
+	_, err := a.run.Run(ctx, flavor.Binary(family, "-save"), []string{"-t", string(netfilter.TableNAT)}, nil)
 	return err
 }
 
 // flavor resolves --iptables-flavor.
-func (a iptablesAccess) flavor(ctx context.Context, name string) (iptables.Flavor, error) {
+func (a iptablesAccess) flavor(ctx context.Context, name string) (netfilter.Flavor, error) {
 	if name == "auto" {
-		return iptables.DetectFlavor(ctx, a.run)
+		return netfilter.DetectFlavor(ctx, a.run)
 	}
-	return iptables.ParseFlavor(name)
+	return netfilter.ParseFlavor(name)
 }
 
 // chooseFamilies follows kube-proxy. The primary family is that of the
@@ -85,14 +86,14 @@ func Cleanup(ctx context.Context, log *zap.Logger) error {
 
 func cleanup(ctx context.Context, ipt iptablesAccess, log *zap.Logger) error {
 	var errs []error
-	for _, flavor := range []iptables.Flavor{iptables.FlavorNFT, iptables.FlavorLegacy} {
+	for _, flavor := range []netfilter.Flavor{netfilter.FlavorNFT, netfilter.FlavorLegacy} {
 		for _, family := range []model.Family{model.IPv4, model.IPv6} {
 			if err := ipt.works(ctx, family, flavor); err != nil {
 				log.Debug("nothing to clean up: iptables unusable", zap.String("flavor", string(flavor)),
 					zap.Stringer("family", family), zap.Error(err))
 				continue
 			}
-			b, err := ipt.backend(iptables.Config{}, family, flavor)
+			b, err := ipt.backend(netfilter.Config{}, family, flavor)
 			if err == nil {
 				err = b.Cleanup(ctx)
 			}

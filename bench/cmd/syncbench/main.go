@@ -21,6 +21,7 @@ import (
 	"github.com/svcproxy/svcproxy/bench"
 	"github.com/svcproxy/svcproxy/iptables"
 	"github.com/svcproxy/svcproxy/model"
+	"github.com/svcproxy/svcproxy/netfilter"
 	"github.com/svcproxy/svcproxy/proxier"
 )
 
@@ -38,7 +39,7 @@ func main() {
 	if !*ownNetns {
 		fail("refusing to program iptables without -in-own-netns; run it under `unshare --net` (make bench does)")
 	}
-	flavor, err := iptables.ParseFlavor(*flavorName)
+	flavor, err := netfilter.ParseFlavor(*flavorName)
 	if err != nil {
 		fail(err.Error())
 	}
@@ -62,8 +63,8 @@ type harness struct {
 	last    *proxier.SyncReport
 }
 
-func newHarness(flavor iptables.Flavor) (*harness, error) {
-	backend, err := iptables.New(iptables.Config{}, model.IPv4, flavor)
+func newHarness(flavor netfilter.Flavor) (*harness, error) {
+	backend, err := iptables.New(netfilter.Config{}, model.IPv4, flavor)
 	if err != nil {
 		return nil, err
 	}
@@ -83,7 +84,7 @@ type sample struct {
 
 func (h *harness) sync(full bool) (sample, error) {
 	start := time.Now()
-	err := h.syncer.Sync(context.Background(), full)
+	_, err := h.syncer.Sync(context.Background(), full)
 	s := sample{elapsed: time.Since(start)}
 	if len(h.last.Families) > 0 {
 		s.result = h.last.Families[0].Result
@@ -91,7 +92,7 @@ func (h *harness) sync(full bool) (sample, error) {
 	return s, err
 }
 
-func run(w bench.Workload, flavor iptables.Flavor, rounds int) error {
+func run(w bench.Workload, flavor netfilter.Flavor, rounds int) error {
 	h, err := newHarness(flavor)
 	if err != nil {
 		return err
@@ -155,7 +156,7 @@ func run(w bench.Workload, flavor iptables.Flavor, rounds int) error {
 	report("periodic full resync", []sample{resync})
 
 	checkStart := time.Now()
-	intact, err := h.backend.Intact(context.Background())
+	intact, err := h.backend.Intact(context.Background(), nil)
 	if err != nil || !intact {
 		return fmt.Errorf("integrity check after syncs: intact=%v err=%v", intact, err)
 	}
@@ -173,12 +174,12 @@ func report(what string, samples []sample) {
 	worst := samples[len(samples)-1]
 	if len(samples) == 1 {
 		fmt.Printf("  %-34s %10s  restore %s, %d chains, %d rules\n",
-			what, round(med.elapsed), size(med.result.Bytes), med.result.ChainsWritten, med.result.RulesWritten)
+			what, round(med.elapsed), size(med.result.Bytes), med.result.Written, med.result.Rules)
 		return
 	}
 	fmt.Printf("  %-34s p50 %8s  max %8s  restore %s, %d chains, %d rules (n=%d)\n",
 		what, round(med.elapsed), round(worst.elapsed), size(med.result.Bytes),
-		med.result.ChainsWritten, med.result.RulesWritten, len(samples))
+		med.result.Written, med.result.Rules, len(samples))
 }
 
 func printMemory() {

@@ -1,11 +1,17 @@
-// Package iptables is svcproxy's iptables backend: a pure compiler from a
-// proxier.NodeView to a Plan, a renderer to iptables-restore input, and the
-// applier that alone runs iptables-restore and the fixed jump rules.
-package iptables
+// Package netfilter is what both of svcproxy's modes need of iptables: the
+// Plan of chains to write and delete, its rendering to iptables-restore
+// input, the Applier that alone runs iptables-restore and the fixed jump
+// rules, the iptables flavors, a FakeKernel for tests without root, and
+// the rules both modes write alike (masquerade, forwarding, hairpin, health
+// check node ports, and the filter that refuses traffic with nowhere to
+// go). The iptables mode adds its DNAT chains (package iptables), the IPVS
+// mode its ipset matches (package ipvs); neither copies these.
+package netfilter
 
 import (
 	"bytes"
 	"cmp"
+	"errors"
 	"slices"
 	"strings"
 
@@ -30,6 +36,14 @@ type ChainKey struct {
 	Table Table
 	Name  string
 }
+
+// NewPlan returns an empty plan.
+func NewPlan(family model.Family, full bool) *Plan {
+	return &Plan{Family: family, Full: full, Write: map[ChainKey][]string{}}
+}
+
+// SortDeletes puts the chains to delete in a stable order.
+func (p *Plan) SortDeletes() { slices.SortFunc(p.Delete, compareChainKeys) }
 
 func compareChainKeys(a, b ChainKey) int {
 	if c := cmp.Compare(a.Table, b.Table); c != 0 {
@@ -62,6 +76,22 @@ func (p *Plan) Rules() int {
 		n += len(rules)
 	}
 	return n
+}
+
+// Result is what applying the plan did, for the backend's report: the
+// chains written and deleted, the rules, the restore input's size, and
+// whether iptables-restore is what failed.
+func (p *Plan) Result(done Applied, err error) model.SyncResult {
+	var re *RestoreError
+	return model.SyncResult{
+		Full:          p.Full,
+		KernelOps:     done.Ops,
+		Written:       len(p.Write),
+		Deleted:       len(p.Delete),
+		Rules:         p.Rules(),
+		Bytes:         done.Bytes,
+		RestoreFailed: errors.As(err, &re),
+	}
 }
 
 // Render returns the iptables-restore --noflush input for the plan. stale

@@ -1,4 +1,4 @@
-package iptables
+package netfilter
 
 import (
 	"bufio"
@@ -76,36 +76,50 @@ func NewApplier(c ApplierConfig) (*Applier, error) {
 	return a, nil
 }
 
-// Apply makes the kernel match the plan and returns the size of the
-// iptables-restore input. The restore is atomic per table: if it fails, the
-// tables keep their previous rules.
+// Family is the family the applier programs.
+func (a *Applier) Family() model.Family { return a.family }
+
+// Applied is what an Apply did: the size of the iptables-restore input
+// and how many programs it ran (each save, restore and rule edit is one).
+type Applied struct {
+	Bytes, Ops int
+}
+
+// Apply makes the kernel match the plan. The restore is atomic per table:
+// if it fails, the tables keep their previous rules.
 //
 // A full plan also removes svcproxy chains it does not know (left by
-// services deleted while svcproxy was down) and then puts back missing jump
-// rules (after the restore, which creates the chains they jump to). A
-// partial plan only rewrites its chains: repairing jump rules there would
-// hide from Intact that someone flushed the tables, and the chains the
-// partial plan does not name would stay empty.
-func (a *Applier) Apply(ctx context.Context, plan *Plan) (int, error) {
+// services deleted while svcproxy was down, or by the other mode) and then
+// puts back missing jump rules (after the restore, which creates the
+// chains they jump to). A partial plan only rewrites its chains: repairing
+// jump rules there would hide from Intact that someone flushed the tables,
+// and the chains the partial plan does not name would stay empty.
+func (a *Applier) Apply(ctx context.Context, plan *Plan) (Applied, error) {
+	var done Applied
 	if plan.Family != a.family {
-		return 0, fmt.Errorf("applying an %s plan with the %s applier", plan.Family, a.family)
+		return done, fmt.Errorf("applying an %s plan with the %s applier", plan.Family, a.family)
 	}
 	if !plan.Full {
 		input := plan.Render(nil)
 		if len(input) == 0 {
-			return 0, nil
+			return done, nil
 		}
-		return len(input), a.restore(ctx, input)
+		done.Bytes, done.Ops = len(input), 1
+		return done, a.restore(ctx, input)
 	}
 	stale, err := a.ownedChains(ctx)
+	done.Ops += 2
 	if err != nil {
-		return 0, err
+		return done, err
 	}
 	input := plan.Render(stale)
+	done.Bytes, done.Ops = len(input), done.Ops+1
 	if err := a.restore(ctx, input); err != nil {
-		return len(input), err
+		return done, err
 	}
-	return len(input), a.ensureJumps()
+	ops, err := a.ensureJumps()
+	done.Ops += ops
+	return done, err
 }
 
 // restore feeds input to iptables-restore without flushing what it does
@@ -214,20 +228,22 @@ func declaredChains(save []byte) []string {
 // ensureJumps inserts the missing jump rules at the top of their chains.
 // Going through the list backwards leaves a fresh chain with the rules in
 // list order.
-func (a *Applier) ensureJumps() error {
+func (a *Applier) ensureJumps() (ops int, err error) {
 	for _, j := range slices.Backward(a.jumps) {
 		ok, err := a.rules.Exists(string(j.Table), j.Chain, j.Rule...)
+		ops++
 		if err != nil {
-			return fmt.Errorf("checking jump rule %s: %w", describe(j), err)
+			return ops, fmt.Errorf("checking jump rule %s: %w", describe(j), err)
 		}
 		if ok {
 			continue
 		}
+		ops++
 		if err := a.rules.Insert(string(j.Table), j.Chain, 1, j.Rule...); err != nil {
-			return fmt.Errorf("inserting jump rule %s: %w", describe(j), err)
+			return ops, fmt.Errorf("inserting jump rule %s: %w", describe(j), err)
 		}
 	}
-	return nil
+	return ops, nil
 }
 
 // Intact reports whether svcproxy's programming is still hooked in: every

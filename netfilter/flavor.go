@@ -1,4 +1,4 @@
-package iptables
+package netfilter
 
 import (
 	"bufio"
@@ -23,6 +23,9 @@ const (
 	FlavorNFT    Flavor = "nft"
 	FlavorLegacy Flavor = "legacy"
 )
+
+// Flavors are both flavors, nft first.
+func Flavors() []Flavor { return []Flavor{FlavorNFT, FlavorLegacy} }
 
 // ParseFlavor accepts "nft" and "legacy".
 func ParseFlavor(s string) (Flavor, error) {

@@ -1,4 +1,4 @@
-package iptables
+package netfilter
 
 import (
 	"context"
@@ -56,12 +56,15 @@ func mustApply(t *testing.T, a *Applier, plan *Plan) {
 
 func TestFullApplyWritesChainsThenHooksThemIn(t *testing.T) {
 	a, k := fakeApplier(t, model.IPv4, FlavorNFT)
-	n, err := a.Apply(context.Background(), testPlan("10.244.0.11:8080"))
+	done, err := a.Apply(context.Background(), testPlan("10.244.0.11:8080"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := len(testPlan("10.244.0.11:8080").Render(nil)); n != want {
-		t.Errorf("Apply reported %d bytes, want the %d of the restore input", n, want)
+	if want := len(testPlan("10.244.0.11:8080").Render(nil)); done.Bytes != want {
+		t.Errorf("Apply reported %d bytes, want the %d of the restore input", done.Bytes, want)
+	}
+	if done.Ops != len(k.Calls) {
+		t.Errorf("Apply reported %d kernel operations; it made %d: %q", done.Ops, len(k.Calls), k.Calls)
 	}
 	wantNAT := `*nat
 :PREROUTING ACCEPT [0:0]
@@ -160,9 +163,9 @@ func TestPartialApplyRewritesOnlyItsChains(t *testing.T) {
 
 func TestEmptyPartialPlanRunsNothing(t *testing.T) {
 	a, k := fakeApplier(t, model.IPv4, FlavorNFT)
-	n, err := a.Apply(context.Background(), &Plan{Family: model.IPv4})
-	if n != 0 || err != nil || len(k.Calls) != 0 {
-		t.Errorf("empty plan: %d bytes, %v, calls %q; want nothing done", n, err, k.Calls)
+	done, err := a.Apply(context.Background(), &Plan{Family: model.IPv4})
+	if done != (Applied{}) || err != nil || len(k.Calls) != 0 {
+		t.Errorf("empty plan: %+v, %v, calls %q; want nothing done", done, err, k.Calls)
 	}
 }
 

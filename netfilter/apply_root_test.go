@@ -1,4 +1,4 @@
-package iptables
+package netfilter
 
 import (
 	"context"
@@ -15,8 +15,6 @@ import (
 
 // These tests run real iptables of both flavors, each in network
 // namespaces of its own: nothing touches the host's rules.
-
-func flavors() []Flavor { return []Flavor{FlavorNFT, FlavorLegacy} }
 
 // kernelApplier is an Applier whose every call runs inside ns.
 type kernelApplier struct {
@@ -112,7 +110,7 @@ func endpointIn(family model.Family, last byte) netip.AddrPort {
 }
 
 func forEachFlavorAndFamily(t *testing.T, test func(t *testing.T, k *kernelApplier)) {
-	for _, flavor := range flavors() {
+	for _, flavor := range Flavors() {
 		for _, family := range []model.Family{model.IPv4, model.IPv6} {
 			t.Run(string(flavor)+"/"+family.String(), func(t *testing.T) {
 				ns := netnstest.NewNS(t, "node")
@@ -265,7 +263,7 @@ func TestKernelCleanupLeavesNothing(t *testing.T) {
 // programmed by the applier, keeping its own source address, and no longer
 // once Cleanup has run.
 func TestKernelDNATCarriesTraffic(t *testing.T) {
-	for _, flavor := range flavors() {
+	for _, flavor := range Flavors() {
 		for _, family := range []model.Family{model.IPv4, model.IPv6} {
 			t.Run(string(flavor)+"/"+family.String(), func(t *testing.T) {
 				bed := netnstest.NewBed(t, 2)
@@ -311,7 +309,7 @@ func TestKernelDetectFlavorFindsTheRulesInUse(t *testing.T) {
 	if got := detect(netnstest.NewNS(t, "empty")); got != FlavorNFT {
 		t.Errorf("empty node detected as %s, want nft", got)
 	}
-	for _, flavor := range flavors() {
+	for _, flavor := range Flavors() {
 		ns := netnstest.NewNS(t, string(flavor))
 		ns.MustRun(flavor.Binary(model.IPv4, ""), "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT")
 		ns.MustRun(flavor.Binary(model.IPv6, ""), "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT")

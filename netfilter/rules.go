@@ -1,0 +1,337 @@
+package netfilter
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+
+	"github.com/svcproxy/svcproxy/model"
+)
+
+// Config is what the rules depend on besides the view. It must not change
+// between the view a partial plan starts from and the view it goes to.
+type Config struct {
+	// ClusterCIDRs are the pod ranges (--cluster-cidr), at most one per
+	// family; traffic from outside them to a ClusterIP is masqueraded.
+	// Empty: nothing is masqueraded on the way to a ClusterIP, as in kube-proxy.
+	ClusterCIDRs []netip.Prefix
+	// MasqueradeAll masquerades all traffic to ClusterIPs.
+	MasqueradeAll bool
+	// NodePortAddresses limits the node addresses node ports answer on
+	// (--nodeport-addresses). Empty: every local address. Non-empty with no
+	// prefix of a family: no node ports in that family.
+	NodePortAddresses []netip.Prefix
+	// MasqueradeBit is the packet mark bit that asks for masquerade, 1..31;
+	// 0 (or out of range) means 14, kube-proxy's default, mark 0x4000.
+	MasqueradeBit int
+}
+
+// DefaultMasqueradeBit is the mark bit used when Config leaves it unset.
+const DefaultMasqueradeBit = 14
+
+// Rules is Config resolved for one family: everything rule rendering needs
+// that does not depend on a service.
+type Rules struct {
+	Family model.Family
+	// ClusterCIDR is the pod range of the family; invalid when none is set.
+	ClusterCIDR   netip.Prefix
+	MasqueradeAll bool
+	// NodePortDsts are the destinations node ports answer on: a "-d
+	// prefix " match per prefix, or one match for every local address but
+	// loopback. Empty: no node ports in this family.
+	NodePortDsts []string
+	// NodePortPrefixes are the prefixes of --nodeport-addresses in this
+	// family; empty when node ports answer on every local address.
+	NodePortPrefixes []netip.Prefix
+	Mark             string // "0x4000"
+	hostBits         int    // 32 or 128
+	loopback         netip.Addr
+	unreachable      string // the ICMP reject type of the family
+}
+
+// NewRules resolves cfg for one family.
+func NewRules(cfg Config, family model.Family) *Rules {
+	r := &Rules{
+		Family:        family,
+		MasqueradeAll: cfg.MasqueradeAll,
+		Mark:          masqueradeMark(cfg.MasqueradeBit),
+		hostBits:      32,
+		loopback:      netip.AddrFrom4([4]byte{127, 0, 0, 1}),
+		unreachable:   "icmp-port-unreachable",
+	}
+	if family == model.IPv6 {
+		r.hostBits, r.loopback, r.unreachable = 128, netip.IPv6Loopback(), "icmp6-port-unreachable"
+	}
+	// kube-proxy takes one pod range per family; a second one of the same
+	// family could not be expressed by the single "! -s" masquerade rule.
+	for _, p := range cfg.ClusterCIDRs {
+		if p.IsValid() && model.FamilyOf(p.Addr()) == family {
+			r.ClusterCIDR = p.Masked()
+			break
+		}
+	}
+	r.NodePortPrefixes = nodePortPrefixes(cfg.NodePortAddresses, family)
+	r.NodePortDsts = nodePortDsts(cfg.NodePortAddresses, r.NodePortPrefixes, family)
+	return r
+}
+
+func masqueradeMark(bit int) string {
+	if bit < 1 || bit > 31 {
+		bit = DefaultMasqueradeBit
+	}
+	return fmt.Sprintf("%#x", uint32(1)<<bit)
+}
+
+func nodePortPrefixes(prefixes []netip.Prefix, family model.Family) []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range prefixes {
+		if p.IsValid() && model.FamilyOf(p.Addr()) == family {
+			out = append(out, p.Masked())
+		}
+	}
+	slices.SortFunc(out, netip.Prefix.Compare)
+	return slices.Compact(out)
+}
+
+func nodePortDsts(all, ofFamily []netip.Prefix, family model.Family) []string {
+	if len(all) == 0 {
+		// Every local address but loopback: a packet DNATed from loopback
+		// to a pod cannot be routed (svcproxy does not set route_localnet),
+		// so it would hang where an unserved port answers at once.
+		if family == model.IPv6 {
+			return []string{"! -d ::1/128 "}
+		}
+		return []string{"! -d 127.0.0.0/8 "}
+	}
+	dsts := make([]string, len(ofFamily))
+	for i, p := range ofFamily {
+		dsts[i] = "-d " + p.String() + " "
+	}
+	slices.Sort(dsts)
+	return dsts
+}
+
+// Host renders an address as a host prefix ("10.0.0.1/32").
+func (r *Rules) Host(a netip.Addr) string {
+	return a.String() + "/" + strconv.Itoa(r.hostBits)
+}
+
+// Loopback is the family's loopback address.
+func (r *Rules) Loopback() netip.Addr { return r.loopback }
+
+// HostMask is the family's all-ones mask, as xt_recent takes it.
+func (r *Rules) HostMask() string {
+	if r.Family == model.IPv6 {
+		return "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"
+	}
+	return "255.255.255.255"
+}
+
+// Reject is the target refusing a new connection of the port's protocol
+// at once: a TCP reset, else ICMP port unreachable.
+func (r *Rules) Reject(p *Port) string {
+	if p.SP.Protocol() == model.TCP {
+		return "-j REJECT --reject-with tcp-reset"
+	}
+	return "-j REJECT --reject-with " + r.unreachable
+}
+
+// MasqueradeRules open what ClusterIP traffic reaches first. Traffic from
+// outside the pod range (a node, or a client routed to the service range)
+// is masqueraded so the reply comes back through this node to be
+// un-DNATed. External traffic reaching the same rules is either already
+// marked or comes from a pod, so they need no destination match.
+func (r *Rules) MasqueradeRules() []string {
+	switch {
+	case r.MasqueradeAll:
+		return []string{"-j " + ChainMarkMasq}
+	case r.ClusterCIDR.IsValid():
+		return []string{"! -s " + r.ClusterCIDR.String() + " -j " + ChainMarkMasq}
+	}
+	return nil
+}
+
+// Port is a service port reduced to what one family's rules use.
+// Addresses of the other family and endpoints no rule could reach are
+// dropped once here, so rendering never checks again. The zero value is an
+// absent port: it has no rules at all.
+type Port struct {
+	SP        *model.ServicePort
+	ClusterIP netip.Addr // invalid: none
+	NodePort  uint16     // 0: none, or node ports are off in this family
+	External  []netip.Addr
+	LBIPs     []netip.Addr
+	// Restricted: loadBalancerSourceRanges are set, so the LB IPs admit only
+	// SourceRanges (which may be empty if none was usable: then nobody).
+	Restricted   bool
+	SourceRanges []netip.Prefix
+	Internal     []model.Endpoint // for ClusterIP traffic
+	Cluster      []model.Endpoint // anywhere in the cluster (cluster traffic policy)
+	Local        []model.Endpoint // on this node, for externalTrafficPolicy Local
+	hash         string           // of the name; set on first use
+}
+
+// Resolve reduces a port; nil, or a port no rule can express (port 0, an
+// unknown protocol), resolves to the absent port.
+func (r *Rules) Resolve(sp *model.ServicePort) Port {
+	if sp == nil || sp.Port == 0 || sp.Protocol() < model.TCP || sp.Protocol() > model.SCTP {
+		return Port{}
+	}
+	p := Port{
+		SP:           sp,
+		External:     ofFamily(sp.ExternalIPs, r.usableAddr),
+		LBIPs:        ofFamily(sp.LoadBalancerIPs, r.usableAddr),
+		Restricted:   len(sp.SourceRanges) > 0,
+		SourceRanges: ofFamily(sp.SourceRanges, r.usablePrefix),
+		Internal:     ofFamily(sp.ClusterEndpoints, r.usableEndpoint),
+	}
+	// Without internalTrafficPolicy Local both lists are one.
+	p.Cluster = p.Internal
+	if sp.InternalPolicyLocal {
+		p.Cluster = ofFamily(sp.ClusterPolicyEndpoints(), r.usableEndpoint)
+	}
+	if r.usableAddr(sp.ClusterIP) {
+		p.ClusterIP = sp.ClusterIP
+	}
+	if len(r.NodePortDsts) > 0 {
+		p.NodePort = sp.NodePort
+	}
+	if sp.ExternalPolicyLocal {
+		p.Local = ofFamily(sp.LocalEndpoints, r.usableEndpoint)
+	}
+	return p
+}
+
+// ResolveAll resolves every port of a view, in no particular order.
+func (r *Rules) ResolveAll(view *model.NodeView) []Port {
+	ports := make([]Port, 0, len(view.Services))
+	for _, sp := range view.Services {
+		if p := r.Resolve(sp); p.Present() {
+			ports = append(ports, p)
+		}
+	}
+	return ports
+}
+
+func (r *Rules) usableAddr(a netip.Addr) bool {
+	return a.IsValid() && a.Zone() == "" && model.FamilyOf(a) == r.Family
+}
+
+func (r *Rules) usablePrefix(p netip.Prefix) bool {
+	return p.IsValid() && model.FamilyOf(p.Addr()) == r.Family
+}
+
+func (r *Rules) usableEndpoint(ep model.Endpoint) bool {
+	return r.usableAddr(ep.Addr.Addr()) && ep.Addr.Port() != 0
+}
+
+// ofFamily returns the members of all that keep accepts, without copying
+// in the usual case where it accepts them all.
+func ofFamily[T any](all []T, keep func(T) bool) []T {
+	i := slices.IndexFunc(all, func(x T) bool { return !keep(x) })
+	if i < 0 {
+		return all
+	}
+	out := slices.Clone(all[:i])
+	for _, x := range all[i+1:] {
+		if keep(x) {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+// Present reports whether the port has rules at all.
+func (p *Port) Present() bool { return p.SP != nil }
+
+// Name is the port's name.
+func (p *Port) Name() model.ServicePortName { return p.SP.Name }
+
+// Proto is the protocol as iptables spells it ("tcp").
+func (p *Port) Proto() string { return p.SP.Protocol().Lower() }
+
+// NameHash is a digest of the port's name, for the names of its chains
+// and sets: stable across restarts, so a listing shows what belongs
+// together.
+func (p *Port) NameHash() string {
+	if p.hash == "" {
+		p.hash = NameHash(p.Name().String())
+	}
+	return p.hash
+}
+
+// ExternallyAccessible reports whether traffic from outside the cluster
+// can reach the port in this family.
+func (p *Port) ExternallyAccessible() bool {
+	return p.NodePort != 0 || len(p.External) > 0 || len(p.LBIPs) > 0
+}
+
+// HasExternalEndpoints reports whether external traffic has endpoints to
+// go to: under externalTrafficPolicy Local, pods and the node itself still
+// reach the cluster-wide endpoints even when no endpoint is local.
+func (p *Port) HasExternalEndpoints() bool {
+	return len(p.Cluster) > 0 || (p.SP.ExternalPolicyLocal && len(p.Local) > 0)
+}
+
+// ExternalPath reports whether some external traffic gets in and can be
+// balanced. LB IPs whose source ranges admit nobody are no way in.
+func (p *Port) ExternalPath() bool {
+	in := p.NodePort != 0 || len(p.External) > 0 || (len(p.LBIPs) > 0 && (!p.Restricted || len(p.SourceRanges) > 0))
+	return in && p.HasExternalEndpoints()
+}
+
+// ExternalEndpoints are the endpoints traffic from outside the cluster is
+// balanced over.
+func (p *Port) ExternalEndpoints() []model.Endpoint {
+	if p.SP.ExternalPolicyLocal {
+		return p.Local
+	}
+	return p.Cluster
+}
+
+// PortMatch matches the port's protocol and service port.
+func (p *Port) PortMatch() string { return ProtoMatch(p.Proto(), p.SP.Port) }
+
+// ProtoMatch matches a protocol and destination port.
+func ProtoMatch(proto string, port uint16) string {
+	return "-p " + proto + " -m " + proto + " --dport " + strconv.Itoa(int(port)) + " "
+}
+
+// HealthCheckPort is the port's health check node port; 0: none.
+func (p *Port) HealthCheckPort() uint16 {
+	if !p.Present() {
+		return 0
+	}
+	return p.SP.HealthCheckNodePort
+}
+
+// Views resolves the two views of a partial compilation on first use:
+// only a change to a chain shared by ports needs every port.
+func (r *Rules) Views(view, prev *model.NodeView) *Views {
+	return &Views{rules: r, view: view, prev: prev}
+}
+
+// Views are the ports of a partial compilation's two views.
+type Views struct {
+	rules                         *Rules
+	view, prev                    *model.NodeView
+	afterPorts, beforePorts       []Port
+	resolvedAfter, resolvedBefore bool
+}
+
+// After are the ports of the view compiled to.
+func (v *Views) After() []Port {
+	if !v.resolvedAfter {
+		v.afterPorts, v.resolvedAfter = v.rules.ResolveAll(v.view), true
+	}
+	return v.afterPorts
+}
+
+// Before are the ports of the view compiled from.
+func (v *Views) Before() []Port {
+	if !v.resolvedBefore {
+		v.beforePorts, v.resolvedBefore = v.rules.ResolveAll(v.prev), true
+	}
+	return v.beforePorts
+}
