@@ -8,6 +8,7 @@ import (
 
 	"github.com/svcproxy/svcproxy/iptables"
 	"github.com/svcproxy/svcproxy/model"
+	mt "github.com/svcproxy/svcproxy/model/modeltest"
 	"github.com/svcproxy/svcproxy/netfilter"
 )
 
@@ -16,22 +17,22 @@ import (
 // ten is a NodePort, one in twenty a LoadBalancer.
 func bigView(services, endpoints int) *model.NodeView {
 	r := rand.New(rand.NewPCG(7, 7))
-	v := view(model.IPv4)
+	v := mt.View(model.IPv4)
 	for i := range services {
 		ip := netip.AddrFrom4([4]byte{10, byte(96 + r.IntN(16)), byte(r.IntN(256)), byte(r.IntN(256))})
-		var opts []portOpt
+		var opts []mt.PortOpt
 		var addrs []string
 		for j := range endpoints {
 			addrs = append(addrs, fmt.Sprintf("10.%d.%d.%d:8080", 128+j, i/256, i%256))
 		}
-		opts = append(opts, eps(addrs...))
+		opts = append(opts, mt.Eps(addrs...))
 		if i%10 == 0 {
-			opts = append(opts, nodePort(uint16(30000+i%2768)))
+			opts = append(opts, mt.NodePort(uint16(30000+i%2768)))
 		}
 		if i%20 == 0 {
-			opts = append(opts, loadBalancer(fmt.Sprintf("198.51.%d.%d", i/256%256, i%256)))
+			opts = append(opts, mt.LoadBalancer(fmt.Sprintf("198.51.%d.%d", i/256%256, i%256)))
 		}
-		sp := port("bench", fmt.Sprintf("svc-%05d", i), "http", model.TCP, ip.String(), 80, opts...)
+		sp := mt.Port("bench", fmt.Sprintf("svc-%05d", i), "http", model.TCP, ip.String(), 80, opts...)
 		v.Services[sp.Name] = sp
 	}
 	return v
@@ -52,7 +53,7 @@ func BenchmarkCompileOneEndpoint10k(b *testing.B) {
 	changed := *prev.Services[name]
 	changed.ClusterEndpoints = append(changed.ClusterEndpoints[1:len(changed.ClusterEndpoints):len(changed.ClusterEndpoints)],
 		model.Endpoint{Addr: netip.MustParseAddrPort("10.200.0.1:8080"), Ready: true, Serving: true})
-	next := withPort(prev, &changed)
+	next := mt.WithPort(prev, &changed)
 	benchCompile(b, next, prev)
 }
 
@@ -60,7 +61,7 @@ func BenchmarkCompileOneEndpoint10k(b *testing.B) {
 // added to 10k: the destination buckets are recomputed for both views.
 func BenchmarkCompileAddService10k(b *testing.B) {
 	prev := bigView(10_000, 10)
-	next := withPort(prev, port("bench", "new", "http", model.TCP, "10.100.1.1", 80, nodePort(32700), eps("10.200.0.1:8080")))
+	next := mt.WithPort(prev, mt.Port("bench", "new", "http", model.TCP, "10.100.1.1", 80, mt.NodePort(32700), mt.Eps("10.200.0.1:8080")))
 	benchCompile(b, next, prev)
 }
 

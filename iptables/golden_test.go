@@ -11,10 +11,14 @@ import (
 
 	"github.com/svcproxy/svcproxy/iptables"
 	"github.com/svcproxy/svcproxy/model"
+	mt "github.com/svcproxy/svcproxy/model/modeltest"
 	"github.com/svcproxy/svcproxy/netfilter"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files under testdata/golden")
+
+// testCfg is the iptables configuration of most scenarios.
+var testCfg = netfilter.Config{ClusterCIDRs: mt.PodCIDRs}
 
 // scenario is a view to compile, with the view it changes from if the plan
 // is partial. The golden test checks its rendering; the trace test checks
@@ -29,64 +33,64 @@ type scenario struct {
 func (sc scenario) plan() *netfilter.Plan { return iptables.Compile(sc.cfg, sc.view, sc.prev) }
 
 // web is the workhorse service: default/web:http, TCP 10.96.0.10:80.
-func web(opts ...portOpt) *model.ServicePort {
-	return port("default", "web", "http", model.TCP, "10.96.0.10", 80, opts...)
+func web(opts ...mt.PortOpt) *model.ServicePort {
+	return mt.Port("default", "web", "http", model.TCP, "10.96.0.10", 80, opts...)
 }
 
-var twoRemote = eps("10.244.2.5:8080", "10.244.3.7:8080")
+var twoRemote = mt.Eps("10.244.2.5:8080", "10.244.3.7:8080")
 
 func scenarios() []scenario {
-	v4 := func(ports ...*model.ServicePort) *model.NodeView { return view(model.IPv4, ports...) }
+	v4 := func(ports ...*model.ServicePort) *model.NodeView { return mt.View(model.IPv4, ports...) }
 	return []scenario{
-		{name: "clusterip", cfg: testCfg, view: v4(web(eps("10.244.2.5:8080")))},
-		{name: "multiple-endpoints", cfg: testCfg, view: v4(web(eps("10.244.2.5:8080", "10.244.3.7:8080", "10.244.4.9:8080")))},
+		{name: "clusterip", cfg: testCfg, view: v4(web(mt.Eps("10.244.2.5:8080")))},
+		{name: "multiple-endpoints", cfg: testCfg, view: v4(web(mt.Eps("10.244.2.5:8080", "10.244.3.7:8080", "10.244.4.9:8080")))},
 		{name: "no-endpoints", cfg: testCfg, view: v4(
-			web(nodePort(30080)),
-			port("kube-system", "dns", "dns", model.UDP, "10.96.0.53", 53),
+			web(mt.NodePort(30080)),
+			mt.Port("kube-system", "dns", "dns", model.UDP, "10.96.0.53", 53),
 		)},
-		{name: "nodeport", cfg: testCfg, view: v4(web(nodePort(30080), twoRemote))},
+		{name: "nodeport", cfg: testCfg, view: v4(web(mt.NodePort(30080), twoRemote))},
 		{name: "loadbalancer-source-ranges", cfg: testCfg, view: v4(web(
-			nodePort(30080), loadBalancer("198.51.100.10"), sourceRanges("203.0.113.0/24"), twoRemote,
+			mt.NodePort(30080), mt.LoadBalancer("198.51.100.10"), mt.SourceRanges("203.0.113.0/24"), twoRemote,
 		))},
-		{name: "external-ips", cfg: testCfg, view: v4(web(externalIPs("192.0.2.50"), twoRemote))},
+		{name: "external-ips", cfg: testCfg, view: v4(web(mt.ExternalIPs("192.0.2.50"), twoRemote))},
 		{name: "external-local", cfg: testCfg, view: v4(web(
-			nodePort(30080), loadBalancer("198.51.100.10"), externalLocal(32000),
-			eps("local 10.244.1.5:8080", "10.244.2.5:8080"),
+			mt.NodePort(30080), mt.LoadBalancer("198.51.100.10"), mt.ExternalLocal(32000),
+			mt.Eps("local 10.244.1.5:8080", "10.244.2.5:8080"),
 		))},
 		{name: "external-local-none-here", cfg: testCfg, view: v4(web(
-			nodePort(30080), loadBalancer("198.51.100.10"), externalLocal(32000), twoRemote,
+			mt.NodePort(30080), mt.LoadBalancer("198.51.100.10"), mt.ExternalLocal(32000), twoRemote,
 		))},
 		{name: "internal-local", cfg: testCfg, view: v4(
-			web(internalLocal(), eps("local 10.244.1.5:8080", "10.244.2.5:8080")),
-			port("default", "api", "", model.TCP, "10.96.0.20", 443, internalLocal(), nodePort(30443), eps("10.244.2.6:6443")),
-			port("default", "cache", "", model.TCP, "10.96.0.21", 6379, internalLocal(), eps("10.244.2.7:6379")),
-			port("default", "empty", "", model.TCP, "10.96.0.22", 80, internalLocal()),
+			web(mt.InternalLocal(), mt.Eps("local 10.244.1.5:8080", "10.244.2.5:8080")),
+			mt.Port("default", "api", "", model.TCP, "10.96.0.20", 443, mt.InternalLocal(), mt.NodePort(30443), mt.Eps("10.244.2.6:6443")),
+			mt.Port("default", "cache", "", model.TCP, "10.96.0.21", 6379, mt.InternalLocal(), mt.Eps("10.244.2.7:6379")),
+			mt.Port("default", "empty", "", model.TCP, "10.96.0.22", 80, mt.InternalLocal()),
 		)},
-		{name: "affinity", cfg: testCfg, view: v4(web(affinity(10800), twoRemote))},
+		{name: "affinity", cfg: testCfg, view: v4(web(mt.Affinity(10800), twoRemote))},
 		{name: "hairpin", cfg: testCfg, view: v4(
-			web(eps("local 10.244.1.5:8080")),
-			port("default", "db", "", model.TCP, "10.96.0.30", 5432, eps("local 10.244.1.5:5432", "local 10.244.1.6:5432")),
+			web(mt.Eps("local 10.244.1.5:8080")),
+			mt.Port("default", "db", "", model.TCP, "10.96.0.30", 5432, mt.Eps("local 10.244.1.5:5432", "local 10.244.1.6:5432")),
 		)},
-		{name: "masquerade-all", cfg: netfilter.Config{ClusterCIDRs: podCIDRs, MasqueradeAll: true}, view: v4(web(twoRemote))},
+		{name: "masquerade-all", cfg: netfilter.Config{ClusterCIDRs: mt.PodCIDRs, MasqueradeAll: true}, view: v4(web(twoRemote))},
 		{name: "no-cluster-cidr", cfg: netfilter.Config{}, view: v4(
 			web(twoRemote),
-			port("default", "edge", "", model.TCP, "10.96.0.40", 443, loadBalancer("198.51.100.40"), externalLocal(32001),
-				eps("local 10.244.1.5:8443", "10.244.2.5:8443")),
+			mt.Port("default", "edge", "", model.TCP, "10.96.0.40", 443, mt.LoadBalancer("198.51.100.40"), mt.ExternalLocal(32001),
+				mt.Eps("local 10.244.1.5:8443", "10.244.2.5:8443")),
 		)},
 		{name: "nodeport-addresses", cfg: netfilter.Config{
-			ClusterCIDRs:      podCIDRs,
+			ClusterCIDRs:      mt.PodCIDRs,
 			NodePortAddresses: []netip.Prefix{netip.MustParsePrefix("192.168.1.0/24"), netip.MustParsePrefix("fd00::/8")},
 		}, view: v4(
-			web(nodePort(30080), twoRemote),
-			port("default", "idle", "", model.TCP, "10.96.0.50", 80, nodePort(30090)),
+			web(mt.NodePort(30080), twoRemote),
+			mt.Port("default", "idle", "", model.TCP, "10.96.0.50", 80, mt.NodePort(30090)),
 		)},
-		{name: "udp", cfg: testCfg, view: v4(port("kube-system", "dns", "dns", model.UDP, "10.96.0.53", 53, eps("10.244.2.8:53", "10.244.3.8:53")))},
-		{name: "sctp", cfg: testCfg, view: v4(port("default", "signal", "", model.SCTP, "10.96.0.60", 3868, nodePort(30868), eps("10.244.2.9:3868")))},
-		{name: "ipv6", cfg: testCfg, view: view(model.IPv6,
-			port("default", "web", "http", model.TCP, "fd00:96::10", 80, nodePort(30080),
-				loadBalancer("2001:db8::10"), sourceRanges("2001:db8:1::/48"),
-				eps("[fd00:10:244:2::5]:8080", "local [fd00:10:244:1::5]:8080")),
-			port("kube-system", "dns", "dns", model.UDP, "fd00:96::53", 53),
+		{name: "udp", cfg: testCfg, view: v4(mt.Port("kube-system", "dns", "dns", model.UDP, "10.96.0.53", 53, mt.Eps("10.244.2.8:53", "10.244.3.8:53")))},
+		{name: "sctp", cfg: testCfg, view: v4(mt.Port("default", "signal", "", model.SCTP, "10.96.0.60", 3868, mt.NodePort(30868), mt.Eps("10.244.2.9:3868")))},
+		{name: "ipv6", cfg: testCfg, view: mt.View(model.IPv6,
+			mt.Port("default", "web", "http", model.TCP, "fd00:96::10", 80, mt.NodePort(30080),
+				mt.LoadBalancer("2001:db8::10"), mt.SourceRanges("2001:db8:1::/48"),
+				mt.Eps("[fd00:10:244:2::5]:8080", "local [fd00:10:244:1::5]:8080")),
+			mt.Port("kube-system", "dns", "dns", model.UDP, "fd00:96::53", 53),
 		)},
 		partialScenario(),
 	}
@@ -94,10 +98,10 @@ func scenarios() []scenario {
 
 // partialScenario changes one endpoint of one of three services.
 func partialScenario() scenario {
-	db := port("default", "db", "", model.TCP, "10.96.0.30", 5432, eps("10.244.2.7:5432"))
-	dns := port("kube-system", "dns", "dns", model.UDP, "10.96.0.53", 53, eps("10.244.2.8:53"))
-	prev := view(model.IPv4, web(nodePort(30080), twoRemote), db, dns)
-	next := withPort(prev, web(nodePort(30080), eps("10.244.2.5:8080", "10.244.3.8:8080")))
+	db := mt.Port("default", "db", "", model.TCP, "10.96.0.30", 5432, mt.Eps("10.244.2.7:5432"))
+	dns := mt.Port("kube-system", "dns", "dns", model.UDP, "10.96.0.53", 53, mt.Eps("10.244.2.8:53"))
+	prev := mt.View(model.IPv4, web(mt.NodePort(30080), twoRemote), db, dns)
+	next := mt.WithPort(prev, web(mt.NodePort(30080), mt.Eps("10.244.2.5:8080", "10.244.3.8:8080")))
 	return scenario{name: "partial-endpoint-change", cfg: testCfg, view: next, prev: prev}
 }
 

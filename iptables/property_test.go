@@ -11,161 +11,10 @@ import (
 
 	"github.com/svcproxy/svcproxy/iptables"
 	"github.com/svcproxy/svcproxy/model"
+	mt "github.com/svcproxy/svcproxy/model/modeltest"
 	"github.com/svcproxy/svcproxy/netfilter"
 	"github.com/svcproxy/svcproxy/netfilter/tracer"
 )
-
-// chooser makes the choices of the random view generator: from a seeded
-// generator in property tests, from the fuzzer's bytes in FuzzCompile.
-type chooser interface{ intn(n int) int }
-
-type randChooser struct{ r *rand.Rand }
-
-func (c randChooser) intn(n int) int { return c.r.IntN(n) }
-
-// byteChooser reads choices from bytes; once they run out every choice is 0.
-type byteChooser struct{ data []byte }
-
-func (c *byteChooser) intn(n int) int {
-	if n <= 1 || len(c.data) == 0 {
-		return 0
-	}
-	v := int(c.data[0]) | int(c.data[min(1, len(c.data)-1)])<<8
-	c.data = c.data[min(2, len(c.data)):]
-	return v % n
-}
-
-// gen builds arbitrary views: any combination of fields, including ones
-// Compute never produces (other-family addresses, port 0, endpoint lists
-// that disagree with the policies), because Compile must survive them.
-type gen struct {
-	ch     chooser
-	family model.Family
-	// spread widens the address pools so that big views split buckets.
-	spread int
-}
-
-func (g gen) addr(v4 string, v6 string, n int) netip.Addr {
-	base := netip.MustParseAddr(v4)
-	if (g.family == model.IPv6) != (g.ch.intn(20) == 0) { // now and then the other family
-		base = netip.MustParseAddr(v6)
-	}
-	b := base.AsSlice()
-	for i, x := 0, g.ch.intn(n); x > 0; i, x = i+1, x>>8 {
-		b[len(b)-1-i] += byte(x)
-	}
-	a, _ := netip.AddrFromSlice(b)
-	return a
-}
-
-func (g gen) endpoints() []model.Endpoint {
-	var eps []model.Endpoint
-	for range g.ch.intn(5) {
-		port := uint16(8080)
-		if g.ch.intn(15) == 0 {
-			port = 0
-		}
-		ep := model.Endpoint{Addr: netip.AddrPortFrom(g.addr("10.244.1.0", "fd00:10:244:1::", 12), port), Local: g.ch.intn(2) == 0, Ready: true}
-		eps = append(eps, ep)
-	}
-	slices.SortFunc(eps, func(a, b model.Endpoint) int { return a.Addr.Compare(b.Addr) })
-	return eps
-}
-
-func (g gen) addrs(v4, v6 string) []netip.Addr {
-	var out []netip.Addr
-	for range g.ch.intn(3) {
-		out = append(out, g.addr(v4, v6, 4))
-	}
-	slices.SortFunc(out, netip.Addr.Compare)
-	return out
-}
-
-func (g gen) servicePort() *model.ServicePort {
-	sp := &model.ServicePort{
-		Name: model.ServicePortName{
-			Namespace: []string{"default", "kube-system", "we\"ird ns\n"}[g.ch.intn(3)],
-			Name:      fmt.Sprintf("svc-%d", g.ch.intn(20+g.spread)),
-			Port:      []string{"", "http", "dns"}[g.ch.intn(3)],
-			Protocol:  model.Protocol(g.ch.intn(4)), // 0 is invalid
-		},
-		Port:                uint16(1 + g.ch.intn(3)*80),
-		ExternalPolicyLocal: g.ch.intn(3) == 0,
-		InternalPolicyLocal: g.ch.intn(4) == 0,
-		ClusterEndpoints:    g.endpoints(),
-	}
-	if g.ch.intn(10) != 0 {
-		sp.ClusterIP = g.addr("10.96.0.0", "fd00:96::", 8+g.spread*64)
-	}
-	if g.ch.intn(3) == 0 {
-		sp.NodePort = uint16(30000 + g.ch.intn(5))
-	}
-	if g.ch.intn(3) == 0 {
-		sp.ExternalIPs = g.addrs("192.0.2.0", "2001:db8:2::")
-	}
-	if g.ch.intn(3) == 0 {
-		sp.LoadBalancerIPs = g.addrs("198.51.100.0", "2001:db8::")
-		for range g.ch.intn(3) {
-			sp.SourceRanges = append(sp.SourceRanges, netip.PrefixFrom(g.addr("203.0.113.0", "2001:db8:1::", 255), 24+g.ch.intn(9)))
-		}
-	}
-	if g.ch.intn(4) == 0 {
-		sp.AffinitySeconds = int32(1 + g.ch.intn(10800))
-	}
-	if sp.ExternalPolicyLocal {
-		sp.LocalEndpoints = g.endpoints()
-		sp.HealthCheckNodePort = uint16(32000 + g.ch.intn(3))
-	}
-	if sp.InternalPolicyLocal {
-		sp.ExternalClusterEndpoints = g.endpoints()
-	}
-	return sp
-}
-
-func (g gen) view(n int) *model.NodeView {
-	v := view(g.family)
-	for range n {
-		sp := g.servicePort()
-		v.Services[sp.Name] = sp
-	}
-	return v
-}
-
-// mutate returns a copy of v with a few ports changed, added or removed.
-func (g gen) mutate(v *model.NodeView) *model.NodeView {
-	out := withPort(v, g.servicePort())
-	names := v.SortedNames()
-	for range g.ch.intn(4) {
-		if len(names) == 0 {
-			break
-		}
-		name := names[g.ch.intn(len(names))]
-		switch g.ch.intn(3) {
-		case 0:
-			out = withoutPort(out, name)
-		case 1:
-			sp := *v.Services[name]
-			sp.ClusterEndpoints = g.endpoints()
-			out = withPort(out, &sp)
-		default:
-			sp := g.servicePort()
-			sp.Name = name
-			out = withPort(out, sp)
-		}
-	}
-	return out
-}
-
-func (g gen) config() netfilter.Config {
-	cfg := netfilter.Config{MasqueradeAll: g.ch.intn(4) == 0, MasqueradeBit: g.ch.intn(33)}
-	if g.ch.intn(4) != 0 {
-		cfg.ClusterCIDRs = podCIDRs
-	}
-	if g.ch.intn(4) == 0 {
-		cfg.NodePortAddresses = []netip.Prefix{netip.MustParsePrefix("192.168.1.0/24"), netip.MustParsePrefix("fd00:192::/64")}[:1+g.ch.intn(2)]
-	}
-	return cfg
-}
 
 // checkPlans checks what must hold between a view, the view before it,
 // and their plans, whatever the views hold.
@@ -273,7 +122,7 @@ func TestPropertiesOfScenarios(t *testing.T) {
 		t.Run(sc.name, func(t *testing.T) {
 			prev := sc.prev
 			if prev == nil {
-				prev = view(sc.view.Family)
+				prev = mt.View(sc.view.Family)
 			}
 			checkPlans(t, sc.cfg, prev, sc.view)
 			checkPlans(t, sc.cfg, sc.view, prev)
@@ -287,14 +136,14 @@ func TestPropertiesOfScenarios(t *testing.T) {
 func TestPartialPlansFollowRandomChanges(t *testing.T) {
 	for _, family := range []model.Family{model.IPv4, model.IPv6} {
 		t.Run(family.String(), func(t *testing.T) {
-			g := gen{ch: randChooser{rand.New(rand.NewPCG(1, uint64(family)))}, family: family, spread: 300}
-			cfg := g.config()
-			prev := g.view(300)
+			g := mt.Gen{Ch: mt.RandChooser{R: rand.New(rand.NewPCG(1, uint64(family)))}, Family: family, Spread: 300}
+			cfg := g.Config()
+			prev := g.View(300)
 			splits := map[int]bool{}
 			for step := range 16 {
-				next := g.mutate(prev)
+				next := g.Mutate(prev)
 				for range (step % 4) * 25 { // bursts: many services come and go
-					next = g.mutate(next)
+					next = g.Mutate(next)
 				}
 				checkPlans(t, cfg, prev, next)
 				splits[len(iptables.Compile(cfg, next, nil).Write[servicesChain])] = true
@@ -310,11 +159,11 @@ func TestPartialPlansFollowRandomChanges(t *testing.T) {
 var servicesChain = netfilter.ChainKey{Table: netfilter.TableNAT, Name: "SVCPROXY-SERVICES"}
 
 func TestBucketsSplitAndStillDispatch(t *testing.T) {
-	v := view(model.IPv4)
+	v := mt.View(model.IPv4)
 	for i := range 600 {
 		ip := netip.AddrFrom4([4]byte{10, 96, byte(i / 200), byte(i % 200)})
-		sp := port("ns", fmt.Sprintf("svc-%d", i), "", model.TCP, ip.String(), 80,
-			eps(netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 244, byte(2 + i/200), byte(i % 200)}), 8080).String()))
+		sp := mt.Port("ns", fmt.Sprintf("svc-%d", i), "", model.TCP, ip.String(), 80,
+			mt.Eps(netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 244, byte(2 + i/200), byte(i % 200)}), 8080).String()))
 		v.Services[sp.Name] = sp
 	}
 	plan := iptables.Compile(testCfg, v, nil)
@@ -335,11 +184,11 @@ func FuzzCompile(f *testing.F) {
 	f.Add([]byte("seed"))
 	f.Add([]byte{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20})
 	f.Fuzz(func(t *testing.T, data []byte) {
-		ch := &byteChooser{data: data}
-		family := []model.Family{model.IPv4, model.IPv6}[ch.intn(2)]
-		g := gen{ch: ch, family: family}
-		cfg := g.config()
-		prev := g.view(ch.intn(12))
-		checkPlans(t, cfg, prev, g.mutate(prev))
+		ch := &mt.ByteChooser{Data: data}
+		family := []model.Family{model.IPv4, model.IPv6}[ch.Intn(2)]
+		g := mt.Gen{Ch: ch, Family: family}
+		cfg := g.Config()
+		prev := g.View(ch.Intn(12))
+		checkPlans(t, cfg, prev, g.Mutate(prev))
 	})
 }

@@ -153,6 +153,14 @@ type ServicePort struct {
 	// endpoints anywhere in the cluster, after topology. Sorted by address.
 	ExternalClusterEndpoints []Endpoint
 
+	// Serving lists every endpoint of the port that is serving, ready or
+	// terminating, anywhere, whatever the policies and topology leave to
+	// this node: new connections do not go to those the lists above leave
+	// out, but flows already there may go on (the IPVS mode keeps them as
+	// real servers of weight 0). Sorted by address; usually the very
+	// slice ClusterEndpoints is.
+	Serving []Endpoint
+
 	// HasEndpoints: some endpoint anywhere in the cluster can serve
 	// (ready, or serving and terminating), whatever the policies leave to
 	// this node. It tells a port that has endpoints, just none for this
@@ -216,7 +224,8 @@ func (sp *ServicePort) Equal(o *ServicePort) bool {
 		sp.HasEndpoints == o.HasEndpoints &&
 		slices.Equal(sp.ClusterEndpoints, o.ClusterEndpoints) &&
 		slices.Equal(sp.LocalEndpoints, o.LocalEndpoints) &&
-		slices.Equal(sp.ExternalClusterEndpoints, o.ExternalClusterEndpoints)
+		slices.Equal(sp.ExternalClusterEndpoints, o.ExternalClusterEndpoints) &&
+		slices.Equal(sp.Serving, o.Serving)
 }
 
 // NodeInfo is what svcproxy knows of the node it runs on.

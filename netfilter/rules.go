@@ -222,6 +222,10 @@ func (r *Rules) usablePrefix(p netip.Prefix) bool {
 	return p.IsValid() && model.FamilyOf(p.Addr()) == r.Family
 }
 
+// UsableEndpoint reports whether an endpoint can be programmed in this
+// family.
+func (r *Rules) UsableEndpoint(ep model.Endpoint) bool { return r.usableEndpoint(ep) }
+
 func (r *Rules) usableEndpoint(ep model.Endpoint) bool {
 	return r.usableAddr(ep.Addr.Addr()) && ep.Addr.Port() != 0
 }

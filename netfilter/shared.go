@@ -21,14 +21,22 @@ type Shared struct {
 	// Hairpin lists the port's node-local endpoint addresses some traffic
 	// reaches, sorted.
 	Hairpin func(*Port) []netip.Addr
+	// FilterTail are the mode's rules after every port's in FILTER, the
+	// same for every view.
+	FilterTail []string
+	// Balanced matches the packets the mode balanced to an endpoint, the
+	// only ones that can hairpin: "-m conntrack --ctstate DNAT" when
+	// iptables DNATs them, "-m ipvs --ipvs --vdir ORIGINAL" when IPVS does
+	// (conntrack does not mark IPVS's translation as DNAT).
+	Balanced string
 }
 
 // WriteAll adds every shared chain to a full plan.
 func (s Shared) WriteAll(plan *Plan, ports []Port) {
 	plan.Write[NatKey(ChainHairpin)] = s.Rules.HairpinRules(s.hairpinAddrs(ports))
-	plan.Write[NatKey(ChainPostrouting)] = s.Rules.postroutingRules()
+	plan.Write[NatKey(ChainPostrouting)] = s.Rules.postroutingRules(s.Balanced)
 	plan.Write[NatKey(ChainMarkMasq)] = s.Rules.markMasqRules()
-	plan.Write[FilterKey(ChainFilter)] = SharedRules(ports, s.Filter)
+	plan.Write[FilterKey(ChainFilter)] = s.filterRules(ports)
 	plan.Write[FilterKey(ChainForward)] = s.Rules.forwardRules()
 	plan.Write[FilterKey(ChainHealthCheck)] = healthCheckRules(ports)
 }
@@ -52,11 +60,15 @@ func (s Shared) WriteChanged(plan *Plan, c SharedChanges, before, after func() [
 		DiffChain(plan, NatKey(ChainHairpin), s.Rules.HairpinRules(s.hairpinAddrs(before())), s.Rules.HairpinRules(s.hairpinAddrs(after())))
 	}
 	if c.filter {
-		DiffChain(plan, FilterKey(ChainFilter), SharedRules(before(), s.Filter), SharedRules(after(), s.Filter))
+		DiffChain(plan, FilterKey(ChainFilter), s.filterRules(before()), s.filterRules(after()))
 	}
 	if c.healthCheck {
 		DiffChain(plan, FilterKey(ChainHealthCheck), healthCheckRules(before()), healthCheckRules(after()))
 	}
+}
+
+func (s Shared) filterRules(ports []Port) []string {
+	return append(SharedRules(ports, s.Filter), s.FilterTail...)
 }
 
 func (s Shared) hairpin(p *Port) []netip.Addr {
@@ -206,9 +218,9 @@ func healthCheckRules(ports []Port) []string {
 
 // postroutingRules masquerade what was marked, and clear the mark so that
 // it means nothing to whatever handles the packet next.
-func (r *Rules) postroutingRules() []string {
+func (r *Rules) postroutingRules(balanced string) []string {
 	return []string{
-		"-m conntrack --ctstate DNAT -j " + ChainHairpin,
+		balanced + " -j " + ChainHairpin,
 		"-m mark ! --mark " + r.Mark + "/" + r.Mark + " -j RETURN",
 		"-j MARK --xor-mark " + r.Mark,
 		"-m comment --comment " + QuoteComment("svcproxy service traffic requiring SNAT") + " -j MASQUERADE --random-fully",

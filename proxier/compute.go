@@ -233,6 +233,10 @@ func selectEndpoints(sp *model.ServicePort, cands []candidate, dist TrafficDistr
 	if sp.ExternalPolicyLocal {
 		sp.LocalEndpoints = localPolicy
 	}
+	sp.Serving = pick(cands, func(c *candidate) bool { return c.Serving })
+	if slices.Equal(sp.Serving, sp.ClusterEndpoints) {
+		sp.Serving = sp.ClusterEndpoints // the usual case costs no memory
+	}
 }
 
 // clusterPolicyEndpoints are the ready endpoints topology allows, else the

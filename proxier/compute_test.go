@@ -578,3 +578,23 @@ func TestComputeHasEndpoints(t *testing.T) {
 		})
 	}
 }
+
+// Serving lists every serving endpoint, whatever the policies and the
+// terminating fallback chose for new connections: flows to them may go on.
+func TestComputeServingIsEveryServingEndpoint(t *testing.T) {
+	svc := webService(pt.InternalLocal())
+	es := pt.Slice("ns", "web-1", "web", pt.SlicePort("http", "TCP", 8080),
+		pt.Endpoints(readyRemote, readyLocal, termLocal, termRemote, termNotServing, notReady))
+	sp := webPort(computeView(t, model.IPv4, testNode, []*v1.Service{svc}, es), t)
+	if got := epList(sp.ClusterEndpoints); got != "10.0.0.1:8080/local" {
+		t.Errorf("ClusterEndpoints = [%s], want the local ready one", got)
+	}
+	if got, want := epList(sp.Serving), "10.0.0.1:8080/local 10.0.0.2:8080 10.0.0.3:8080/local 10.0.0.4:8080"; got != want {
+		t.Errorf("Serving = [%s], want [%s]", got, want)
+	}
+	plain := webPort(computeView(t, model.IPv4, testNode, []*v1.Service{webService()},
+		pt.Slice("ns", "web-1", "web", pt.SlicePort("http", "TCP", 8080), pt.Endpoints(readyRemote, readyLocal))), t)
+	if &plain.Serving[0] != &plain.ClusterEndpoints[0] {
+		t.Error("with every serving endpoint in use, Serving must share ClusterEndpoints' memory")
+	}
+}
