@@ -1,21 +1,15 @@
 package iptables_test
 
 import (
-	"bytes"
-	"flag"
-	"fmt"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"testing"
 
+	"github.com/svcproxy/svcproxy/internal/golden"
 	"github.com/svcproxy/svcproxy/iptables"
 	"github.com/svcproxy/svcproxy/model"
 	mt "github.com/svcproxy/svcproxy/model/modeltest"
 	"github.com/svcproxy/svcproxy/netfilter"
 )
-
-var update = flag.Bool("update", false, "rewrite the golden files under testdata/golden")
 
 // testCfg is the iptables configuration of most scenarios.
 var testCfg = netfilter.Config{ClusterCIDRs: mt.PodCIDRs}
@@ -108,47 +102,7 @@ func partialScenario() scenario {
 func TestGolden(t *testing.T) {
 	for _, sc := range scenarios() {
 		t.Run(sc.name, func(t *testing.T) {
-			checkGolden(t, sc.name, sc.plan().Render(nil))
+			golden.Check(t, sc.name, sc.plan().Render(nil))
 		})
 	}
-}
-
-// checkGolden compares got with testdata/golden/<name>.txt, naming the
-// first line that differs; -update rewrites the file instead.
-func checkGolden(t *testing.T, name string, got []byte) {
-	t.Helper()
-	path := filepath.Join("testdata", "golden", name+".txt")
-	if *update {
-		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run go test ./iptables -run TestGolden -update to create it)", err)
-	}
-	if msg := firstDifference(want, got); msg != "" {
-		t.Errorf("%s: %s\n(if the change is intended, run go test ./iptables -run TestGolden -update)", path, msg)
-	}
-}
-
-func firstDifference(want, got []byte) string {
-	wl, gl := bytes.Split(want, []byte("\n")), bytes.Split(got, []byte("\n"))
-	for i := 0; i < max(len(wl), len(gl)); i++ {
-		w, g := "<end of file>", "<end of file>"
-		if i < len(wl) {
-			w = string(wl[i])
-		}
-		if i < len(gl) {
-			g = string(gl[i])
-		}
-		if w != g {
-			return fmt.Sprintf("line %d differs:\n  want: %s\n  got:  %s", i+1, w, g)
-		}
-	}
-	return ""
 }
