@@ -1,0 +1,143 @@
+package ipvs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"k8s.io/utils/clock"
+
+	"github.com/svcproxy/svcproxy/model"
+	"github.com/svcproxy/svcproxy/netfilter"
+)
+
+// Backend is the IPVS proxier.Backend of one family: it reads the node's
+// addresses, compiles, and applies.
+type Backend struct {
+	cfg     Config
+	family  model.Family
+	applier *Applier
+	rules   *netfilter.Applier
+	open    func() (Kernel, error)
+}
+
+// New returns the backend of one family, programming the host's IPVS,
+// links, sets and sysctls, and its iptables through the flavor's binaries.
+func New(cfg Config, family model.Family, flavor netfilter.Flavor) (*Backend, error) {
+	rules, err := netfilter.NewApplier(netfilter.ApplierConfig{Family: family, Flavor: flavor,
+		Jumps: netfilter.JumpRules(), TopChains: TopChains()})
+	if err != nil {
+		return nil, err
+	}
+	return NewBackend(cfg, family, rules, OpenKernel, clock.RealClock{}), nil
+}
+
+// NewBackend returns a backend reaching the kernel through open (called
+// once per sync, in the calling thread's network namespace) and rules,
+// e.g. a FakeKernel and an applier on a netfilter.FakeKernel.
+func NewBackend(cfg Config, family model.Family, rules *netfilter.Applier, open func() (Kernel, error), clk clock.PassiveClock) *Backend {
+	return &Backend{cfg: cfg, family: family, applier: NewApplier(cfg, family, rules, clk), rules: rules, open: open}
+}
+
+// TopChains are the chains every ruleset of this mode has.
+func TopChains() []netfilter.ChainKey { return netfilter.TopChains() }
+
+// Family implements proxier.Backend.
+func (b *Backend) Family() model.Family { return b.family }
+
+// Sync implements proxier.Backend. A partial sync becomes full when the
+// node's addresses changed since the last one (recorded in NODE-IPS):
+// every node port's virtual servers depend on them.
+func (b *Backend) Sync(ctx context.Context, view, prev *model.NodeView) (model.SyncResult, error) {
+	if view.Family != b.family {
+		return model.SyncResult{}, fmt.Errorf("syncing an %s view with the %s backend", view.Family, b.family)
+	}
+	k, err := b.open()
+	if err != nil {
+		return model.SyncResult{Full: prev == nil}, fmt.Errorf("opening the kernel's IPVS and netlink interfaces: %w", err)
+	}
+	defer k.Close()
+	looked := &countingKernel{Kernel: k}
+	nodeAddrs, err := looked.HostAddrs(b.family, DummyName)
+	if err != nil {
+		return model.SyncResult{Full: prev == nil, KernelOps: looked.ops}, fmt.Errorf("listing the node's addresses: %w", err)
+	}
+	if prev != nil && !b.sameNodeAddrs(looked, nodeAddrs) {
+		prev = nil
+	}
+	plan := Compile(b.cfg, view, prev, nodeAddrs)
+	done, err := b.applier.Apply(ctx, k, plan)
+	res := model.SyncResult{
+		Full:          plan.Full,
+		KernelOps:     looked.ops + done.Ops,
+		Written:       done.Written,
+		Deleted:       done.Deleted,
+		Rules:         plan.Rules.Rules(),
+		Bytes:         done.Rules.Bytes,
+		RestoreFailed: done.RestoreFailed,
+	}
+	if done.Draining > 0 {
+		res.RecheckAfter = DrainCheckPeriod
+	}
+	return res, err
+}
+
+// sameNodeAddrs reports whether node ports answer on the addresses the
+// last sync recorded.
+func (b *Backend) sameNodeAddrs(k Kernel, nodeAddrs []netip.Addr) bool {
+	names := newSetNames(b.family)
+	recorded, err := k.SetEntries(names.byName[names.nodeIPs])
+	if err != nil {
+		return false
+	}
+	var addrs []netip.Addr
+	for _, e := range recorded {
+		addrs = append(addrs, e.Addr)
+	}
+	slices.SortFunc(addrs, netip.Addr.Compare)
+	return slices.Equal(addrs, NodePortAddrs(netfilter.NewRules(b.cfg.Rules, b.family), nodeAddrs))
+}
+
+// Intact implements proxier.Backend: the jump rules and top chains are in
+// place, and the kernel holds every virtual server (with its real servers
+// and their weights), address, set entry and sysctl the applied view
+// needs. It reads the whole IPVS table, one request per virtual server.
+func (b *Backend) Intact(ctx context.Context, applied *model.NodeView) (bool, error) {
+	if ok, err := b.rules.Intact(ctx); !ok || err != nil {
+		return false, err
+	}
+	k, err := b.open()
+	if err != nil {
+		return false, err
+	}
+	defer k.Close()
+	nodeAddrs, err := k.HostAddrs(b.family, DummyName)
+	if err != nil {
+		return false, err
+	}
+	want := Compile(b.cfg, applied, nil, nodeAddrs).Want
+	return b.applier.holds(k, want)
+}
+
+// Cleanup implements proxier.Backend: the iptables rules (which name the
+// sets) go first, then everything of the family's IPVS state, and
+// kube-ipvs0 once no family has an address on it.
+func (b *Backend) Cleanup(ctx context.Context) error {
+	rulesErr := b.rules.Cleanup(ctx)
+	return errors.Join(rulesErr, b.RemoveIPVSState(ctx))
+}
+
+// RemoveIPVSState removes the family's virtual servers, kube-ipvs0's
+// addresses and the sets svcproxy made, but no iptables rule: what the
+// iptables mode does on a node that ran the IPVS mode, once its own rules
+// no longer name the sets.
+func (b *Backend) RemoveIPVSState(ctx context.Context) error {
+	k, err := b.open()
+	if err != nil {
+		return fmt.Errorf("opening the kernel's IPVS and netlink interfaces: %w", err)
+	}
+	defer k.Close()
+	return b.applier.removeAll(ctx, k)
+}
