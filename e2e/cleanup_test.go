@@ -13,7 +13,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/svcproxy/svcproxy/internal/netnstest"
-	"github.com/svcproxy/svcproxy/netfilter"
 	"github.com/svcproxy/svcproxy/proxier"
 )
 
@@ -23,9 +22,9 @@ import (
 // kernel frees them with their rules. (Every cluster's cleanup also checks
 // that svcproxy's own cleanup removed its rules.)
 func TestNothingOutlivesACluster(t *testing.T) {
-	forEachFlavor(t, func(t *testing.T, flavor netfilter.Flavor) {
+	forEachSetup(t, func(t *testing.T, s setup) {
 		var inodes []uint64
-		t.Run("cluster", func(t *testing.T) { inodes = busyCluster(t, flavor) })
+		t.Run("cluster", func(t *testing.T) { inodes = busyCluster(t, s) })
 		// Threads that entered a namespace exit just after their goroutine.
 		var left []string
 		for range 50 {
@@ -42,8 +41,8 @@ func TestNothingOutlivesACluster(t *testing.T) {
 
 // busyCluster runs a cluster with everything the harness can start and
 // returns the inodes of its namespaces.
-func busyCluster(t *testing.T, flavor netfilter.Flavor) []uint64 {
-	c := newCluster(t, flavor, 2)
+func busyCluster(t *testing.T, s setup) []uint64 {
+	c := newCluster(t, s, 2)
 	serveLines(t, c.Pod(1), 9000)
 	c.upsertService(service("web", []string{"10.96.0.60"}))
 	c.upsertSlice(endpoints("web", local(c.Pod(1))))

@@ -15,7 +15,6 @@ import (
 
 	"github.com/svcproxy/svcproxy/internal/netnstest"
 	"github.com/svcproxy/svcproxy/model"
-	"github.com/svcproxy/svcproxy/netfilter"
 	"github.com/svcproxy/svcproxy/proxier/proxiertest"
 )
 
@@ -24,10 +23,10 @@ import (
 // as a full sync of the final state writes it: nothing stale, nothing
 // missing in any shared chain.
 func TestPartialSyncsConverge(t *testing.T) {
-	forEachFlavor(t, func(t *testing.T, flavor netfilter.Flavor) {
-		c := newCluster(t, flavor, 5)
+	forEachSetup(t, func(t *testing.T, s setup) {
+		c := newCluster(t, s, 5)
 		c.Outside().Timeout = netnstest.DefaultTimeout
-		rng := rand.New(rand.NewPCG(7, uint64(len(flavor)))) // reproducible per flavor
+		rng := rand.New(rand.NewPCG(7, uint64(len(s.String())))) // reproducible per setup
 		world := make([]serviceState, 5)
 		for i := range world {
 			world[i] = serviceState{index: i, exists: true, endpoints: map[int]bool{1 + i%4: true}}

@@ -1,15 +1,18 @@
-// Package e2e proves svcproxy's iptables mode in a real kernel: real
-// Services and EndpointSlices go through the Tracker, Compute, the iptables
-// backend and the conntrack cleaner into a node network namespace, and real
-// TCP and UDP connections from pods, the node and an outside client show
-// which backend answered and the source address it saw. Every test runs
-// under iptables-nft and iptables-legacy, in namespaces of its own.
+// Package e2e proves svcproxy's modes in a real kernel: real Services and
+// EndpointSlices go through the Tracker, Compute, the mode's backend and
+// the conntrack cleaner into a node network namespace, and real TCP and
+// UDP connections from pods, the node and an outside client show which
+// backend answered and the source address it saw. Every test runs under
+// iptables-nft and iptables-legacy, in namespaces of its own; on this
+// machine's kernel in iptables mode, and with -svcproxy.mode=ipvs in the
+// VM of e2e/vm, whose kernel has IPVS.
 package e2e
 
 import (
 	"bufio"
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"net"
 	"net/netip"
@@ -28,6 +31,7 @@ import (
 	"github.com/svcproxy/svcproxy/conntrack"
 	"github.com/svcproxy/svcproxy/internal/netnstest"
 	"github.com/svcproxy/svcproxy/iptables"
+	"github.com/svcproxy/svcproxy/ipvs"
 	"github.com/svcproxy/svcproxy/model"
 	"github.com/svcproxy/svcproxy/netfilter"
 	"github.com/svcproxy/svcproxy/proxier"
@@ -60,9 +64,47 @@ func clusterCIDRs() []netip.Prefix {
 	return []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:244::/64")}
 }
 
-func forEachFlavor(t *testing.T, test func(t *testing.T, flavor netfilter.Flavor)) {
-	for _, flavor := range []netfilter.Flavor{netfilter.FlavorNFT, netfilter.FlavorLegacy} {
-		t.Run(string(flavor), func(t *testing.T) { test(t, flavor) })
+// modeFlag is the mode the suite tests; the IPVS mode needs a kernel with
+// IPVS and the dummy driver, which e2e/vm boots.
+var modeFlag = flag.String("svcproxy.mode", "iptables", "the proxy mode under test: iptables, or ipvs (in a kernel with IPVS: see e2e/vm)")
+
+// setup is one way of running svcproxy that every test runs under: the
+// mode under test with each iptables flavor.
+type setup struct {
+	mode   string
+	flavor netfilter.Flavor
+}
+
+func (s setup) String() string { return s.mode + "/" + string(s.flavor) }
+
+func (s setup) ipvs() bool { return s.mode == "ipvs" }
+
+func forEachSetup(t *testing.T, test func(t *testing.T, s setup)) {
+	for _, flavor := range netfilter.Flavors() {
+		s := setup{mode: *modeFlag, flavor: flavor}
+		t.Run(string(flavor), func(t *testing.T) {
+			if s.ipvs() {
+				requireIPVS(t)
+			}
+			test(t, s)
+		})
+	}
+}
+
+// requireIPVS fails a test of the IPVS mode on a kernel without it: the
+// suite is only ever asked for that mode where the kernel has it.
+func requireIPVS(t *testing.T) {
+	t.Helper()
+	if err := ipvs.CheckSupport(ipvs.DefaultScheduler); err != nil {
+		t.Fatalf("-svcproxy.mode=ipvs on a kernel without it: %v", err)
+	}
+}
+
+// onlyIPVS runs an IPVS-specific test only in the IPVS run of the suite.
+func onlyIPVS(t *testing.T) {
+	t.Helper()
+	if *modeFlag != "ipvs" {
+		t.Skip("an IPVS-mode test; e2e/vm runs it with -svcproxy.mode=ipvs")
 	}
 }
 
@@ -70,8 +112,9 @@ func forEachFlavor(t *testing.T, test func(t *testing.T, flavor netfilter.Flavor
 type option func(*settings)
 
 type settings struct {
-	cfg  netfilter.Config
-	zone string
+	cfg          netfilter.Config
+	zone         string
+	drainTimeout time.Duration // IPVS mode; 0: the default
 }
 
 // masqueradeAll is --masquerade-all.
@@ -86,6 +129,7 @@ func inZone(zone string) option { return func(s *settings) { s.zone = zone } }
 type cluster struct {
 	*netnstest.Bed
 	t        *testing.T
+	setup    setup
 	flavor   netfilter.Flavor
 	settings settings
 	flows    *conntrack.Kernel
@@ -125,12 +169,13 @@ func (p *process) reportsSince(t time.Time) []*proxier.SyncReport {
 // newCluster builds a bed with pods serving TCP podTCP and UDP podUDP, and
 // starts svcproxy for both families on its node. Everything svcproxy
 // programmed is removed, and checked to be gone, when the test ends.
-func newCluster(t *testing.T, flavor netfilter.Flavor, pods int, opts ...option) *cluster {
+func newCluster(t *testing.T, s setup, pods int, opts ...option) *cluster {
 	t.Helper()
 	c := &cluster{
 		Bed:      netnstest.NewBed(t, pods),
 		t:        t,
-		flavor:   flavor,
+		setup:    s,
+		flavor:   s.flavor,
 		settings: settings{cfg: netfilter.Config{ClusterCIDRs: clusterCIDRs()}},
 		services: map[string]*v1.Service{},
 		slices:   map[string]*discoveryv1.EndpointSlice{},
@@ -170,11 +215,7 @@ func (c *cluster) start() *process {
 	p := &process{tracker: proxier.NewTracker(log, time.Now)}
 	var backends []proxier.Backend
 	for _, family := range []model.Family{model.IPv4, model.IPv6} {
-		b, err := iptables.New(c.settings.cfg, family, c.flavor)
-		if err != nil {
-			c.t.Fatal(err)
-		}
-		backends = append(backends, b)
+		backends = append(backends, c.backend(family))
 	}
 	p.syncer = proxier.NewSyncer(p.tracker, backends, conntrack.Cleaner{Table: c.flows}, clock.RealClock{}, log)
 	p.syncer.Observe(p.record)
@@ -186,6 +227,32 @@ func (c *cluster) start() *process {
 		p.tracker.UpsertEndpointSlice(es)
 	}
 	return p
+}
+
+// backend makes the backend of the mode under test for a family.
+func (c *cluster) backend(family model.Family) proxier.Backend {
+	c.t.Helper()
+	var b proxier.Backend
+	var err error
+	if c.setup.ipvs() {
+		b, err = ipvs.New(c.ipvsConfig(), family, c.flavor)
+	} else {
+		b, err = iptables.New(c.settings.cfg, family, c.flavor)
+	}
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return b
+}
+
+// ipvsConfig is the IPVS mode's configuration in the bed: kube-proxy's
+// defaults, with the drain bound the cluster's settings give.
+func (c *cluster) ipvsConfig() ipvs.Config {
+	fixed, err := ipvs.ConnReuseFixed()
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return ipvs.Config{Rules: c.settings.cfg, ConnReuseFixed: fixed, DrainTimeout: c.settings.drainTimeout}
 }
 
 // restart replaces the svcproxy process by a new one, which knows nothing
@@ -307,11 +374,7 @@ func (c *cluster) save(family model.Family) (string, error) {
 func (c *cluster) cleanup() {
 	defer c.flows.Close()
 	for _, family := range []model.Family{model.IPv4, model.IPv6} {
-		b, err := iptables.New(c.settings.cfg, family, c.flavor)
-		if err != nil {
-			c.t.Error(err)
-			continue
-		}
+		b := c.backend(family)
 		if err := c.Node().Do(func() error { return b.Cleanup(context.Background()) }); err != nil {
 			c.t.Errorf("cleanup %v: %v", family, err)
 		}
@@ -323,7 +386,33 @@ func (c *cluster) cleanup() {
 		if strings.Contains(saved, netfilter.ChainPrefix) {
 			c.t.Errorf("%v rules left after cleanup:\n%s", family, saved)
 		}
+		if c.setup.ipvs() {
+			if left := c.ipvsState(family); !left.Empty() {
+				c.t.Errorf("%v IPVS state left after cleanup:\n%s", family, left.Dump())
+			}
+		}
 	}
+}
+
+// ipvsState is the node's IPVS-mode state of one family, as svcproxy's
+// kernel seam reads it: virtual servers (with their real servers),
+// kube-ipvs0's addresses and svcproxy's sets.
+func (c *cluster) ipvsState(family model.Family) *ipvs.State {
+	c.t.Helper()
+	var s *ipvs.State
+	err := c.Node().Do(func() error {
+		k, err := ipvs.OpenKernel()
+		if err != nil {
+			return err
+		}
+		defer k.Close()
+		s, err = ipvs.Read(k, family)
+		return err
+	})
+	if err != nil {
+		c.t.Fatalf("reading the IPVS state: %v", err)
+	}
+	return s
 }
 
 // Builders of the tests' Services and EndpointSlices.

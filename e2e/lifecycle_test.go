@@ -21,8 +21,8 @@ import (
 // the conntrack entry that still pinned it to the old one, which is alive
 // and would otherwise go on answering.
 func TestUDPFailover(t *testing.T) {
-	forEachFlavor(t, func(t *testing.T, flavor netfilter.Flavor) {
-		c := newCluster(t, flavor, 3)
+	forEachSetup(t, func(t *testing.T, s setup) {
+		c := newCluster(t, s, 3)
 		c.upsertService(service("dns", []string{"10.96.0.30"}, nodePorts(30100, 30101)))
 		c.upsertSlice(endpoints("dns", local(c.Pod(1))))
 		c.sync()
@@ -62,8 +62,8 @@ func expectAsk(t *testing.T, client *netnstest.UDPClient, server string) {
 // ones atomically: an established connection survives, new connections
 // made all along never fail, and no conntrack entry is flushed.
 func TestRestartKeepsTraffic(t *testing.T) {
-	forEachFlavor(t, func(t *testing.T, flavor netfilter.Flavor) {
-		c := newCluster(t, flavor, 3)
+	forEachSetup(t, func(t *testing.T, s setup) {
+		c := newCluster(t, s, 3)
 		const longPort = 9000
 		for _, pod := range c.Pods()[1:] {
 			serveLines(t, pod, longPort)
@@ -189,8 +189,8 @@ func (p *probe) stop() (made int, failures []string) {
 // The real Runner notices when another program removes svcproxy's rules
 // and puts them back with a full sync, within its check period.
 func TestDriftIsRepaired(t *testing.T) {
-	forEachFlavor(t, func(t *testing.T, flavor netfilter.Flavor) {
-		c := newCluster(t, flavor, 3)
+	forEachSetup(t, func(t *testing.T, s setup) {
+		c := newCluster(t, s, 3)
 		c.upsertService(service("web", []string{"10.96.0.33"}))
 		c.upsertSlice(endpoints("web", local(c.Pod(1))))
 		cfg := proxier.DefaultRunnerConfig()
@@ -262,8 +262,8 @@ func fullSyncSince(p *process, t time.Time, limit time.Duration) *proxier.SyncRe
 // Objects svcproxy cannot program are skipped, or their bad entries
 // dropped, while valid services synced alongside carry traffic.
 func TestBadInputIsSkipped(t *testing.T) {
-	forEachFlavor(t, func(t *testing.T, flavor netfilter.Flavor) {
-		c := newCluster(t, flavor, 3)
+	forEachSetup(t, func(t *testing.T, s setup) {
+		c := newCluster(t, s, 3)
 		c.upsertService(service("good", []string{"10.96.0.34"}))
 		c.upsertSlice(endpoints("good", local(c.Pod(1)),
 			proxiertest.Ready("10.244.0.999", nodeName), proxiertest.Ready("fd00:244::12", nodeName)))
@@ -297,8 +297,8 @@ func TestBadInputIsSkipped(t *testing.T) {
 // Partial syncs rewrite only what changed, and everything else keeps
 // carrying traffic; a deleted service's address stops answering.
 func TestPartialSyncsCarryTraffic(t *testing.T) {
-	forEachFlavor(t, func(t *testing.T, flavor netfilter.Flavor) {
-		c := newCluster(t, flavor, 5)
+	forEachSetup(t, func(t *testing.T, s setup) {
+		c := newCluster(t, s, 5)
 		ips := map[string]string{"a": "10.96.0.40", "b": "10.96.0.41", "c": "10.96.0.42", "d": "10.96.0.43"}
 		for i, name := range []string{"a", "b", "c"} {
 			c.upsertService(service(name, []string{ips[name]}))

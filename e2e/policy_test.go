@@ -4,15 +4,14 @@ import (
 	"testing"
 
 	"github.com/svcproxy/svcproxy/internal/netnstest"
-	"github.com/svcproxy/svcproxy/netfilter"
 	"github.com/svcproxy/svcproxy/proxier/proxiertest"
 )
 
 // New connections spread over every endpoint. With 4 endpoints and 60
 // connections, one endpoint missing out by chance has odds of about 1e-7.
 func TestBalancing(t *testing.T) {
-	forEachFlavor(t, func(t *testing.T, flavor netfilter.Flavor) {
-		c := newCluster(t, flavor, 5)
+	forEachSetup(t, func(t *testing.T, s setup) {
+		c := newCluster(t, s, 5)
 		backends := c.Pods()[1:]
 		var eps []proxiertest.Endpoint
 		for _, pod := range backends {
@@ -40,8 +39,8 @@ func TestBalancing(t *testing.T) {
 
 // ClientIP affinity: every connection of one client goes to one endpoint.
 func TestSessionAffinity(t *testing.T) {
-	forEachFlavor(t, func(t *testing.T, flavor netfilter.Flavor) {
-		c := newCluster(t, flavor, 5)
+	forEachSetup(t, func(t *testing.T, s setup) {
+		c := newCluster(t, s, 5)
 		c.upsertService(service("sticky", []string{"10.96.0.21"}, proxiertest.Affinity(0)))
 		c.upsertSlice(endpoints("sticky", local(c.Pod(2)), local(c.Pod(3)), local(c.Pod(4))))
 		c.sync()
@@ -67,8 +66,8 @@ func TestSessionAffinity(t *testing.T) {
 // dropped (so a load balancer's retry goes to another node) while the
 // ClusterIP still reaches every endpoint.
 func TestExternalTrafficPolicyLocal(t *testing.T) {
-	forEachFlavor(t, func(t *testing.T, flavor netfilter.Flavor) {
-		c := newCluster(t, flavor, 4)
+	forEachSetup(t, func(t *testing.T, s setup) {
+		c := newCluster(t, s, 4)
 		c.upsertService(service("local", []string{"10.96.0.22"}, nodePorts(30090, 30091),
 			proxiertest.LoadBalancer("203.0.113.22"), proxiertest.ExternalLocal(32000)))
 		c.upsertSlice(endpoints("local", local(c.Pod(1)), remote(c.Pod(2)), remote(c.Pod(3))))
@@ -97,8 +96,8 @@ func TestExternalTrafficPolicyLocal(t *testing.T) {
 
 // internalTrafficPolicy Local: ClusterIP traffic stays on this node.
 func TestInternalTrafficPolicyLocal(t *testing.T) {
-	forEachFlavor(t, func(t *testing.T, flavor netfilter.Flavor) {
-		c := newCluster(t, flavor, 4)
+	forEachSetup(t, func(t *testing.T, s setup) {
+		c := newCluster(t, s, 4)
 		c.upsertService(service("node-local", []string{"10.96.0.23"}, proxiertest.InternalLocal()))
 		c.upsertSlice(endpoints("node-local", remote(c.Pod(1)), local(c.Pod(2)), remote(c.Pod(3))))
 		c.sync()
@@ -111,8 +110,8 @@ func TestInternalTrafficPolicyLocal(t *testing.T) {
 // loadBalancerSourceRanges admit the listed sources to the load-balancer
 // IP and drop the rest; the service's ClusterIP stays open to all.
 func TestLoadBalancerSourceRanges(t *testing.T) {
-	forEachFlavor(t, func(t *testing.T, flavor netfilter.Flavor) {
-		c := newCluster(t, flavor, 3)
+	forEachSetup(t, func(t *testing.T, s setup) {
+		c := newCluster(t, s, 3)
 		outside, allowedPod := c.Outside().IPv4().String()+"/32", c.Pod(0).IPv4().String()+"/32"
 		svc := func(ranges ...string) {
 			c.upsertService(service("guarded", []string{"10.96.0.24"},
@@ -142,8 +141,8 @@ func TestLoadBalancerSourceRanges(t *testing.T) {
 // The terminating fallback: when every endpoint is terminating, the
 // serving ones keep the service up; once a ready one exists, only it is used.
 func TestTerminatingFallback(t *testing.T) {
-	forEachFlavor(t, func(t *testing.T, flavor netfilter.Flavor) {
-		c := newCluster(t, flavor, 4)
+	forEachSetup(t, func(t *testing.T, s setup) {
+		c := newCluster(t, s, 4)
 		draining := []proxiertest.Endpoint{
 			proxiertest.Terminating(c.Pod(1).IPv4().String(), nodeName, true),
 			proxiertest.Terminating(c.Pod(2).IPv4().String(), nodeName, true),
@@ -163,8 +162,8 @@ func TestTerminatingFallback(t *testing.T) {
 
 // Zone hints keep traffic in the node's zone.
 func TestTopologyZoneHints(t *testing.T) {
-	forEachFlavor(t, func(t *testing.T, flavor netfilter.Flavor) {
-		c := newCluster(t, flavor, 4, inZone("zone-a"))
+	forEachSetup(t, func(t *testing.T, s setup) {
+		c := newCluster(t, s, 4, inZone("zone-a"))
 		c.upsertService(service("zonal", []string{"10.96.0.26"}))
 		c.upsertSlice(endpoints("zonal",
 			remote(c.Pod(1)).InZone("zone-a").HintZones("zone-a"),
@@ -179,8 +178,8 @@ func TestTopologyZoneHints(t *testing.T) {
 // A pod balanced back to itself still gets its answer: the node
 // masquerades it, so the reply comes back through the node to be un-DNATed.
 func TestHairpin(t *testing.T) {
-	forEachFlavor(t, func(t *testing.T, flavor netfilter.Flavor) {
-		c := newCluster(t, flavor, 1)
+	forEachSetup(t, func(t *testing.T, s setup) {
+		c := newCluster(t, s, 1)
 		c.upsertService(service("self", []string{"10.96.0.27"}))
 		c.upsertSlice(endpoints("self", local(c.Pod(0))))
 		c.sync()
@@ -193,8 +192,8 @@ func TestHairpin(t *testing.T) {
 
 // --masquerade-all masquerades pods too.
 func TestMasqueradeAll(t *testing.T) {
-	forEachFlavor(t, func(t *testing.T, flavor netfilter.Flavor) {
-		c := newCluster(t, flavor, 2, masqueradeAll())
+	forEachSetup(t, func(t *testing.T, s setup) {
+		c := newCluster(t, s, 2, masqueradeAll())
 		c.upsertService(service("web", []string{"10.96.0.28"}))
 		c.upsertSlice(endpoints("web", local(c.Pod(1))))
 		c.sync()

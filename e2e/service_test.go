@@ -5,7 +5,6 @@ import (
 	"time"
 
 	"github.com/svcproxy/svcproxy/internal/netnstest"
-	"github.com/svcproxy/svcproxy/netfilter"
 	"github.com/svcproxy/svcproxy/proxier/proxiertest"
 )
 
@@ -13,8 +12,8 @@ import (
 // inside --cluster-cidr); the node, whose address is not, is masqueraded to
 // its address on the pods' side.
 func TestClusterIP(t *testing.T) {
-	forEachFlavor(t, func(t *testing.T, flavor netfilter.Flavor) {
-		c := newCluster(t, flavor, 2)
+	forEachSetup(t, func(t *testing.T, s setup) {
+		c := newCluster(t, s, 2)
 		c.upsertService(service("web", []string{"10.96.0.10"}))
 		c.upsertSlice(endpoints("web", local(c.Pod(1))))
 		c.sync()
@@ -33,8 +32,8 @@ func TestClusterIP(t *testing.T) {
 // NodePort, load-balancer ingress IPs and external IPs from a client off
 // the node: external traffic under the Cluster policy is masqueraded.
 func TestExternalAddresses(t *testing.T) {
-	forEachFlavor(t, func(t *testing.T, flavor netfilter.Flavor) {
-		c := newCluster(t, flavor, 2)
+	forEachSetup(t, func(t *testing.T, s setup) {
+		c := newCluster(t, s, 2)
 		c.upsertService(service("web", []string{"10.96.0.11"}, nodePorts(30080, 30053),
 			proxiertest.LoadBalancer("203.0.113.11"), proxiertest.ExternalIPs("198.51.100.11")))
 		c.upsertSlice(endpoints("web", local(c.Pod(1))))
@@ -61,8 +60,8 @@ func TestExternalAddresses(t *testing.T) {
 // A service without endpoints answers at once: TCP with a reset, UDP with
 // ICMP port unreachable, so clients fail fast instead of waiting.
 func TestNoEndpointsRejectPromptly(t *testing.T) {
-	forEachFlavor(t, func(t *testing.T, flavor netfilter.Flavor) {
-		c := newCluster(t, flavor, 1)
+	forEachSetup(t, func(t *testing.T, s setup) {
+		c := newCluster(t, s, 1)
 		c.upsertService(service("empty", []string{"10.96.0.12"}, nodePorts(30081, 30054)))
 		c.sync()
 
@@ -99,8 +98,8 @@ func expectPromptRefusal(t *testing.T, client *netnstest.NS, network, dst string
 // IPv6 services, single and dual stack: ClusterIP, NodePort and the reject
 // of a service without endpoints, all in IPv6.
 func TestIPv6(t *testing.T) {
-	forEachFlavor(t, func(t *testing.T, flavor netfilter.Flavor) {
-		c := newCluster(t, flavor, 3)
+	forEachSetup(t, func(t *testing.T, s setup) {
+		c := newCluster(t, s, 3)
 		c.upsertService(service("web6", []string{"fd00:96::13"}, nodePorts(30082, 30055)))
 		c.upsertSlice(endpoints("web6", local6(c.Pod(1))))
 		c.upsertService(service("dual", []string{"10.96.0.14", "fd00:96::14"}, nodePorts(30083, 30056)))
@@ -136,8 +135,8 @@ func TestIPv6(t *testing.T) {
 // The policies that write family-specific rules (affinity masks, hairpin
 // and source-range matches, the Local policy's source checks) in IPv6.
 func TestIPv6Policies(t *testing.T) {
-	forEachFlavor(t, func(t *testing.T, flavor netfilter.Flavor) {
-		c := newCluster(t, flavor, 4)
+	forEachSetup(t, func(t *testing.T, s setup) {
+		c := newCluster(t, s, 4)
 		c.upsertService(service("sticky6", []string{"fd00:96::20"}, proxiertest.Affinity(0)))
 		c.upsertSlice(endpoints("sticky6", local6(c.Pod(1)), local6(c.Pod(2)), local6(c.Pod(3))))
 		c.upsertService(service("self6", []string{"fd00:96::21"}))
