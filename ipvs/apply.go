@@ -617,36 +617,60 @@ func realsHold(want []RealServer, cur []RealStatus) bool {
 
 // removeAll removes every object of the family svcproxy owns: virtual
 // servers, kube-ipvs0's addresses, the sets; kube-ipvs0 itself once it has
-// no address of any family. The iptables rules naming the sets must be
-// gone already, or the sets stay (and it says so).
-func (a *Applier) removeAll(ctx context.Context, k Kernel) error {
+// no address of any family. With gently, a virtual server some connection
+// still uses stays, with its address and the records that tell it is
+// svcproxy's: the iptables mode, taking over a node, sends new connections
+// past IPVS at once, and lets the old ones end. It returns how many
+// virtual servers stay. The iptables rules naming the sets must be gone
+// already, or the sets stay (and it says so).
+func (a *Applier) removeAll(ctx context.Context, k Kernel, gently bool) (int, error) {
 	run := &applyRun{a: a, k: &countingKernel{Kernel: k}, want: NewState(a.family), plan: &Plan{Rules: netfilter.NewPlan(a.family, false)}}
 	seen, err := run.observe()
 	if err != nil {
-		return fmt.Errorf("reading the IPVS state: %w", err)
+		return 0, fmt.Errorf("reading the IPVS state: %w", err)
+	}
+	if gently {
+		for key, vs := range seen.servers {
+			if !slices.ContainsFunc(seen.reals[key], func(r RealStatus) bool { return !r.Idle() }) {
+				continue
+			}
+			run.want.VirtualServers[key] = vs // in use: stays for now
+			run.want.Addresses[key.Addr] = true
+		}
 	}
 	run.remove = seen.staleAgainst(run.want)
+	if len(run.want.VirtualServers) > 0 {
+		// What tells the remaining virtual servers are svcproxy's stays.
+		run.remove.Entries, run.remove.Sets = map[SetEntry]bool{}, map[string]Set{}
+	}
 	run.programmed = map[VSKey]bool{}
-	run.unadmit(ctx)
 	run.deleteVirtualServers(ctx)
 	run.unbindAddresses(ctx)
 	run.removeRecords(ctx)
+	run.unadmit(ctx)
 	run.destroyStaleSets(ctx)
 	a.drains = map[realKey]time.Time{}
+	if len(run.want.VirtualServers) == 0 {
+		run.deleteDummyIfUnused(k)
+	}
+	return len(run.want.VirtualServers), errors.Join(run.errs...)
+}
+
+// deleteDummyIfUnused deletes kube-ipvs0 once no family has an address on it.
+func (r *applyRun) deleteDummyIfUnused(k Kernel) {
 	var left []netip.Addr
 	for _, f := range []model.Family{model.IPv4, model.IPv6} {
 		addrs, err := k.LinkAddrs(DummyName, f)
 		if err != nil {
-			run.fail(err)
+			r.fail(err)
 		}
 		left = append(left, addrs...)
 	}
 	if len(left) == 0 {
 		if err := k.DeleteLink(DummyName); err != nil {
-			run.fail(fmt.Errorf("deleting %s: %w", DummyName, err))
+			r.fail(fmt.Errorf("deleting %s: %w", DummyName, err))
 		}
 	}
-	return errors.Join(run.errs...)
 }
 
 // Read returns what the kernel holds of svcproxy's IPVS-mode state in one

@@ -538,3 +538,31 @@ func FuzzCompile(f *testing.F) {
 		}
 	})
 }
+
+// Retiring the IPVS state (the iptables mode taking over a node) removes
+// what no connection uses at once, and the rest once its connections end.
+func TestRetireKeepsWhatConnectionsUse(t *testing.T) {
+	b := newBed(t, testCfg)
+	api := mt.Port("default", "api", "", model.TCP, "10.96.0.20", 443, mt.NodePort(30443), mt.Eps("10.244.2.6:6443"))
+	b.sync(v4(web(twoRemote), api), nil)
+	b.k.SetConnections(vsKey("TCP 10.96.0.10:80"), netip.MustParseAddrPort("10.244.3.7:8080"), 1, 0)
+	backend := b.backends[model.IPv4]
+	inUse, err := backend.RetireIPVSState(context.Background())
+	if err != nil || inUse != 1 {
+		t.Fatalf("RetireIPVSState = %d, %v; want the one virtual server in use", inUse, err)
+	}
+	left := b.k.State(model.IPv4)
+	if _, ok := left.VirtualServers[vsKey("TCP 10.96.0.10:80")]; !ok || !left.Addresses[netip.MustParseAddr("10.96.0.10")] {
+		t.Fatalf("the virtual server in use (or its address) is gone:\n%s", left.Dump())
+	}
+	if len(left.VirtualServers) != 1 || left.Addresses[netip.MustParseAddr("10.96.0.20")] {
+		t.Fatalf("what no connection uses stays:\n%s", left.Dump())
+	}
+	b.k.SetConnections(vsKey("TCP 10.96.0.10:80"), netip.MustParseAddrPort("10.244.3.7:8080"), 0, 0)
+	if inUse, err := backend.RetireIPVSState(context.Background()); err != nil || inUse != 0 {
+		t.Fatalf("RetireIPVSState once idle = %d, %v", inUse, err)
+	}
+	if s := b.k.State(model.IPv4); len(s.VirtualServers)+len(s.Addresses)+len(s.Sets) > 0 || b.k.HasLink(ipvs.DummyName) {
+		t.Fatalf("left after the last connection ended:\n%s", s.Dump())
+	}
+}

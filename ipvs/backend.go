@@ -130,14 +130,26 @@ func (b *Backend) Cleanup(ctx context.Context) error {
 }
 
 // RemoveIPVSState removes the family's virtual servers, kube-ipvs0's
-// addresses and the sets svcproxy made, but no iptables rule: what the
-// iptables mode does on a node that ran the IPVS mode, once its own rules
-// no longer name the sets.
+// addresses and the sets svcproxy made, but no iptables rule.
 func (b *Backend) RemoveIPVSState(ctx context.Context) error {
+	_, err := b.removeIPVSState(ctx, false)
+	return err
+}
+
+// RetireIPVSState is what the iptables mode does, once its own rules are
+// in place (they send new connections past IPVS, and no longer name the
+// sets), on a node that ran the IPVS mode: it removes the IPVS state no
+// connection uses and says how many virtual servers still carry some.
+// Called again later, it removes those whose connections have ended.
+func (b *Backend) RetireIPVSState(ctx context.Context) (inUse int, err error) {
+	return b.removeIPVSState(ctx, true)
+}
+
+func (b *Backend) removeIPVSState(ctx context.Context, gently bool) (int, error) {
 	k, err := b.open()
 	if err != nil {
-		return fmt.Errorf("opening the kernel's IPVS and netlink interfaces: %w", err)
+		return 0, fmt.Errorf("opening the kernel's IPVS and netlink interfaces: %w", err)
 	}
 	defer k.Close()
-	return b.applier.removeAll(ctx, k)
+	return b.applier.removeAll(ctx, k, gently)
 }

@@ -1,8 +1,9 @@
-// Command syncbench measures svcproxy's iptables rule sync at scale: the
-// cold-start full sync, one endpoint change, one service add, a periodic
-// full resync and the integrity check, with the iptables-restore bytes of
-// each and the peak memory. It programs the network namespace it runs in,
-// so it must run in a fresh one (make bench runs it under unshare --net).
+// Command syncbench measures svcproxy's rule sync at scale, in either
+// mode: the cold-start full sync, one endpoint change, one service add, a
+// periodic full resync and the integrity check, with the kernel
+// operations and iptables-restore bytes of each and the peak memory. It
+// programs the network namespace it runs in, so it must run in a fresh
+// one (make bench runs it under unshare --net; the IPVS mode in the VM).
 package main
 
 import (
@@ -20,6 +21,7 @@ import (
 
 	"github.com/svcproxy/svcproxy/bench"
 	"github.com/svcproxy/svcproxy/iptables"
+	"github.com/svcproxy/svcproxy/ipvs"
 	"github.com/svcproxy/svcproxy/model"
 	"github.com/svcproxy/svcproxy/netfilter"
 	"github.com/svcproxy/svcproxy/proxier"
@@ -28,6 +30,7 @@ import (
 func main() {
 	w := bench.Workload{}
 	flavorName := flag.String("flavor", "nft", "iptables flavor: nft or legacy")
+	mode := flag.String("mode", "iptables", "proxy mode: iptables or ipvs (needs a kernel with IPVS)")
 	flag.IntVar(&w.Services, "services", 10000, "services")
 	flag.IntVar(&w.Endpoints, "endpoints", 10, "endpoints per service")
 	flag.IntVar(&w.Nodes, "nodes", 100, "nodes the endpoints are spread over")
@@ -43,7 +46,7 @@ func main() {
 	if err != nil {
 		fail(err.Error())
 	}
-	if err := run(w, flavor, *rounds); err != nil {
+	if err := run(w, *mode, flavor, *rounds); err != nil {
 		fail(err.Error())
 	}
 }
@@ -59,12 +62,29 @@ func fail(msg string) {
 type harness struct {
 	tracker *proxier.Tracker
 	syncer  *proxier.Syncer
-	backend *iptables.Backend
+	backend proxier.Backend
 	last    *proxier.SyncReport
 }
 
-func newHarness(flavor netfilter.Flavor) (*harness, error) {
-	backend, err := iptables.New(netfilter.Config{}, model.IPv4, flavor)
+func newBackend(mode string, flavor netfilter.Flavor) (proxier.Backend, error) {
+	switch mode {
+	case "iptables":
+		return iptables.New(netfilter.Config{}, model.IPv4, flavor)
+	case "ipvs":
+		if err := ipvs.CheckSupport(ipvs.DefaultScheduler); err != nil {
+			return nil, err
+		}
+		fixed, err := ipvs.ConnReuseFixed()
+		if err != nil {
+			return nil, err
+		}
+		return ipvs.New(ipvs.Config{ConnReuseFixed: fixed}, model.IPv4, flavor)
+	}
+	return nil, fmt.Errorf("mode %q: want iptables or ipvs", mode)
+}
+
+func newHarness(mode string, flavor netfilter.Flavor) (*harness, error) {
+	backend, err := newBackend(mode, flavor)
 	if err != nil {
 		return nil, err
 	}
@@ -92,13 +112,13 @@ func (h *harness) sync(full bool) (sample, error) {
 	return s, err
 }
 
-func run(w bench.Workload, flavor netfilter.Flavor, rounds int) error {
-	h, err := newHarness(flavor)
+func run(w bench.Workload, mode string, flavor netfilter.Flavor, rounds int) error {
+	h, err := newHarness(mode, flavor)
 	if err != nil {
 		return err
 	}
-	fmt.Printf("svcproxy iptables sync, flavor %s: %d services x %d endpoints (%d nodes)\n",
-		flavor, w.Services, w.Endpoints, w.Nodes)
+	fmt.Printf("svcproxy %s sync, iptables flavor %s: %d services x %d endpoints (%d nodes)\n",
+		mode, flavor, w.Services, w.Endpoints, w.Nodes)
 
 	loadStart := time.Now()
 	for i := 0; i < w.Services; i++ {
@@ -168,18 +188,19 @@ func run(w bench.Workload, flavor netfilter.Flavor, rounds int) error {
 
 // report prints the median and worst of a set of samples, with the
 // restore size and chain count of the median one.
-func report(what string, samples []sample) {
+func report(name string, samples []sample) {
 	slices.SortFunc(samples, func(a, b sample) int { return int(a.elapsed - b.elapsed) })
 	med := samples[len(samples)/2]
 	worst := samples[len(samples)-1]
+	// Written is chains in the iptables mode; virtual and real servers,
+	// addresses, set entries and chains in the IPVS mode.
+	what := fmt.Sprintf("%d kernel ops, %d objects written, %d rules, restore %s",
+		med.result.KernelOps, med.result.Written, med.result.Rules, size(med.result.Bytes))
 	if len(samples) == 1 {
-		fmt.Printf("  %-34s %10s  restore %s, %d chains, %d rules\n",
-			what, round(med.elapsed), size(med.result.Bytes), med.result.Written, med.result.Rules)
+		fmt.Printf("  %-34s %10s  %s\n", name, round(med.elapsed), what)
 		return
 	}
-	fmt.Printf("  %-34s p50 %8s  max %8s  restore %s, %d chains, %d rules (n=%d)\n",
-		what, round(med.elapsed), round(worst.elapsed), size(med.result.Bytes),
-		med.result.Written, med.result.Rules, len(samples))
+	fmt.Printf("  %-34s p50 %8s  max %8s  %s (n=%d)\n", name, round(med.elapsed), round(worst.elapsed), what, len(samples))
 }
 
 func printMemory() {
