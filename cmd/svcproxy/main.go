@@ -1,6 +1,6 @@
 // Command svcproxy is a kube-proxy replacement: it watches Services,
-// EndpointSlices and its Node and programs iptables. It takes kube-proxy's
-// flags and config file; see internal/app.
+// EndpointSlices and its Node and programs iptables or IPVS. It takes
+// kube-proxy's flags and config file; see internal/app.
 package main
 
 import (
@@ -52,9 +52,9 @@ func run(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	if opts.Cleanup {
-		return app.Cleanup(ctx, log)
+		return app.Cleanup(ctx, opts.Config, log)
 	}
-	log.Info("svcproxy starting", zap.String("mode", "iptables"))
+	log.Info("svcproxy starting", zap.String("mode", opts.Config.Mode))
 	return app.Run(ctx, opts.Config, log)
 }
 

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // bin is the svcproxy binary TestMain builds for every test.
@@ -61,24 +62,66 @@ func TestBadInputIsOneLineAndExitOne(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"--proxy-mode=ipvs"}, `svcproxy: proxy mode "ipvs" is not implemented yet; use iptables`},
-		{[]string{"--mode=bogus"}, `svcproxy: unknown proxy mode "bogus"; svcproxy supports iptables`},
+		{[]string{"--proxy-mode=nftables"}, `svcproxy: proxy mode "nftables" is not supported by svcproxy; use iptables`},
+		{[]string{"--mode=bogus"}, `svcproxy: unknown proxy mode "bogus"; svcproxy supports iptables and ipvs`},
+		{[]string{"--mode=ipvs", "--ipvs-exclude-cidrs=10.0.0.0/33"}, `svcproxy: ipvs exclude CIDRs "10.0.0.0/33": "10.0.0.0/33" is not a CIDR`},
 		{[]string{"--config=" + badConfig}, `svcproxy: config file ` + badConfig + `: unknown field "iptables.syncPerod"`},
 		{[]string{"--kubeconfig=" + filepath.Join(dir, "missing")}, `svcproxy: kubeconfig "` + filepath.Join(dir, "missing") + `": stat`},
 		{[]string{"--no-such-flag"}, "svcproxy: unknown flag: --no-such-flag"},
 	}
 	for _, c := range cases {
 		code, _, stderr := runSvcproxy(t, c.args...)
-		lines := strings.Split(strings.TrimSpace(stderr), "\n")
-		last := lines[len(lines)-1]
-		if code != 1 || !strings.HasPrefix(last, c.want) {
+		if last := errorLine(t, c.args, stderr); code != 1 || !strings.HasPrefix(last, c.want) {
 			t.Errorf("svcproxy %q: exit %d, last line %q; want exit 1 and a line starting %q", c.args, code, last, c.want)
 		}
-		for _, l := range lines[:len(lines)-1] {
-			if strings.Contains(l, "svcproxy:") {
-				t.Errorf("svcproxy %q: more than one error line: %q", c.args, stderr)
-			}
+	}
+}
+
+// errorLine returns the last line of stderr, the error, and checks it is
+// the only one.
+func errorLine(t *testing.T, args []string, stderr string) string {
+	t.Helper()
+	lines := strings.Split(strings.TrimSpace(stderr), "\n")
+	for _, l := range lines[:len(lines)-1] {
+		if strings.Contains(l, "svcproxy:") {
+			t.Errorf("svcproxy %q: more than one error line: %q", args, stderr)
 		}
+	}
+	return lines[len(lines)-1]
+}
+
+// On a kernel without IPVS (this machine's), --proxy-mode=ipvs stops at
+// once with one line that names what is missing and the way out, before
+// waiting on the API server (which does not answer here: waiting on it
+// would take --api-timeout and end in another error).
+func TestIPVSModeWithoutIPVSIsOneLineAndExitOne(t *testing.T) {
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := os.WriteFile(kubeconfig, []byte(`apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:1"}}]
+users: [{name: u, user: {token: t}}]
+contexts: [{name: c, context: {cluster: c, user: u}}]
+current-context: c
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// No server is bound: on a kernel with IPVS the run goes on to wait
+	// for the API, which it must not do on the host's ports.
+	args := []string{"--proxy-mode=ipvs", "--kubeconfig=" + kubeconfig, "--healthz-bind-address=",
+		"--metrics-bind-address=", "--api-timeout=5s"}
+	start := time.Now()
+	code, _, stderr := runSvcproxy(t, args...)
+	took := time.Since(start)
+	last := errorLine(t, args, stderr)
+	if _, err := os.Stat("/proc/net/ip_vs"); err == nil && strings.Contains(last, "waited") {
+		t.Skipf("this kernel has IPVS: svcproxy went on to the API server: %s", last)
+	}
+	if code != 1 || !strings.HasPrefix(last, "svcproxy: proxy mode ipvs: ") || !strings.Contains(last, "IPVS") ||
+		!strings.Contains(last, "--mode=iptables") {
+		t.Errorf("svcproxy %q: exit %d, last line %q; want exit 1 and one line naming IPVS and --mode=iptables", args, code, last)
+	}
+	if took >= 5*time.Second {
+		t.Errorf("svcproxy took %v to fail: it waited on the API server before checking the kernel", took)
 	}
 }
 

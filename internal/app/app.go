@@ -32,16 +32,16 @@ import (
 // leaves the rules in place, so traffic flows while it restarts. It
 // returns an error for anything that keeps it from starting.
 func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
-	d := &daemon{cfg: cfg, log: log, ipt: hostIPTables(), client: newClient, flows: openConntrack}
+	d := &daemon{cfg: cfg, log: log, kernel: hostKernel(), client: newClient, flows: openConntrack}
 	return d.run(ctx)
 }
 
 // daemon is Run's wiring with its outside world swappable: the API
-// client, iptables and conntrack.
+// client, the kernel (iptables, IPVS) and conntrack.
 type daemon struct {
 	cfg    Config
 	log    *zap.Logger
-	ipt    iptablesAccess
+	kernel kernelAccess
 	client func(Config) (kubernetes.Interface, error)
 	flows  func(*zap.Logger) (proxier.FlowCleaner, func())
 }
@@ -54,6 +54,7 @@ type proxy struct {
 	source   *proxier.Source
 	node     model.NodeInfo
 	families []model.Family
+	flavor   netfilter.Flavor
 	backends []proxier.Backend
 }
 
@@ -63,6 +64,12 @@ func (d *daemon) run(ctx context.Context) error {
 	defer cancel()
 	p, err := d.newProxy()
 	if err != nil {
+		return err
+	}
+	// A kernel that cannot run the mode is known before anything waits
+	// or is written: the operator gets the one line that says so at once,
+	// not after the API wait, and no port is bound.
+	if err := d.kernel.checkSupport(d.cfg); err != nil {
 		return err
 	}
 	// Health and metrics answer before the startup waits, as kube-proxy's
@@ -83,16 +90,19 @@ func (d *daemon) run(ctx context.Context) error {
 	defer closeFlows()
 	clk := clock.RealClock{}
 	syncer := proxier.NewSyncer(p.tracker, p.backends, flows, clk, d.log.Named("sync"))
-	metrics := proxier.NewMetrics(registry, p.tracker, p.families, "iptables", clk)
+	metrics := proxier.NewMetrics(registry, p.tracker, p.families, d.cfg.Mode, clk)
 	health.countWith(metrics)
 	checks := proxier.NewHealthCheckServers("", p.health.Healthy, d.log.Named("healthcheck"))
 	defer checks.Close()
 	syncer.Observe(metrics.Observe)
 	syncer.Observe(p.health.Observe)
 	syncer.Observe(checks.Observe)
+	if d.cfg.Mode == modeIPTables {
+		syncer.Observe(d.takeOverFromIPVS(ctx, p))
+	}
 
 	runner := proxier.NewRunner(d.runnerConfig(), clk, p.health.Track(syncer.Sync), syncer.Intact, d.log.Named("runner"))
-	d.log.Info("svcproxy running", zap.String("node", p.node.Name), zap.Stringers("families", p.families))
+	d.log.Info("svcproxy running", zap.String("mode", d.cfg.Mode), zap.String("node", p.node.Name), zap.Stringers("families", p.families))
 	runner.Run(ctx, p.tracker.Changed())
 	d.log.Info("svcproxy stopping; the rules stay in place")
 	return nil
@@ -214,27 +224,68 @@ func (d *daemon) waitForNode(ctx context.Context, source *proxier.Source, name s
 	return node
 }
 
-// makeBackends picks the iptables flavor and the families and makes one
-// backend per family.
+// makeBackends picks the iptables flavor (the IPVS mode writes iptables
+// rules too) and the families and makes one backend of the mode per family.
 func (d *daemon) makeBackends(ctx context.Context, p *proxy) error {
-	flavor, err := d.ipt.flavor(ctx, d.cfg.Flavor)
+	var err error
+	if p.flavor, err = d.kernel.flavor(ctx, d.cfg.Flavor); err != nil {
+		return err
+	}
+	p.families, err = chooseFamilies(p.node, func(f model.Family) error { return d.kernel.works(ctx, f, p.flavor) })
 	if err != nil {
 		return err
 	}
-	p.families, err = chooseFamilies(p.node, func(f model.Family) error { return d.ipt.works(ctx, f, flavor) })
-	if err != nil {
-		return err
-	}
-	cfg := d.iptablesConfig(p.node)
+	rules := d.iptablesConfig(p.node)
 	for _, fam := range p.families {
-		b, err := d.ipt.backend(cfg, fam, flavor)
+		b, err := d.kernel.newBackend(d.cfg, rules, fam, p.flavor)
 		if err != nil {
 			return err
 		}
 		p.backends = append(p.backends, b)
 	}
-	d.log.Info("programming iptables", zap.String("flavor", string(flavor)), zap.Stringers("families", p.families))
+	programming := "programming iptables"
+	if d.cfg.Mode == modeIPVS {
+		programming = "programming IPVS"
+	}
+	d.log.Info(programming, zap.String("mode", d.cfg.Mode), zap.String("flavor", string(p.flavor)),
+		zap.Stringers("families", p.families))
 	return nil
+}
+
+// takeOverFromIPVS is a sync observer for the iptables mode on a node
+// that may have run the IPVS mode: after the first sync that succeeded in
+// every family (whose full rewrite of the rules removed the IPVS mode's
+// chains, which name its sets, and sends new connections past IPVS), it
+// removes the IPVS state that run left. Virtual servers whose connections
+// go on stay, so that none is dropped, and are looked at again after each
+// later successful sync (at least every sync period) until their
+// connections end, or --ipvs-drain-timeout passes and they go anyway. It
+// runs on the runner's goroutine, between syncs. A failure is worth a
+// warning only: the leftovers serve nothing the rules send to.
+func (d *daemon) takeOverFromIPVS(ctx context.Context, p *proxy) func(*proxier.SyncReport) {
+	done := false
+	var deadline time.Time
+	return func(r *proxier.SyncReport) {
+		if done || r.Err() != nil || len(r.Families) < len(p.families) {
+			return
+		}
+		if deadline.IsZero() {
+			deadline = r.Start.Add(d.cfg.IPVS.DrainTimeout)
+		}
+		flavors := map[model.Family]netfilter.Flavor{}
+		for _, f := range p.families {
+			flavors[f] = p.flavor
+		}
+		loaded, inUse, err := d.kernel.removeIPVSState(ctx, d.cfg, flavors, d.log, r.Start.Before(deadline))
+		done = err == nil && inUse == 0
+		switch {
+		case err != nil:
+			done = true
+			d.log.Warn("could not remove what an IPVS-mode run left; it serves no traffic, but stays", zap.Error(err))
+		case !loaded:
+			d.log.Debug("IPVS is not loaded in the kernel: no IPVS-mode leftovers to remove")
+		}
+	}
 }
 
 func (d *daemon) iptablesConfig(node model.NodeInfo) netfilter.Config {
@@ -308,7 +359,7 @@ func (d *daemon) serve(health http.Handler, registry *prometheus.Registry) (serv
 	metrics := http.NewServeMux()
 	metrics.Handle("/metrics", promhttp.HandlerFor(registry, promhttp.HandlerOpts{}))
 	metrics.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, "ok") })
-	metrics.HandleFunc("/proxyMode", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, "iptables") })
+	metrics.HandleFunc("/proxyMode", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, d.cfg.Mode) })
 	var s servers
 	for _, srv := range []struct {
 		name, addr string

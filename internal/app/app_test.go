@@ -91,7 +91,7 @@ func newTestDaemon(t *testing.T, client *fake.Clientset, host *fakeHost, args ..
 		t.Fatal(err)
 	}
 	td.d = &daemon{
-		cfg: opts.Config, log: zaptest.NewLogger(t), ipt: host.access(),
+		cfg: opts.Config, log: zaptest.NewLogger(t), kernel: host.access(),
 		client: func(Config) (kubernetes.Interface, error) { return client, nil },
 		flows:  func(*zap.Logger) (proxier.FlowCleaner, func()) { return nil, func() {} },
 	}
@@ -348,7 +348,7 @@ func TestCleanupRemovesOnlySvcproxyRulesEverywhere(t *testing.T) {
 	}
 
 	var logs bytes.Buffer
-	if err := cleanup(context.Background(), host.access(), NewLogger("text", 0, zapSync(&logs))); err != nil {
+	if err := cleanup(context.Background(), host.access(), Config{}, NewLogger("text", 0, zapSync(&logs))); err != nil {
 		t.Fatalf("cleanup: %v", err)
 	}
 	for _, key := range []string{"nft/IPv4", "legacy/IPv4", "legacy/IPv6"} {

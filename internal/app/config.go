@@ -18,10 +18,15 @@ import (
 	kubeproxy "k8s.io/kube-proxy/config/v1alpha1"
 	sigsjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
+
+	"github.com/svcproxy/svcproxy/ipvs"
 )
 
 // Config is everything the daemon runs with, resolved and validated.
 type Config struct {
+	// Mode is the proxy mode: iptables or ipvs.
+	Mode string
+
 	// Kubeconfig and Master locate the API server; both empty means the
 	// in-cluster configuration.
 	Kubeconfig, Master string
@@ -42,6 +47,8 @@ type Config struct {
 	NodePortAddresses []netip.Prefix
 	NodePortPrimary   bool
 
+	// SyncPeriod and MinSyncPeriod are the running mode's own: its
+	// iptables or ipvs settings, as kube-proxy's conversion picks them.
 	SyncPeriod, MinSyncPeriod time.Duration
 	// ConfigSyncPeriod is the informers' resync period.
 	ConfigSyncPeriod time.Duration
@@ -49,6 +56,9 @@ type Config struct {
 	// HealthzBindAddress and MetricsBindAddress are host:port; "" turns
 	// the server off.
 	HealthzBindAddress, MetricsBindAddress string
+
+	// IPVS is the IPVS mode's part.
+	IPVS IPVSConfig
 
 	// Flavor is auto, nft or legacy.
 	Flavor string
@@ -60,6 +70,31 @@ type Config struct {
 	Verbosity int
 	LogFormat string // "text" or "json"
 }
+
+// IPVSConfig is what only the IPVS mode reads, besides its sync periods.
+type IPVSConfig struct {
+	// Scheduler is the IPVS scheduler of every virtual server; kube-proxy's
+	// empty default is rr.
+	Scheduler string
+	// ExcludeCIDRs hold virtual servers svcproxy never touches: not when
+	// it syncs, nor when the iptables mode removes an IPVS run's leftovers.
+	ExcludeCIDRs []netip.Prefix
+	// StrictARP keeps the node from answering ARP for kube-ipvs0's addresses.
+	StrictARP bool
+	// TCPTimeout, TCPFinTimeout and UDPTimeout are IPVS's connection
+	// timeouts; 0 leaves the kernel's as they are.
+	TCPTimeout, TCPFinTimeout, UDPTimeout time.Duration
+	// DrainTimeout bounds how long a TCP real server that left waits at
+	// weight 0 for its connections to end (svcproxy's --ipvs-drain-timeout;
+	// kube-proxy has no bound).
+	DrainTimeout time.Duration
+}
+
+// The proxy modes svcproxy runs.
+const (
+	modeIPTables = "iptables"
+	modeIPVS     = "ipvs"
+)
 
 // The values kube-proxy fills in for fields a configuration leaves unset
 // (its SetDefaults_KubeProxyConfiguration), for the fields svcproxy reads.
@@ -90,6 +125,10 @@ func setDefaults(c *kubeproxy.KubeProxyConfiguration) {
 	}
 	setDuration(&c.IPTables.SyncPeriod, defaultSyncPeriod)
 	setDuration(&c.IPTables.MinSyncPeriod, defaultMinSyncPeriod)
+	// kube-proxy leaves ipvs.minSyncPeriod 0 (a sync on every change) where
+	// its flags default to 1s; svcproxy takes 1s for both, as for iptables.
+	setDuration(&c.IPVS.SyncPeriod, defaultSyncPeriod)
+	setDuration(&c.IPVS.MinSyncPeriod, defaultMinSyncPeriod)
 	setDuration(&c.ConfigSyncPeriod, defaultConfigSyncPeriod)
 	if c.ClientConnection.ContentType == "" {
 		c.ClientConnection.ContentType = defaultContentType
@@ -164,6 +203,7 @@ func LoadConfigFile(path string) (kubeproxy.KubeProxyConfiguration, error) {
 // the fields that do not come from it are left for the caller.
 func resolve(kp *kubeproxy.KubeProxyConfiguration) (Config, error) {
 	c := Config{
+		Mode:               effectiveMode(kp),
 		Kubeconfig:         kp.ClientConnection.Kubeconfig,
 		ContentType:        kp.ClientConnection.ContentType,
 		QPS:                kp.ClientConnection.QPS,
@@ -179,10 +219,52 @@ func resolve(kp *kubeproxy.KubeProxyConfiguration) (Config, error) {
 		Verbosity:          int(kp.Logging.Verbosity),
 		LogFormat:          kp.Logging.Format,
 	}
-	var cidrErr, nodePortErr error
+	if c.Mode == modeIPVS {
+		c.SyncPeriod, c.MinSyncPeriod = kp.IPVS.SyncPeriod.Duration, kp.IPVS.MinSyncPeriod.Duration
+	}
+	var cidrErr, nodePortErr, ipvsErr error
 	c.ClusterCIDRs, cidrErr = parseClusterCIDRs(kp.ClusterCIDR)
 	c.NodePortAddresses, c.NodePortPrimary, nodePortErr = parseNodePortAddresses(kp.NodePortAddresses)
-	return c, joinErrors(checkMode(string(kp.Mode)), cidrErr, nodePortErr, c.validate())
+	c.IPVS, ipvsErr = resolveIPVS(&kp.IPVS)
+	return c, joinErrors(checkMode(string(kp.Mode)), cidrErr, nodePortErr, ipvsErr, c.validate())
+}
+
+// effectiveMode is the mode a configuration runs: kube-proxy's default
+// on Linux is iptables.
+func effectiveMode(kp *kubeproxy.KubeProxyConfiguration) string {
+	if kp.Mode == "" {
+		return modeIPTables
+	}
+	return string(kp.Mode)
+}
+
+// resolveIPVS reads the IPVS settings, whatever the mode: a bad value is
+// an error in iptables mode too, so that switching the mode never reveals
+// it (and the exclude CIDRs guard the removal of IPVS leftovers there).
+func resolveIPVS(kp *kubeproxy.KubeProxyIPVSConfiguration) (IPVSConfig, error) {
+	c := IPVSConfig{Scheduler: kp.Scheduler, StrictARP: kp.StrictARP, TCPTimeout: kp.TCPTimeout.Duration,
+		TCPFinTimeout: kp.TCPFinTimeout.Duration, UDPTimeout: kp.UDPTimeout.Duration}
+	if c.Scheduler == "" {
+		c.Scheduler = ipvs.DefaultScheduler
+	}
+	var errs []error
+	for _, t := range []struct {
+		name string
+		d    time.Duration
+	}{{"tcp", c.TCPTimeout}, {"tcpfin", c.TCPFinTimeout}, {"udp", c.UDPTimeout}} {
+		if t.d < 0 {
+			errs = append(errs, fmt.Errorf("ipvs %s timeout %v: must not be negative (0 leaves the kernel's)", t.name, t.d))
+		}
+	}
+	for _, s := range kp.ExcludeCIDRs {
+		p, err := netip.ParsePrefix(strings.TrimSpace(s))
+		if err != nil {
+			errs = append(errs, fmt.Errorf("ipvs exclude CIDRs %q: %q is not a CIDR", strings.Join(kp.ExcludeCIDRs, ","), s))
+			break
+		}
+		c.ExcludeCIDRs = append(c.ExcludeCIDRs, p.Masked())
+	}
+	return c, joinErrors(errs...)
 }
 
 // joinErrors joins errors on one line: bad input gets one clear line.
@@ -209,26 +291,24 @@ func oneLine(err error) error {
 	return errors.New(strings.Join(lines, " "))
 }
 
-// checkMode accepts iptables, kube-proxy's default on Linux.
+// checkMode accepts iptables (kube-proxy's default on Linux) and ipvs.
 func checkMode(mode string) error {
 	switch mode {
-	case "", "iptables":
+	case "", modeIPTables, modeIPVS:
 		return nil
-	case "ipvs":
-		return errors.New(`proxy mode "ipvs" is not implemented yet; use iptables`)
 	case "nftables":
 		return errors.New(`proxy mode "nftables" is not supported by svcproxy; use iptables`)
 	}
-	return fmt.Errorf("unknown proxy mode %q; svcproxy supports iptables", mode)
+	return fmt.Errorf("unknown proxy mode %q; svcproxy supports iptables and ipvs", mode)
 }
 
 func (c *Config) validate() error {
 	var errs []error
 	if c.SyncPeriod <= 0 {
-		errs = append(errs, fmt.Errorf("sync period %v: must be greater than 0", c.SyncPeriod))
+		errs = append(errs, fmt.Errorf("%s sync period %v: must be greater than 0", c.Mode, c.SyncPeriod))
 	}
 	if c.MinSyncPeriod < 0 || c.MinSyncPeriod > c.SyncPeriod {
-		errs = append(errs, fmt.Errorf("min sync period %v: must be between 0 and the sync period %v", c.MinSyncPeriod, c.SyncPeriod))
+		errs = append(errs, fmt.Errorf("%s min sync period %v: must be between 0 and the sync period %v", c.Mode, c.MinSyncPeriod, c.SyncPeriod))
 	}
 	if c.ConfigSyncPeriod <= 0 {
 		errs = append(errs, fmt.Errorf("config sync period %v: must be greater than 0", c.ConfigSyncPeriod))

@@ -6,17 +6,30 @@ import (
 	"strings"
 	"sync"
 
+	"k8s.io/utils/clock"
+
 	"github.com/svcproxy/svcproxy/iptables"
+	"github.com/svcproxy/svcproxy/ipvs"
 	"github.com/svcproxy/svcproxy/model"
 	"github.com/svcproxy/svcproxy/netfilter"
 )
 
-// fakeHost is iptables of both flavors and families as fake kernels; a
-// missing kernel is a family or flavor whose tools fail. It serializes
-// every call, since the daemon's runner and the test both use it.
+// fakeHost is iptables of both flavors and families as fake kernels (a
+// missing kernel is a family or flavor whose tools fail) and IPVS, links
+// and sets as one fake kernel. It serializes every call, since the
+// daemon's runner and the test both use it.
 type fakeHost struct {
 	mu      sync.Mutex
 	kernels map[string]*netfilter.FakeKernel // by kernelKey
+
+	// ipvsMu guards ipvs apart from mu: an IPVS sync holds the kernel
+	// it opened while it runs iptables-restore.
+	ipvsMu sync.Mutex
+	ipvs   *ipvs.FakeKernel
+	// ipvsLoaded says IPVS is in the kernel, as /proc/net/ip_vs would.
+	ipvsLoaded bool
+	// noIPVS, if set, is what the IPVS support check finds missing.
+	noIPVS error
 }
 
 func kernelKey(flavor netfilter.Flavor, family model.Family) string {
@@ -24,7 +37,7 @@ func kernelKey(flavor netfilter.Flavor, family model.Family) string {
 }
 
 func newFakeHost(keys ...string) *fakeHost {
-	h := &fakeHost{kernels: map[string]*netfilter.FakeKernel{}}
+	h := &fakeHost{kernels: map[string]*netfilter.FakeKernel{}, ipvs: ipvs.NewFakeKernel()}
 	for _, k := range keys {
 		h.kernels[k] = netfilter.NewFakeKernel()
 	}
@@ -70,16 +83,61 @@ func (h *fakeHost) addChain(key string, table netfilter.Table, chain string, rul
 }
 
 // access is the daemon's view of this host.
-func (h *fakeHost) access() iptablesAccess {
-	return iptablesAccess{run: h, backend: func(cfg netfilter.Config, family model.Family, flavor netfilter.Flavor) (*iptables.Backend, error) {
-		rules := lockedRules{h: h, k: h.kernels[kernelKey(flavor, family)]}
-		a, err := netfilter.NewApplier(netfilter.ApplierConfig{Family: family, Flavor: flavor,
-			Jumps: netfilter.JumpRules(), TopChains: iptables.TopChains(), Run: h, Rules: rules})
-		if err != nil {
-			return nil, err
-		}
-		return iptables.NewBackend(cfg, a), nil
-	}}
+func (h *fakeHost) access() kernelAccess {
+	return kernelAccess{
+		run: h,
+		iptables: func(cfg netfilter.Config, family model.Family, flavor netfilter.Flavor) (*iptables.Backend, error) {
+			a, err := h.applier(family, flavor, iptables.TopChains())
+			if err != nil {
+				return nil, err
+			}
+			return iptables.NewBackend(cfg, a), nil
+		},
+		ipvs: func(cfg ipvs.Config, family model.Family, flavor netfilter.Flavor) (*ipvs.Backend, error) {
+			a, err := h.applier(family, flavor, ipvs.TopChains())
+			if err != nil {
+				return nil, err
+			}
+			return ipvs.NewBackend(cfg, family, a, h.openIPVS, clock.RealClock{}), nil
+		},
+		ipvsSupport:    func(string) error { return h.noIPVS },
+		ipvsLoaded:     func() bool { return h.ipvsLoaded },
+		connReuseFixed: func() (bool, error) { return true, nil },
+	}
+}
+
+func (h *fakeHost) applier(family model.Family, flavor netfilter.Flavor, top []netfilter.ChainKey) (*netfilter.Applier, error) {
+	rules := lockedRules{h: h, k: h.kernels[kernelKey(flavor, family)]}
+	return netfilter.NewApplier(netfilter.ApplierConfig{Family: family, Flavor: flavor,
+		Jumps: netfilter.JumpRules(), TopChains: top, Run: h, Rules: rules})
+}
+
+// openIPVS opens the IPVS fake for one sync, holding it until Close.
+func (h *fakeHost) openIPVS() (ipvs.Kernel, error) {
+	h.ipvsMu.Lock()
+	return lockedIPVS{FakeKernel: h.ipvs, unlock: h.ipvsMu.Unlock}, nil
+}
+
+// lockedIPVS is the IPVS fake as one open holds it.
+type lockedIPVS struct {
+	*ipvs.FakeKernel
+	unlock func()
+}
+
+func (k lockedIPVS) Close() { k.unlock() }
+
+// withIPVS runs f on the IPVS fake under its lock.
+func (h *fakeHost) withIPVS(f func(k *ipvs.FakeKernel)) {
+	h.ipvsMu.Lock()
+	defer h.ipvsMu.Unlock()
+	f(h.ipvs)
+}
+
+// ipvsState dumps what the IPVS fake holds of a family.
+func (h *fakeHost) ipvsState(family model.Family) string {
+	var dump string
+	h.withIPVS(func(k *ipvs.FakeKernel) { dump = k.State(family).Dump() })
+	return dump
 }
 
 // lockedRules is a fake kernel's RuleEditor under the host's lock.

@@ -11,6 +11,8 @@ import (
 	"github.com/spf13/pflag"
 	kubeproxy "k8s.io/kube-proxy/config/v1alpha1"
 	"sigs.k8s.io/yaml"
+
+	"github.com/svcproxy/svcproxy/ipvs"
 )
 
 // Options is a parsed command line.
@@ -43,8 +45,13 @@ type commandLine struct {
 	healthzPort, metricsPort                            int32
 	logFormat                                           string
 
+	// syncPeriod and minSyncPeriod are --sync-period and
+	// --min-sync-period: the running mode's.
+	syncPeriod, minSyncPeriod time.Duration
+
 	flavor                  string
 	apiTimeout, nodeTimeout time.Duration
+	drainTimeout            time.Duration
 
 	// fileWins are the flags whose settings a --config file replaces.
 	fileWins map[string]bool
@@ -80,7 +87,7 @@ func (c *commandLine) addKubeProxyFlags() {
 	fs, kp := c.fs, &c.kp
 	fs.StringVar(&c.configFile, "config", "", "The path to the configuration file (a KubeProxyConfiguration, kubeproxy.config.k8s.io/v1alpha1, YAML or JSON). As in kube-proxy, it overrides the flags that mirror its fields.")
 	fs.StringVar(&c.writeConfigTo, "write-config-to", "", "If set, write the effective configuration to this file and exit.")
-	fs.BoolVar(&c.cleanup, "cleanup", false, "If true, remove every rule svcproxy programmed (both IP families, both iptables flavors) and exit.")
+	fs.BoolVar(&c.cleanup, "cleanup", false, "If true, remove everything svcproxy programmed in either mode (iptables rules of both IP families and both flavors; IPVS virtual servers, kube-ipvs0 and ipsets where IPVS is loaded) and exit.")
 	fs.BoolVar(&c.initOnly, "init-only", false, "Accepted for kube-proxy compatibility: svcproxy needs no privileged initialisation, so it exits at once.")
 	fs.StringVar(&kp.ClientConnection.Kubeconfig, "kubeconfig", "", "Path to a kubeconfig file. With neither --kubeconfig nor --master, the in-cluster configuration is used.")
 	fs.StringVar(&c.master, "master", "", "The address of the Kubernetes API server (overrides any value in kubeconfig).")
@@ -88,7 +95,7 @@ func (c *commandLine) addKubeProxyFlags() {
 	fs.Int32Var(&kp.ClientConnection.Burst, "kube-api-burst", kp.ClientConnection.Burst, "Burst to use while talking with the API server.")
 	fs.Float32Var(&kp.ClientConnection.QPS, "kube-api-qps", kp.ClientConnection.QPS, "QPS to use while talking with the API server.")
 	fs.StringVar(&c.hostnameOverride, "hostname-override", "", "The name of this node's Node object; default the host name. Takes precedence over the config file.")
-	fs.StringVar((*string)(&kp.Mode), "proxy-mode", "", "Which proxy mode to use: iptables (the default). ipvs is not implemented yet.")
+	fs.StringVar((*string)(&kp.Mode), "proxy-mode", "", "Which proxy mode to use: iptables (the default) or ipvs.")
 	fs.StringVar((*string)(&kp.Mode), "mode", "", "Same as --proxy-mode.")
 	fs.StringVar(&kp.HealthzBindAddress, "healthz-bind-address", kp.HealthzBindAddress, "The IP address and port for the health server (/healthz, /livez); empty to disable.")
 	fs.StringVar(&kp.MetricsBindAddress, "metrics-bind-address", kp.MetricsBindAddress, "The IP address and port for the metrics server (/metrics); empty to disable.")
@@ -98,32 +105,40 @@ func (c *commandLine) addKubeProxyFlags() {
 	fs.BoolVar(&kp.IPTables.MasqueradeAll, "masquerade-all", false, "SNAT all traffic sent via Service cluster IPs.")
 	fs.Int32Var(kp.IPTables.MasqueradeBit, "iptables-masquerade-bit", *kp.IPTables.MasqueradeBit, "The bit of the fwmark space that marks packets to SNAT, within [0, 31].")
 	fs.StringSliceVar(&kp.NodePortAddresses, "nodeport-addresses", nil, "CIDR ranges of the node IPs NodePorts accept connections on, or 'primary' for the Node's primary IPs; default every local IP.")
-	fs.DurationVar(&kp.IPTables.SyncPeriod.Duration, "iptables-sync-period", kp.IPTables.SyncPeriod.Duration, "The longest time between two full syncs of the rules.")
-	fs.DurationVar(&kp.IPTables.SyncPeriod.Duration, "sync-period", kp.IPTables.SyncPeriod.Duration, "Same as --iptables-sync-period.")
-	fs.DurationVar(&kp.IPTables.MinSyncPeriod.Duration, "iptables-min-sync-period", kp.IPTables.MinSyncPeriod.Duration, "The shortest time between two syncs; 0 syncs on every change.")
-	fs.DurationVar(&kp.IPTables.MinSyncPeriod.Duration, "min-sync-period", kp.IPTables.MinSyncPeriod.Duration, "Same as --iptables-min-sync-period.")
+	fs.DurationVar(&kp.IPTables.SyncPeriod.Duration, "iptables-sync-period", kp.IPTables.SyncPeriod.Duration, "In iptables mode, the longest time between two full syncs of the rules.")
+	fs.DurationVar(&kp.IPTables.MinSyncPeriod.Duration, "iptables-min-sync-period", kp.IPTables.MinSyncPeriod.Duration, "In iptables mode, the shortest time between two syncs; 0 syncs on every change.")
+	fs.DurationVar(&kp.IPVS.SyncPeriod.Duration, "ipvs-sync-period", kp.IPVS.SyncPeriod.Duration, "In ipvs mode, the longest time between two full syncs.")
+	fs.DurationVar(&kp.IPVS.MinSyncPeriod.Duration, "ipvs-min-sync-period", kp.IPVS.MinSyncPeriod.Duration, "In ipvs mode, the shortest time between two syncs; 0 syncs on every change.")
+	fs.DurationVar(&c.syncPeriod, "sync-period", defaultSyncPeriod, "The running mode's --iptables-sync-period or --ipvs-sync-period (which wins if given too).")
+	fs.DurationVar(&c.minSyncPeriod, "min-sync-period", defaultMinSyncPeriod, "The running mode's --iptables-min-sync-period or --ipvs-min-sync-period (which wins if given too).")
+	fs.StringVar(&kp.IPVS.Scheduler, "ipvs-scheduler", "", "In ipvs mode, the IPVS scheduler of every virtual server (rr if empty; wrr, lc, sh... if the kernel has the module).")
+	fs.StringSliceVar(&kp.IPVS.ExcludeCIDRs, "ipvs-exclude-cidrs", nil, "CIDRs whose IPVS virtual servers svcproxy never touches, in ipvs mode and when iptables mode removes an IPVS-mode run's leftovers.")
+	fs.BoolVar(&kp.IPVS.StrictARP, "ipvs-strict-arp", false, "In ipvs mode, set arp_ignore=1 and arp_announce=2, so the node does not answer ARP for the service addresses on kube-ipvs0.")
+	fs.DurationVar(&kp.IPVS.TCPTimeout.Duration, "ipvs-tcp-timeout", 0, "In ipvs mode, the timeout of idle IPVS TCP connections; 0 leaves the kernel's.")
+	fs.DurationVar(&kp.IPVS.TCPFinTimeout.Duration, "ipvs-tcpfin-timeout", 0, "In ipvs mode, the timeout of IPVS TCP connections after a FIN; 0 leaves the kernel's.")
+	fs.DurationVar(&kp.IPVS.UDPTimeout.Duration, "ipvs-udp-timeout", 0, "In ipvs mode, the timeout of IPVS UDP flows; 0 leaves the kernel's.")
 	fs.DurationVar(&kp.ConfigSyncPeriod.Duration, "config-sync-period", kp.ConfigSyncPeriod.Duration, "How often the informers resync from their caches.")
 	fs.Uint32VarP((*uint32)(&kp.Logging.Verbosity), "v", "v", 0, "Log verbosity: 0 info, 1 and above debug, higher for client-go's detail.")
 	fs.StringVar(&kp.Logging.Format, "logging-format", kp.Logging.Format, "Log format: text or json.")
 	c.config("kubeconfig", "kube-api-content-type", "kube-api-burst", "kube-api-qps", "proxy-mode", "mode",
 		"healthz-bind-address", "metrics-bind-address", "healthz-port", "metrics-port", "cluster-cidr",
 		"masquerade-all", "iptables-masquerade-bit", "nodeport-addresses", "iptables-sync-period", "sync-period",
-		"iptables-min-sync-period", "min-sync-period", "config-sync-period")
+		"iptables-min-sync-period", "min-sync-period", "ipvs-sync-period", "ipvs-min-sync-period", "ipvs-scheduler",
+		"ipvs-exclude-cidrs", "ipvs-strict-arp", "ipvs-tcp-timeout", "ipvs-tcpfin-timeout", "ipvs-udp-timeout",
+		"config-sync-period")
 }
 
 // addIgnoredKubeProxyFlags accepts kube-proxy's other flags (those of
 // Kubernetes 1.35, the logging ones, and a few older ones still found in
 // manifests), so a kube-proxy DaemonSet's arguments work unchanged.
 func (c *commandLine) addIgnoredKubeProxyFlags() {
-	bools := []string{"bind-address-hard-fail", "profiling", "iptables-localhost-nodeports", "ipvs-strict-arp",
-		"conntrack-tcp-be-liberal", "log-json-split-stream", "log-text-split-stream", "logtostderr",
-		"alsologtostderr", "add-dir-header", "skip-headers", "skip-log-headers", "one-output"}
-	values := []string{"feature-gates", "bind-address", "show-hidden-metrics-for-version", "ipvs-sync-period",
-		"ipvs-min-sync-period", "ipvs-scheduler", "ipvs-exclude-cidrs", "ipvs-tcp-timeout", "ipvs-tcpfin-timeout",
-		"ipvs-udp-timeout", "detect-local-mode", "pod-bridge-interface", "pod-interface-name-prefix", "oom-score-adj",
-		"conntrack-max-per-core", "conntrack-min", "conntrack-tcp-timeout-established",
-		"conntrack-tcp-timeout-close-wait", "conntrack-udp-timeout", "conntrack-udp-timeout-stream",
-		"log-flush-frequency", "vmodule", "log-json-info-buffer-size", "log-text-info-buffer-size",
+	bools := []string{"bind-address-hard-fail", "profiling", "iptables-localhost-nodeports", "conntrack-tcp-be-liberal",
+		"log-json-split-stream", "log-text-split-stream", "logtostderr", "alsologtostderr", "add-dir-header",
+		"skip-headers", "skip-log-headers", "one-output"}
+	values := []string{"feature-gates", "bind-address", "show-hidden-metrics-for-version", "detect-local-mode",
+		"pod-bridge-interface", "pod-interface-name-prefix", "oom-score-adj", "conntrack-max-per-core", "conntrack-min",
+		"conntrack-tcp-timeout-established", "conntrack-tcp-timeout-close-wait", "conntrack-udp-timeout",
+		"conntrack-udp-timeout-stream", "log-flush-frequency", "vmodule", "log-json-info-buffer-size", "log-text-info-buffer-size",
 		"proxy-port-range", "udp-timeout", "boot-id-file", "machine-id-file", "log-dir", "log-file",
 		"log-file-max-size", "stderrthreshold", "log-backtrace-at"}
 	for _, name := range bools {
@@ -141,6 +156,7 @@ func (c *commandLine) addSvcproxyFlags() {
 	c.fs.StringVar(&c.logFormat, "log-format", "", "svcproxy: log format, console (same as text) or json; overrides --logging-format.")
 	c.fs.DurationVar(&c.apiTimeout, "api-timeout", 30*time.Second, "svcproxy: how long to wait at startup for the API server to list Services, EndpointSlices and the Node before giving up.")
 	c.fs.DurationVar(&c.nodeTimeout, "node-timeout", 30*time.Second, "svcproxy: how long to wait at startup for this node's Node object to have addresses; after that svcproxy runs without node information.")
+	c.fs.DurationVar(&c.drainTimeout, "ipvs-drain-timeout", ipvs.DefaultDrainTimeout, "svcproxy: in ipvs mode, how long a TCP real server that left waits at weight 0 for its connections to end before it is removed (kube-proxy waits without bound).")
 }
 
 // Parse reads the command line (without the program name). With -h it
@@ -164,6 +180,7 @@ func Parse(args []string, out io.Writer) (*Options, error) {
 	}
 	opts.Warnings = append(opts.Warnings, warnings...)
 	opts.Warnings = append(opts.Warnings, unusedFieldWarnings(&kp)...)
+	opts.Warnings = append(opts.Warnings, c.modeWarnings(&kp)...)
 	opts.KubeProxy = kp
 	if opts.Config, err = resolve(&kp); err != nil {
 		return nil, err
@@ -192,6 +209,7 @@ func (c *commandLine) effectiveConfiguration() (kubeproxy.KubeProxyConfiguration
 	var warnings []string
 	if c.configFile == "" {
 		c.applyDeprecatedPorts(&kp)
+		c.applySyncPeriods(&kp)
 	} else {
 		file, err := LoadConfigFile(c.configFile)
 		if err != nil {
@@ -231,6 +249,21 @@ func (c *commandLine) applyDeprecatedPorts(kp *kubeproxy.KubeProxyConfiguration)
 	}
 }
 
+// applySyncPeriods reads --sync-period and --min-sync-period into the
+// running mode's settings, unless the mode's own flag is given too.
+func (c *commandLine) applySyncPeriods(kp *kubeproxy.KubeProxyConfiguration) {
+	own, sync, minSync := "iptables", &kp.IPTables.SyncPeriod, &kp.IPTables.MinSyncPeriod
+	if effectiveMode(kp) == modeIPVS {
+		own, sync, minSync = "ipvs", &kp.IPVS.SyncPeriod, &kp.IPVS.MinSyncPeriod
+	}
+	if c.fs.Changed("sync-period") && !c.fs.Changed(own+"-sync-period") {
+		sync.Duration = c.syncPeriod
+	}
+	if c.fs.Changed("min-sync-period") && !c.fs.Changed(own+"-min-sync-period") {
+		minSync.Duration = c.minSyncPeriod
+	}
+}
+
 func (c *commandLine) applySvcproxyFlags(cfg *Config) error {
 	cfg.Master = c.master
 	switch c.flavor {
@@ -252,6 +285,10 @@ func (c *commandLine) applySvcproxyFlags(cfg *Config) error {
 		return fmt.Errorf("--api-timeout %v must be positive and --node-timeout %v not negative", c.apiTimeout, c.nodeTimeout)
 	}
 	cfg.APITimeout, cfg.NodeTimeout = c.apiTimeout, c.nodeTimeout
+	if c.drainTimeout <= 0 {
+		return fmt.Errorf("--ipvs-drain-timeout %v: must be greater than 0", c.drainTimeout)
+	}
+	cfg.IPVS.DrainTimeout = c.drainTimeout
 	return nil
 }
 

@@ -56,11 +56,13 @@ func writeFile(t *testing.T, name, text string) string {
 func TestParseDefaultsAreKubeProxys(t *testing.T) {
 	got := parse(t).Config
 	want := Config{
+		Mode:        "iptables",
 		ContentType: "application/vnd.kubernetes.protobuf", QPS: 5, Burst: 10,
 		MasqueradeBit: 14, SyncPeriod: 30 * time.Second, MinSyncPeriod: time.Second,
 		ConfigSyncPeriod: 15 * time.Minute, HealthzBindAddress: "0.0.0.0:10256",
 		MetricsBindAddress: "127.0.0.1:10249", Flavor: "auto", APITimeout: 30 * time.Second,
 		NodeTimeout: 30 * time.Second, LogFormat: "text",
+		IPVS: IPVSConfig{Scheduler: "rr", DrainTimeout: 15 * time.Minute},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("defaults:\n got %+v\nwant %+v", got, want)
@@ -75,6 +77,7 @@ func TestParseKubeProxyFlags(t *testing.T) {
 		"-v=3", "--iptables-flavor=legacy", "--log-format=json", "--api-timeout=5s", "--node-timeout=0s")
 	got := opts.Config
 	want := Config{
+		Mode:       "iptables",
 		Kubeconfig: "/etc/kube/config", Master: "https://10.0.0.1:6443",
 		ContentType: "application/vnd.kubernetes.protobuf", QPS: 5, Burst: 10, NodeName: "node-a",
 		ClusterCIDRs: prefixes("10.244.0.0/16", "fd00:244::/56"), MasqueradeAll: true, MasqueradeBit: 15,
@@ -82,6 +85,7 @@ func TestParseKubeProxyFlags(t *testing.T) {
 		SyncPeriod:        10 * time.Second, MinSyncPeriod: 0, ConfigSyncPeriod: 15 * time.Minute,
 		HealthzBindAddress: "[::]:10256", MetricsBindAddress: "0.0.0.0:9249",
 		Flavor: "legacy", APITimeout: 5 * time.Second, NodeTimeout: 0, Verbosity: 3, LogFormat: "json",
+		IPVS: IPVSConfig{Scheduler: "rr", DrainTimeout: 15 * time.Minute},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("flags:\n got %+v\nwant %+v", got, want)
@@ -123,15 +127,24 @@ func TestParseRejectsBadInputInOneLine(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"--proxy-mode=ipvs"}, `proxy mode "ipvs" is not implemented yet`},
-		{[]string{"--mode=userspace"}, `unknown proxy mode "userspace"`},
+		{[]string{"--proxy-mode=nftables"}, `proxy mode "nftables" is not supported by svcproxy; use iptables`},
+		{[]string{"--mode=userspace"}, `unknown proxy mode "userspace"; svcproxy supports iptables and ipvs`},
 		{[]string{"--no-such-flag"}, "unknown flag: --no-such-flag"},
 		{[]string{"--iptables-masquerade-bit=32"}, "masquerade bit 32"},
 		{[]string{"--cluster-cidr=10.0.0.0/8,10.1.0.0/16"}, "one of each IP family"},
 		{[]string{"--cluster-cidr=10.0.0.0"}, `cluster CIDR "10.0.0.0"`},
 		{[]string{"--nodeport-addresses=primary,10.0.0.0/8"}, `want CIDRs or "primary"`},
-		{[]string{"--iptables-sync-period=0"}, "sync period 0s: must be greater than 0"},
-		{[]string{"--min-sync-period=1m"}, "min sync period 1m0s"},
+		{[]string{"--iptables-sync-period=0"}, "iptables sync period 0s: must be greater than 0"},
+		{[]string{"--min-sync-period=1m"}, "iptables min sync period 1m0s"},
+		{[]string{"--mode=ipvs", "--ipvs-sync-period=0"}, "ipvs sync period 0s: must be greater than 0"},
+		{[]string{"--mode=ipvs", "--ipvs-min-sync-period=1m"}, "ipvs min sync period 1m0s: must be between 0 and the sync period 30s"},
+		{[]string{"--mode=ipvs", "--ipvs-exclude-cidrs=10.0.0.0/8,10.1.0.0/33"}, `ipvs exclude CIDRs "10.0.0.0/8,10.1.0.0/33": "10.1.0.0/33" is not a CIDR`},
+		{[]string{"--ipvs-exclude-cidrs=192.168.1.1"}, `"192.168.1.1" is not a CIDR`},
+		{[]string{"--mode=ipvs", "--ipvs-tcp-timeout=-1s"}, "ipvs tcp timeout -1s: must not be negative"},
+		{[]string{"--mode=ipvs", "--ipvs-tcpfin-timeout=-1s"}, "ipvs tcpfin timeout -1s: must not be negative"},
+		{[]string{"--mode=ipvs", "--ipvs-udp-timeout=-1s"}, "ipvs udp timeout -1s: must not be negative"},
+		{[]string{"--mode=ipvs", "--ipvs-drain-timeout=0"}, "--ipvs-drain-timeout 0s: must be greater than 0"},
+		{[]string{"--mode=ipvs", "--ipvs-tcp-timeout=soon"}, `invalid argument "soon" for "--ipvs-tcp-timeout"`},
 		{[]string{"--metrics-bind-address=localhost:10249"}, `metrics bind address "localhost:10249"`},
 		{[]string{"--iptables-flavor=xtables"}, `--iptables-flavor "xtables"`},
 		{[]string{"--log-format=xml"}, `--log-format "xml"`},
@@ -213,7 +226,9 @@ func TestConfigFileIsDecodedStrictly(t *testing.T) {
 		{"wrong kind", "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeletConfiguration\n", `kind "KubeletConfiguration"`},
 		{"not YAML", "mode: [iptables\n", "config file"},
 		{"bad value", head + "iptables:\n  syncPeriod: soon\n", "config file"},
-		{"unsupported mode", head + "mode: ipvs\n", `proxy mode "ipvs" is not implemented yet`},
+		{"unsupported mode", head + "mode: nftables\n", `proxy mode "nftables" is not supported by svcproxy`},
+		{"bad exclude CIDR", head + "mode: ipvs\nipvs:\n  excludeCIDRs: [10.0.0.0/8, bogus]\n", `ipvs exclude CIDRs "10.0.0.0/8,bogus": "bogus" is not a CIDR`},
+		{"negative IPVS timeout", head + "mode: ipvs\nipvs:\n  udpTimeout: -5s\n", "ipvs udp timeout -5s: must not be negative"},
 	}
 	for _, c := range cases {
 		path := writeFile(t, "config.yaml", c.text)
@@ -235,5 +250,138 @@ func TestWriteConfigRoundTrips(t *testing.T) {
 	back := parse(t, "--config="+writeFile(t, "written.yaml", out.String())).Config
 	if !reflect.DeepEqual(back, opts.Config) {
 		t.Errorf("written config reads back as\n%+v\nwant\n%+v\n%s", back, opts.Config, out.String())
+	}
+}
+
+func TestParseIPVSFlags(t *testing.T) {
+	opts := parse(t, "--proxy-mode=ipvs", "--ipvs-scheduler=lc", "--ipvs-exclude-cidrs=10.0.0.0/8,fd00:1::/64",
+		"--ipvs-strict-arp", "--ipvs-tcp-timeout=2m", "--ipvs-tcpfin-timeout=30s", "--ipvs-udp-timeout=10s",
+		"--ipvs-sync-period=20s", "--ipvs-min-sync-period=2s", "--ipvs-drain-timeout=5m", "--masquerade-all",
+		"--iptables-masquerade-bit=12")
+	c := opts.Config
+	want := IPVSConfig{Scheduler: "lc", ExcludeCIDRs: prefixes("10.0.0.0/8", "fd00:1::/64"), StrictARP: true,
+		TCPTimeout: 2 * time.Minute, TCPFinTimeout: 30 * time.Second, UDPTimeout: 10 * time.Second, DrainTimeout: 5 * time.Minute}
+	if c.Mode != "ipvs" || !reflect.DeepEqual(c.IPVS, want) {
+		t.Errorf("ipvs flags: mode %q, %+v; want ipvs, %+v", c.Mode, c.IPVS, want)
+	}
+	if c.SyncPeriod != 20*time.Second || c.MinSyncPeriod != 2*time.Second {
+		t.Errorf("ipvs mode syncs every %v at most every %v; want the --ipvs-* periods 20s and 2s", c.SyncPeriod, c.MinSyncPeriod)
+	}
+	// The IPVS mode writes iptables rules too: their settings apply.
+	if !c.MasqueradeAll || c.MasqueradeBit != 12 {
+		t.Errorf("ipvs mode must keep --masquerade-all and --iptables-masquerade-bit: %+v", c)
+	}
+	if len(opts.Warnings) != 0 {
+		t.Errorf("warnings %q, want none", opts.Warnings)
+	}
+}
+
+// As in kube-proxy, each mode syncs by its own periods; --sync-period and
+// --min-sync-period are the running mode's, unless its own flag is given.
+func TestSyncPeriodsAreTheRunningModes(t *testing.T) {
+	cases := []struct {
+		args          []string
+		sync, minSync time.Duration
+	}{
+		{[]string{"--mode=ipvs"}, 30 * time.Second, time.Second},
+		{[]string{"--mode=ipvs", "--iptables-sync-period=5s", "--iptables-min-sync-period=0"}, 30 * time.Second, time.Second},
+		{[]string{"--mode=iptables", "--ipvs-sync-period=5s", "--ipvs-min-sync-period=0"}, 30 * time.Second, time.Second},
+		{[]string{"--mode=ipvs", "--sync-period=10s", "--min-sync-period=0"}, 10 * time.Second, 0},
+		{[]string{"--sync-period=10s", "--min-sync-period=0"}, 10 * time.Second, 0},
+		{[]string{"--mode=ipvs", "--sync-period=10s", "--ipvs-sync-period=20s"}, 20 * time.Second, time.Second},
+		{[]string{"--sync-period=10s", "--iptables-sync-period=20s"}, 20 * time.Second, time.Second},
+	}
+	for _, c := range cases {
+		got := parse(t, c.args...).Config
+		if got.SyncPeriod != c.sync || got.MinSyncPeriod != c.minSync {
+			t.Errorf("%q: sync period %v, min %v; want %v, %v", c.args, got.SyncPeriod, got.MinSyncPeriod, c.sync, c.minSync)
+		}
+	}
+}
+
+func TestOtherModesFlagsAreNamedOnce(t *testing.T) {
+	opts := parse(t, "--ipvs-scheduler=lc", "--ipvs-strict-arp", "--ipvs-sync-period=5s", "--ipvs-drain-timeout=1m",
+		"--ipvs-exclude-cidrs=10.0.0.0/8", "--iptables-sync-period=10s")
+	want := []string{
+		"flag --ipvs-drain-timeout applies only in ipvs mode; ignored in iptables mode",
+		"flag --ipvs-scheduler applies only in ipvs mode; ignored in iptables mode",
+		"flag --ipvs-strict-arp applies only in ipvs mode; ignored in iptables mode",
+		"flag --ipvs-sync-period applies only in ipvs mode; ignored in iptables mode",
+	}
+	if !slices.Equal(sorted(opts.Warnings), want) {
+		t.Errorf("iptables mode: warnings\n%s\nwant\n%s", strings.Join(opts.Warnings, "\n"), strings.Join(want, "\n"))
+	}
+	// --ipvs-exclude-cidrs also guards the removal of an IPVS run's leftovers.
+	if !slices.Equal(opts.Config.IPVS.ExcludeCIDRs, prefixes("10.0.0.0/8")) {
+		t.Errorf("iptables mode: exclude CIDRs %v", opts.Config.IPVS.ExcludeCIDRs)
+	}
+	opts = parse(t, "--mode=ipvs", "--iptables-sync-period=10s", "--iptables-min-sync-period=0", "--masquerade-all", "--iptables-masquerade-bit=12")
+	want = []string{
+		"flag --iptables-min-sync-period applies only in iptables mode; ignored in ipvs mode",
+		"flag --iptables-sync-period applies only in iptables mode; ignored in ipvs mode",
+	}
+	if !slices.Equal(sorted(opts.Warnings), want) {
+		t.Errorf("ipvs mode: warnings\n%s\nwant\n%s", strings.Join(opts.Warnings, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+const ipvsConfigYAML = `apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+mode: ipvs
+iptables:
+  masqueradeBit: 12
+  syncPeriod: 10s
+ipvs:
+  scheduler: wrr
+  syncPeriod: 45s
+  excludeCIDRs: [192.168.100.0/24]
+  strictARP: true
+  tcpTimeout: 15m
+  udpTimeout: 1m
+`
+
+func TestIPVSConfigFileWinsOverFlags(t *testing.T) {
+	path := writeFile(t, "config.yaml", ipvsConfigYAML)
+	opts := parse(t, "--config="+path, "--ipvs-scheduler=lc", "--ipvs-sync-period=5s", "--mode=iptables", "--ipvs-drain-timeout=2m")
+	c := opts.Config
+	want := IPVSConfig{Scheduler: "wrr", ExcludeCIDRs: prefixes("192.168.100.0/24"), StrictARP: true,
+		TCPTimeout: 15 * time.Minute, UDPTimeout: time.Minute, DrainTimeout: 2 * time.Minute}
+	if c.Mode != "ipvs" || !reflect.DeepEqual(c.IPVS, want) {
+		t.Errorf("the file's ipvs settings must win, svcproxy's --ipvs-drain-timeout too: mode %q, %+v; want ipvs, %+v", c.Mode, c.IPVS, want)
+	}
+	// minSyncPeriod left out (or 0) is the default, as for iptables.
+	if c.SyncPeriod != 45*time.Second || c.MinSyncPeriod != time.Second || c.MasqueradeBit != 12 {
+		t.Errorf("ipvs mode from the file: sync %v, min %v, masquerade bit %d; want 45s, 1s, 12", c.SyncPeriod, c.MinSyncPeriod, c.MasqueradeBit)
+	}
+	want2 := []string{
+		"config field iptables.syncPeriod: 10s applies only in iptables mode; ignored in ipvs mode",
+		"flag --ipvs-scheduler is ignored: --config is given and, as in kube-proxy, the file wins",
+		"flag --ipvs-sync-period is ignored: --config is given and, as in kube-proxy, the file wins",
+		"flag --mode is ignored: --config is given and, as in kube-proxy, the file wins",
+	}
+	if !slices.Equal(sorted(opts.Warnings), want2) {
+		t.Errorf("warnings\n%s\nwant\n%s", strings.Join(sorted(opts.Warnings), "\n"), strings.Join(want2, "\n"))
+	}
+}
+
+func TestWriteConfigRoundTripsIPVS(t *testing.T) {
+	opts := parse(t, "--proxy-mode=ipvs", "--ipvs-scheduler=sh", "--ipvs-exclude-cidrs=10.0.0.0/8", "--ipvs-strict-arp",
+		"--ipvs-tcp-timeout=2m", "--ipvs-tcpfin-timeout=20s", "--ipvs-udp-timeout=9s", "--ipvs-sync-period=7s",
+		"--ipvs-min-sync-period=3s")
+	var out bytes.Buffer
+	if err := WriteConfig(opts.KubeProxy, &out); err != nil {
+		t.Fatal(err)
+	}
+	back := parse(t, "--config="+writeFile(t, "written.yaml", out.String()))
+	if !reflect.DeepEqual(back.Config, opts.Config) {
+		t.Errorf("written config reads back as\n%+v\nwant\n%+v\n%s", back.Config, opts.Config, out.String())
+	}
+	if len(back.Warnings) != 0 {
+		t.Errorf("the written config draws warnings %q", back.Warnings)
+	}
+	for _, want := range []string{"mode: ipvs", "scheduler: sh", "strictARP: true", "syncPeriod: 7s"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("written config lacks %q:\n%s", want, out.String())
+		}
 	}
 }

@@ -9,6 +9,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	logsapi "k8s.io/component-base/logs/api/v1"
 	kubeproxy "k8s.io/kube-proxy/config/v1alpha1"
+
+	"github.com/svcproxy/svcproxy/ipvs"
 )
 
 // unusedField is a KubeProxyConfiguration field svcproxy does not read. A
@@ -25,8 +27,7 @@ type unusedField struct {
 }
 
 const (
-	ipvsMode      = "svcproxy runs in iptables mode"
-	nftablesMode  = "svcproxy runs in iptables mode; its iptables settings apply"
+	nftablesMode  = "svcproxy has no nftables mode"
 	conntrackTune = "svcproxy leaves the kernel's conntrack settings as they are"
 	windowsOnly   = "a Windows setting"
 	logWrites     = "svcproxy writes every log line to standard error at once"
@@ -60,14 +61,6 @@ func unusedFields() []unusedField {
 		{"showHiddenMetricsForVersion", func(c *kp) string { return value(c.ShowHiddenMetricsForVersion, "") }, "svcproxy has no hidden metrics"},
 		{"iptables.localhostNodePorts", func(c *kp) string { return pointer(c.IPTables.LocalhostNodePorts, false) },
 			"svcproxy does not serve NodePorts on 127.0.0.1"},
-		{"ipvs.syncPeriod", func(c *kp) string { return value(c.IPVS.SyncPeriod.Duration, 0, 30*time.Second) }, ipvsMode},
-		{"ipvs.minSyncPeriod", func(c *kp) string { return value(c.IPVS.MinSyncPeriod.Duration, 0, time.Second) }, ipvsMode},
-		{"ipvs.scheduler", func(c *kp) string { return value(c.IPVS.Scheduler, "") }, ipvsMode},
-		{"ipvs.excludeCIDRs", func(c *kp) string { return strings.Join(c.IPVS.ExcludeCIDRs, ",") }, ipvsMode},
-		{"ipvs.strictARP", func(c *kp) string { return value(c.IPVS.StrictARP, false) }, ipvsMode},
-		{"ipvs.tcpTimeout", func(c *kp) string { return value(c.IPVS.TCPTimeout.Duration, 0) }, ipvsMode},
-		{"ipvs.tcpFinTimeout", func(c *kp) string { return value(c.IPVS.TCPFinTimeout.Duration, 0) }, ipvsMode},
-		{"ipvs.udpTimeout", func(c *kp) string { return value(c.IPVS.UDPTimeout.Duration, 0) }, ipvsMode},
 		{"nftables.masqueradeBit", func(c *kp) string { return pointer(c.NFTables.MasqueradeBit, 14) }, nftablesMode},
 		{"nftables.masqueradeAll", func(c *kp) string { return value(c.NFTables.MasqueradeAll, false) }, nftablesMode},
 		{"nftables.syncPeriod", func(c *kp) string { return value(c.NFTables.SyncPeriod.Duration, 0, 30*time.Second) }, nftablesMode},
@@ -116,6 +109,72 @@ func unusedFieldWarnings(c *kubeproxy.KubeProxyConfiguration) []string {
 			w += " (" + f.why + ")"
 		}
 		warnings = append(warnings, w)
+	}
+	return warnings
+}
+
+// modeSetting is a setting only one proxy mode reads: in the other it
+// changes nothing, and says so once.
+type modeSetting struct {
+	mode string
+	// field is its KubeProxyConfiguration field; "" for svcproxy's own
+	// flags, which a config file does not replace.
+	field string
+	// value renders the field when it is set to something other than
+	// kube-proxy's default, as in unusedField.
+	value func(*kubeproxy.KubeProxyConfiguration) string
+	flag  string
+}
+
+// modeSettings lists the settings of one mode only. Both modes write
+// iptables rules, so iptables.masqueradeBit and iptables.masqueradeAll
+// apply in ipvs mode too (as in kube-proxy), and --ipvs-exclude-cidrs in
+// iptables mode keeps those virtual servers from the removal of an IPVS
+// run's leftovers.
+func modeSettings() []modeSetting {
+	type kp = kubeproxy.KubeProxyConfiguration
+	return []modeSetting{
+		{modeIPVS, "ipvs.syncPeriod", func(c *kp) string {
+			return value(c.IPVS.SyncPeriod.Duration, 0, defaultSyncPeriod)
+		}, "ipvs-sync-period"},
+		{modeIPVS, "ipvs.minSyncPeriod", func(c *kp) string {
+			return value(c.IPVS.MinSyncPeriod.Duration, 0, defaultMinSyncPeriod)
+		}, "ipvs-min-sync-period"},
+		{modeIPVS, "ipvs.scheduler", func(c *kp) string { return value(c.IPVS.Scheduler, "", ipvs.DefaultScheduler) }, "ipvs-scheduler"},
+		{modeIPVS, "ipvs.strictARP", func(c *kp) string { return value(c.IPVS.StrictARP, false) }, "ipvs-strict-arp"},
+		{modeIPVS, "ipvs.tcpTimeout", func(c *kp) string { return value(c.IPVS.TCPTimeout.Duration, 0) }, "ipvs-tcp-timeout"},
+		{modeIPVS, "ipvs.tcpFinTimeout", func(c *kp) string { return value(c.IPVS.TCPFinTimeout.Duration, 0) }, "ipvs-tcpfin-timeout"},
+		{modeIPVS, "ipvs.udpTimeout", func(c *kp) string { return value(c.IPVS.UDPTimeout.Duration, 0) }, "ipvs-udp-timeout"},
+		{modeIPVS, "", nil, "ipvs-drain-timeout"},
+		{modeIPTables, "iptables.syncPeriod", func(c *kp) string {
+			return value(c.IPTables.SyncPeriod.Duration, 0, defaultSyncPeriod)
+		}, "iptables-sync-period"},
+		{modeIPTables, "iptables.minSyncPeriod", func(c *kp) string {
+			return value(c.IPTables.MinSyncPeriod.Duration, 0, defaultMinSyncPeriod)
+		}, "iptables-min-sync-period"},
+	}
+}
+
+// modeWarnings names each setting of the other mode that c asks for:
+// the fields of a config file, or, without one, the flags given (with
+// one, they are named as overridden already); svcproxy's own flags
+// either way.
+func (c *commandLine) modeWarnings(kp *kubeproxy.KubeProxyConfiguration) []string {
+	mode := effectiveMode(kp)
+	var warnings []string
+	for _, s := range modeSettings() {
+		if s.mode == mode {
+			continue
+		}
+		if s.field != "" && c.configFile != "" {
+			if v := s.value(kp); v != "" {
+				warnings = append(warnings, fmt.Sprintf("config field %s: %s applies only in %s mode; ignored in %s mode", s.field, v, s.mode, mode))
+			}
+			continue
+		}
+		if c.fs.Changed(s.flag) {
+			warnings = append(warnings, fmt.Sprintf("flag --%s applies only in %s mode; ignored in %s mode", s.flag, s.mode, mode))
+		}
 	}
 	return warnings
 }

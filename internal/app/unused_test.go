@@ -45,10 +45,6 @@ enableProfiling: true
 showHiddenMetricsForVersion: "1.34"
 iptables:
   localhostNodePorts: true
-ipvs:
-  scheduler: lc
-  strictARP: true
-  excludeCIDRs: [10.0.0.0/8]
 nftables:
   masqueradeBit: 15
 winkernel:
@@ -69,7 +65,7 @@ portRange: 30000-32767
 		"logging.flushFrequency: 1s", "logging.vmodule: proxier=4", "logging.options.text.splitStream: true",
 		"logging.options.text.infoBufferSize: 1048576", "bindAddress: 192.168.50.1", "bindAddressHardFail: true",
 		"enableProfiling: true", "showHiddenMetricsForVersion: 1.34", "iptables.localhostNodePorts: true",
-		"ipvs.scheduler: lc", "ipvs.excludeCIDRs: 10.0.0.0/8", "ipvs.strictARP: true", "nftables.masqueradeBit: 15",
+		"nftables.masqueradeBit: 15",
 		"winkernel.enableDSR: true", "detectLocalMode: InterfaceNamePrefix", "detectLocal.interfaceNamePrefix: veth",
 		"oomScoreAdj: -500", "conntrack.maxPerCore: 65536", "conntrack.tcpEstablishedTimeout: 1h0m0s",
 		"conntrack.tcpBeLiberal: true", "conntrack.udpTimeout: 30s", "portRange: 30000-32767",
@@ -205,4 +201,40 @@ func manifestConfig(t *testing.T) string {
 		t.Fatalf("manifests/configmap.yaml holds no KubeProxyConfiguration in config.conf:\n%s", data)
 	}
 	return config
+}
+
+func TestOtherModesConfigFieldsAreNamedOnce(t *testing.T) {
+	got := configWarnings(t, configHead+`mode: iptables
+ipvs:
+  syncPeriod: 10s
+  minSyncPeriod: 2s
+  scheduler: lc
+  strictARP: true
+  excludeCIDRs: [10.0.0.0/8]
+  tcpTimeout: 1m
+  tcpFinTimeout: 10s
+  udpTimeout: 5s
+`)
+	want := []string{
+		"config field ipvs.syncPeriod: 10s applies only in ipvs mode; ignored in iptables mode",
+		"config field ipvs.minSyncPeriod: 2s applies only in ipvs mode; ignored in iptables mode",
+		"config field ipvs.scheduler: lc applies only in ipvs mode; ignored in iptables mode",
+		"config field ipvs.strictARP: true applies only in ipvs mode; ignored in iptables mode",
+		"config field ipvs.tcpTimeout: 1m0s applies only in ipvs mode; ignored in iptables mode",
+		"config field ipvs.tcpFinTimeout: 10s applies only in ipvs mode; ignored in iptables mode",
+		"config field ipvs.udpTimeout: 5s applies only in ipvs mode; ignored in iptables mode",
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("iptables mode: warnings\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	// Both modes write iptables rules: the masquerade settings apply in ipvs mode.
+	got = configWarnings(t, configHead+"mode: ipvs\niptables:\n  masqueradeAll: true\n  masqueradeBit: 12\n  minSyncPeriod: 5s\n")
+	want = []string{"config field iptables.minSyncPeriod: 5s applies only in iptables mode; ignored in ipvs mode"}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("ipvs mode: warnings %q, want %q", got, want)
+	}
+	// The shipped ConfigMap switched to ipvs draws none.
+	if got := configWarnings(t, strings.Replace(manifestConfig(t), "mode: iptables", "mode: ipvs", 1)); len(got) != 0 {
+		t.Errorf("the ConfigMap in ipvs mode: warnings %q, want none", got)
+	}
 }
