@@ -25,7 +25,7 @@ import (
 func TestPartialSyncsConverge(t *testing.T) {
 	forEachSetup(t, func(t *testing.T, s setup) {
 		c := newCluster(t, s, 5)
-		c.Outside().Timeout = netnstest.DefaultTimeout
+		c.Outside().Timeout = defaultTimeout()
 		rng := rand.New(rand.NewPCG(7, uint64(len(s.String())))) // reproducible per setup
 		world := make([]serviceState, 5)
 		for i := range world {
@@ -151,7 +151,7 @@ func (s *serviceState) check(t *testing.T, c *cluster, when string, changed bool
 	clusterIP := mustAddr(s.clusterIP())
 	if !s.exists {
 		if changed {
-			expectOutcome(t, when, c.Pod(0), "tcp", at(clusterIP, svcTCP), nil, netip.Addr{}, netnstest.ErrTimeout)
+			expectOutcome(t, when, c.Pod(0), "tcp", at(clusterIP, svcTCP), nil, netip.Addr{}, errUnserved)
 		}
 		return
 	}
@@ -202,14 +202,14 @@ func expectOutcome(t *testing.T, when string, client *netnstest.NS, network stri
 	dials := 2
 	if len(servers) == 0 {
 		dials = 1
-		if errors.Is(empty, netnstest.ErrTimeout) {
+		if errors.Is(empty, netnstest.ErrTimeout) || empty == errUnserved {
 			client.Timeout = 100 * time.Millisecond
 		}
 	}
 	for range dials {
 		got, err := client.Dial(network, dst)
 		switch {
-		case len(servers) == 0 && !errors.Is(err, empty):
+		case len(servers) == 0 && !failedAs(err, empty):
 			t.Errorf("%s: %s %s to %s: %v, %v; want %v", when, client.Name, network, dst, got, err, empty)
 		case len(servers) > 0 && err != nil:
 			t.Errorf("%s: %s %s to %s: %v; want one of %v", when, client.Name, network, dst, err, servers)
@@ -222,9 +222,9 @@ func expectOutcome(t *testing.T, when string, client *netnstest.NS, network stri
 var counters = regexp.MustCompile(`\[\d+:\d+\]`)
 
 // savedRules returns both families' tables as iptables-save shows them,
-// one sorted line each, without comments and counters: chain order in the
+// one sorted line each, without comments and counters (chain order in the
 // output depends on how chains were created, rule order within a chain
-// does not change.
+// does not change), and in the IPVS mode the IPVS state too.
 func savedRules(t *testing.T, c *cluster) []string {
 	t.Helper()
 	var lines []string
@@ -232,6 +232,9 @@ func savedRules(t *testing.T, c *cluster) []string {
 		saved, err := c.save(family)
 		if err != nil {
 			t.Fatal(err)
+		}
+		if c.setup.ipvs() {
+			saved += c.ipvsState(family).Dump()
 		}
 		for _, line := range strings.Split(saved, "\n") {
 			if line != "" && !strings.HasPrefix(line, "#") {

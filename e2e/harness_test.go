@@ -68,6 +68,17 @@ func clusterCIDRs() []netip.Prefix {
 // IPVS and the dummy driver, which e2e/vm boots.
 var modeFlag = flag.String("svcproxy.mode", "iptables", "the proxy mode under test: iptables, or ipvs (in a kernel with IPVS: see e2e/vm)")
 
+// timeScale stretches the waits that bound how soon svcproxy must react
+// (a repair, a drain): the VM of e2e/vm emulates its CPU and runs 5-10
+// times slower than this machine.
+var timeScale = flag.Int("svcproxy.time-scale", 1, "stretch the suite's reaction bounds by this factor (the emulated VM is slower)")
+
+// scaled is d stretched by -svcproxy.time-scale.
+func scaled(d time.Duration) time.Duration { return d * time.Duration(max(1, *timeScale)) }
+
+// defaultTimeout bounds a dial that is meant to be answered.
+func defaultTimeout() time.Duration { return scaled(netnstest.DefaultTimeout) }
+
 // setup is one way of running svcproxy that every test runs under: the
 // mode under test with each iptables flavor.
 type setup struct {
@@ -119,6 +130,9 @@ type settings struct {
 
 // masqueradeAll is --masquerade-all.
 func masqueradeAll() option { return func(s *settings) { s.cfg.MasqueradeAll = true } }
+
+// drainAfter bounds how long the IPVS mode's real servers drain.
+func drainAfter(d time.Duration) option { return func(s *settings) { s.drainTimeout = d } }
 
 // inZone puts the node in a topology zone.
 func inZone(zone string) option { return func(s *settings) { s.zone = zone } }
@@ -182,6 +196,9 @@ func newCluster(t *testing.T, s setup, pods int, opts ...option) *cluster {
 	}
 	for _, o := range opts {
 		o(&c.settings)
+	}
+	for _, ns := range append([]*netnstest.NS{c.Node(), c.Outside()}, c.Pods()...) {
+		ns.Timeout = defaultTimeout()
 	}
 	for _, pod := range c.Pods() {
 		pod.ServeTCP(podTCP)
@@ -488,13 +505,26 @@ func expectReply(t *testing.T, client *netnstest.NS, network string, dst netip.A
 }
 
 // expectFailure dials dst once and wants the given class of failure
-// (netnstest.ErrRefused, ErrTimeout, ...).
+// (netnstest.ErrRefused, ErrTimeout, ..., or errUnserved).
 func expectFailure(t *testing.T, client *netnstest.NS, network string, dst netip.AddrPort, class error) {
 	t.Helper()
 	got, err := client.Dial(network, dst)
-	if !errors.Is(err, class) {
+	if !failedAs(err, class) {
 		t.Errorf("%s %s to %s: got %v, %v; want %v", client.Name, network, dst, got, err, class)
 	}
+}
+
+// errUnserved is the failure of traffic to an address no service has: the
+// node routes it on like any other, and in the bed it goes nowhere. The
+// outside client, which does not forward, drops it silently or answers
+// host unreachable, depending on the kernel.
+var errUnserved = errors.New("unserved (a timeout or host unreachable)")
+
+func failedAs(err, class error) bool {
+	if class == errUnserved {
+		return errors.Is(err, netnstest.ErrTimeout) || errors.Is(err, netnstest.ErrUnreachable)
+	}
+	return errors.Is(err, class)
 }
 
 // tally is how many of a run of connections each server answered, and
@@ -650,7 +680,7 @@ func dialLines(t *testing.T, client *netnstest.NS, dst netip.AddrPort) *lineConn
 
 // ask sends a line and reads the reply.
 func (l *lineConn) ask() (netnstest.Reply, error) {
-	_ = l.conn.SetDeadline(time.Now().Add(netnstest.DefaultTimeout))
+	_ = l.conn.SetDeadline(time.Now().Add(defaultTimeout()))
 	if _, err := fmt.Fprintln(l.conn, "?"); err != nil {
 		return netnstest.Reply{}, err
 	}

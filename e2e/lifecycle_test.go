@@ -99,7 +99,7 @@ func TestRestartKeepsTraffic(t *testing.T) {
 			t.Errorf("UDP flow after the restart: %v, %v; want %v", after, err, udpBefore)
 		}
 		c.Pod(0).Timeout = shortTimeout
-		expectFailure(t, c.Pod(0), "tcp", tcp("10.96.0.32"), netnstest.ErrTimeout)
+		expectFailure(t, c.Pod(0), "tcp", tcp("10.96.0.32"), errUnserved)
 	})
 }
 
@@ -107,8 +107,15 @@ func TestRestartKeepsTraffic(t *testing.T) {
 // dst, and wants every one of them answered and the first sync full.
 func restartUnderProbe(t *testing.T, c *cluster, dst netip.AddrPort) {
 	t.Helper()
+	switchUnderProbe(t, c, dst, c.setup.mode)
+}
+
+// switchUnderProbe is restartUnderProbe with the new process in mode.
+func switchUnderProbe(t *testing.T, c *cluster, dst netip.AddrPort, mode string) {
+	t.Helper()
 	probe := startProbe(c.Pod(0), dst)
 	time.Sleep(200 * time.Millisecond)
+	c.setup.mode = mode
 	c.restart()
 	time.Sleep(200 * time.Millisecond)
 	made, failures := probe.stop()
@@ -211,11 +218,11 @@ func TestDriftIsRepaired(t *testing.T) {
 		} {
 			start := time.Now()
 			c.iptables(model.IPv4, drift.args...)
-			took, ok := waitFor(c.Pod(0), tcp("10.96.0.33"), "pod-1", 5*time.Second)
-			if !ok || took > 2*time.Second {
-				t.Errorf("%s: traffic not back within 2s (%v)", drift.what, took)
+			took, ok := waitFor(c.Pod(0), tcp("10.96.0.33"), "pod-1", scaled(5*time.Second))
+			if !ok || took > scaled(2*time.Second) {
+				t.Errorf("%s: traffic not back within %v (%v)", drift.what, scaled(2*time.Second), took)
 			}
-			repair := fullSyncSince(c.proc, start, time.Second)
+			repair := fullSyncSince(c.proc, start, scaled(time.Second))
 			if repair == nil {
 				t.Errorf("%s: no full sync repaired it", drift.what)
 				continue
@@ -226,7 +233,7 @@ func TestDriftIsRepaired(t *testing.T) {
 
 		// The runner also picks up ordinary changes.
 		c.upsertSlice(endpoints("web", local(c.Pod(2))))
-		if took, ok := waitFor(c.Pod(0), tcp("10.96.0.33"), "pod-2", 5*time.Second); !ok || took > 2*time.Second {
+		if took, ok := waitFor(c.Pod(0), tcp("10.96.0.33"), "pod-2", scaled(5*time.Second)); !ok || took > scaled(2*time.Second) {
 			t.Errorf("an endpoint change reached the kernel after %v", took)
 		}
 	})
@@ -279,17 +286,17 @@ func TestBadInputIsSkipped(t *testing.T) {
 		expectServers(t, c.Pod(0), "udp", udp("10.96.0.34"), 10, c.Pod(0).IPv4(), "pod-1")
 		c.Pod(0).Timeout = shortTimeout
 		for _, skipped := range []string{"10.96.0.35", "10.96.0.36", "10.96.0.37"} {
-			expectFailure(t, c.Pod(0), "tcp", tcp(skipped), netnstest.ErrTimeout)
+			expectFailure(t, c.Pod(0), "tcp", tcp(skipped), errUnserved)
 		}
 
 		// An update that makes a working service invalid takes its rules
 		// away rather than leave the old ones; fixing it brings them back.
 		c.upsertService(service("good", []string{"10.96.0.34"}, proxiertest.ExternalIPs("not-an-ip")))
 		c.sync()
-		expectFailure(t, c.Pod(0), "tcp", tcp("10.96.0.34"), netnstest.ErrTimeout)
+		expectFailure(t, c.Pod(0), "tcp", tcp("10.96.0.34"), errUnserved)
 		c.upsertService(service("good", []string{"10.96.0.34"}))
 		c.sync()
-		c.Pod(0).Timeout = netnstest.DefaultTimeout
+		c.Pod(0).Timeout = defaultTimeout()
 		expectReply(t, c.Pod(0), "tcp", tcp("10.96.0.34"), "pod-1", c.Pod(0).IPv4())
 	})
 }
@@ -332,8 +339,8 @@ func TestPartialSyncsCarryTraffic(t *testing.T) {
 		// Nothing answers for an address no service has: the node routes
 		// it on like any other, and here it goes nowhere.
 		c.Pod(0).Timeout = shortTimeout
-		expectFailure(t, c.Pod(0), "tcp", tcp(ips["c"]), netnstest.ErrTimeout)
-		c.Pod(0).Timeout = netnstest.DefaultTimeout
+		expectFailure(t, c.Pod(0), "tcp", tcp(ips["c"]), errUnserved)
+		c.Pod(0).Timeout = defaultTimeout()
 		if saved, err := c.save(model.IPv4); err != nil || strings.Contains(saved, ips["c"]) {
 			t.Errorf("rules still name the deleted service's %s (%v):\n%s", ips["c"], err, saved)
 		}

@@ -1,8 +1,6 @@
 package iptables_test
 
 import (
-	"fmt"
-	"math/rand/v2"
 	"net/netip"
 	"testing"
 
@@ -12,43 +10,17 @@ import (
 	"github.com/svcproxy/svcproxy/netfilter"
 )
 
-// bigView is a cluster-sized view: services ports with endpoints each,
-// ClusterIPs at random in a /12 as the API server allocates them; one in
-// ten is a NodePort, one in twenty a LoadBalancer.
-func bigView(services, endpoints int) *model.NodeView {
-	r := rand.New(rand.NewPCG(7, 7))
-	v := mt.View(model.IPv4)
-	for i := range services {
-		ip := netip.AddrFrom4([4]byte{10, byte(96 + r.IntN(16)), byte(r.IntN(256)), byte(r.IntN(256))})
-		var opts []mt.PortOpt
-		var addrs []string
-		for j := range endpoints {
-			addrs = append(addrs, fmt.Sprintf("10.%d.%d.%d:8080", 128+j, i/256, i%256))
-		}
-		opts = append(opts, mt.Eps(addrs...))
-		if i%10 == 0 {
-			opts = append(opts, mt.NodePort(uint16(30000+i%2768)))
-		}
-		if i%20 == 0 {
-			opts = append(opts, mt.LoadBalancer(fmt.Sprintf("198.51.%d.%d", i/256%256, i%256)))
-		}
-		sp := mt.Port("bench", fmt.Sprintf("svc-%05d", i), "http", model.TCP, ip.String(), 80, opts...)
-		v.Services[sp.Name] = sp
-	}
-	return v
-}
-
 // BenchmarkCompileFull10k compiles and renders the full plan of 10k
 // services with 10 endpoints each.
 func BenchmarkCompileFull10k(b *testing.B) {
-	v := bigView(10_000, 10)
+	v := mt.BigView(10_000, 10)
 	benchCompile(b, v, nil)
 }
 
 // BenchmarkCompileOneEndpoint10k compiles and renders the partial plan of
 // one endpoint changing among 10k services with 10 endpoints each.
 func BenchmarkCompileOneEndpoint10k(b *testing.B) {
-	prev := bigView(10_000, 10)
+	prev := mt.BigView(10_000, 10)
 	name := prev.SortedNames()[4321]
 	changed := *prev.Services[name]
 	changed.ClusterEndpoints = append(changed.ClusterEndpoints[1:len(changed.ClusterEndpoints):len(changed.ClusterEndpoints)],
@@ -60,7 +32,7 @@ func BenchmarkCompileOneEndpoint10k(b *testing.B) {
 // BenchmarkCompileAddService10k compiles the partial plan of one service
 // added to 10k: the destination buckets are recomputed for both views.
 func BenchmarkCompileAddService10k(b *testing.B) {
-	prev := bigView(10_000, 10)
+	prev := mt.BigView(10_000, 10)
 	next := mt.WithPort(prev, mt.Port("bench", "new", "http", model.TCP, "10.100.1.1", 80, mt.NodePort(32700), mt.Eps("10.200.0.1:8080")))
 	benchCompile(b, next, prev)
 }

@@ -66,7 +66,7 @@ func newIdleNode(t *testing.T, pods int) *node {
 
 func (n *node) startProxy(kubeconfig string, extra ...string) {
 	n.t.Helper()
-	p, err := n.sb.StartProxyAs(kubeconfig, extra...)
+	p, err := n.sb.StartProxyAs(kubeconfig, append(modeArgs(), extra...)...)
 	if err != nil {
 		n.t.Fatal(err)
 	}
@@ -79,7 +79,7 @@ func (n *node) startProxy(kubeconfig string, extra ...string) {
 			n.t.Logf("svcproxy output:\n%s", tail(p.Output(), 60))
 		}
 	})
-	if err := n.sb.WaitHealthy(p, 60*time.Second); err != nil {
+	if err := n.sb.WaitHealthy(p, scaled(60*time.Second)); err != nil {
 		n.t.Fatal(err)
 	}
 }
@@ -89,11 +89,11 @@ func (n *node) pod(i int) *netnstest.NS { return n.sb.Bed.Pod(i) }
 // client returns an HTTP client in ns with a short timeout.
 func client(ns *netnstest.NS) *http.Client { return sandbox.Client(ns, 1500*time.Millisecond) }
 
-// eventually retries f until it succeeds (30 s at most) and logs how long
+// eventually retries f until it succeeds (30 s at most, scaled) and logs how long
 // the change took to work, counted from since (the API write).
 func (n *node) eventually(what string, since time.Time, f func() error) {
 	n.t.Helper()
-	if _, err := sandbox.WaitFor(30*time.Second, f); err != nil {
+	if _, err := sandbox.WaitFor(scaled(30*time.Second), f); err != nil {
 		n.t.Fatalf("%s: %v", what, err)
 	}
 	n.t.Logf("%s: working %v after the API write", what, time.Since(since).Round(time.Millisecond))

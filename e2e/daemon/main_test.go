@@ -6,6 +6,7 @@ package daemon_test
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -25,7 +26,26 @@ var (
 	setupErr    error
 )
 
+// The suite runs svcproxy in the mode -svcproxy.mode names: iptables on
+// this machine's kernel, ipvs in the VM of e2e/vm, which also stretches the
+// suite's waits (everything there runs 5-10 times slower).
+var (
+	modeFlag  = flag.String("svcproxy.mode", "iptables", "the proxy mode svcproxy runs in: iptables, or ipvs (in a kernel with IPVS: see e2e/vm)")
+	timeScale = flag.Int("svcproxy.time-scale", 1, "stretch the suite's waits by this factor")
+)
+
+// scaled is d stretched by -svcproxy.time-scale.
+func scaled(d time.Duration) time.Duration { return d * time.Duration(max(1, *timeScale)) }
+
+// modeArgs are the flags that put svcproxy in the mode under test.
+func modeArgs() []string { return []string{"--proxy-mode=" + *modeFlag} }
+
+// prebuiltEnv names a svcproxy binary to test instead of building one (the
+// VM has no writable build cache worth the wait).
+const prebuiltEnv = "SVCPROXY_BIN"
+
 func TestMain(m *testing.M) {
+	flag.Parse()
 	code := func() int {
 		if os.Geteuid() != 0 {
 			setupErr = fmt.Errorf("needs root for network namespaces")
@@ -51,18 +71,20 @@ func setup(dir string) error {
 	if err != nil {
 		return err
 	}
-	svcproxyBin = filepath.Join(dir, "svcproxy")
-	build := exec.Command("go", "build", "-o", svcproxyBin, "./cmd/svcproxy")
-	build.Dir = root
-	if out, err := build.CombinedOutput(); err != nil {
-		return fmt.Errorf("building svcproxy: %v\n%s", err, out)
+	if svcproxyBin = os.Getenv(prebuiltEnv); svcproxyBin == "" {
+		svcproxyBin = filepath.Join(dir, "svcproxy")
+		build := exec.Command("go", "build", "-o", svcproxyBin, "./cmd/svcproxy")
+		build.Dir = root
+		if out, err := build.CombinedOutput(); err != nil {
+			return fmt.Errorf("building svcproxy: %v\n%s", err, out)
+		}
 	}
 	bins := exec.Command(filepath.Join(root, "hack", "controlplane-bins.sh"))
 	out, err := bins.Output()
 	if err != nil {
 		return fmt.Errorf("control plane binaries (run make controlplane): %v", err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), scaled(3*time.Minute))
 	defer cancel()
 	cp, err = controlplane.Start(ctx, controlplane.Options{
 		BinDir: strings.TrimSpace(string(out)), WorkDir: dir, WithControllerManager: true,

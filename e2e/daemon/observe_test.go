@@ -75,7 +75,7 @@ func (n *node) expectStatus(url string, want int) func() error {
 func TestHealthzFailsWhileSyncingIsStuckAndRecovers(t *testing.T) {
 	n := newIdleNode(t, 2)
 	refuse := failingRestores(t, n)
-	n.startProxy(n.sb.Kubeconfig, "--iptables-sync-period=2s")
+	n.startProxy(n.sb.Kubeconfig, "--sync-period=2s")
 	const healthz, livez = "http://127.0.0.1:10256/healthz", "http://127.0.0.1:10256/livez"
 	if err := n.expectStatus(healthz, 200)(); err != nil {
 		t.Fatal(err)

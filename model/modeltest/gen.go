@@ -167,3 +167,29 @@ func (g Gen) Config() netfilter.Config {
 	}
 	return cfg
 }
+
+// BigView is a cluster-sized view, for benchmarks: services ports with endpoints each,
+// ClusterIPs at random in a /12 as the API server allocates them; one in
+// ten is a NodePort, one in twenty a LoadBalancer.
+func BigView(services, endpoints int) *model.NodeView {
+	r := rand.New(rand.NewPCG(7, 7))
+	v := View(model.IPv4)
+	for i := range services {
+		ip := netip.AddrFrom4([4]byte{10, byte(96 + r.IntN(16)), byte(r.IntN(256)), byte(r.IntN(256))})
+		var opts []PortOpt
+		var addrs []string
+		for j := range endpoints {
+			addrs = append(addrs, fmt.Sprintf("10.%d.%d.%d:8080", 128+j, i/256, i%256))
+		}
+		opts = append(opts, Eps(addrs...))
+		if i%10 == 0 {
+			opts = append(opts, NodePort(uint16(30000+i%2768)))
+		}
+		if i%20 == 0 {
+			opts = append(opts, LoadBalancer(fmt.Sprintf("198.51.%d.%d", i/256%256, i%256)))
+		}
+		sp := Port("bench", fmt.Sprintf("svc-%05d", i), "http", model.TCP, ip.String(), 80, opts...)
+		v.Services[sp.Name] = sp
+	}
+	return v
+}
