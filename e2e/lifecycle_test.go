@@ -216,26 +216,15 @@ func TestDriftIsRepaired(t *testing.T) {
 			{"PREROUTING jump deleted", []string{"-t", "nat", "-D", "PREROUTING",
 				"-m", "comment", "--comment", "svcproxy service portals", "-j", netfilter.ChainPrefix + "SERVICES"}},
 		} {
-			start := time.Now()
-			c.iptables(model.IPv4, drift.args...)
-			took, ok := waitFor(c.Pod(0), tcp("10.96.0.33"), "pod-1", scaled(5*time.Second))
-			if !ok || took > scaled(2*time.Second) {
-				t.Errorf("%s: traffic not back within %v (%v)", drift.what, scaled(2*time.Second), took)
-			}
 			// In the IPVS mode pods reach ClusterIPs without the nat table,
 			// so traffic can be back before the repair; its integrity
 			// check reads the IPVS table too, and is spaced out more.
-			bound := time.Second
+			repair := time.Second
 			if s.ipvs() {
-				bound = 3 * time.Second
+				repair = 3 * time.Second
 			}
-			repair := fullSyncSince(c.proc, start, scaled(bound))
-			if repair == nil {
-				t.Errorf("%s: no full sync repaired it", drift.what)
-				continue
-			}
-			t.Logf("%s: repaired by a full sync done %v later; the probe's next answer came %v later",
-				drift.what, repair.Start.Add(repair.Duration).Sub(start).Round(time.Millisecond), took.Round(time.Millisecond))
+			expectRepaired(t, c, drift.what, tcp("10.96.0.33"), "pod-1", 2*time.Second, repair,
+				func() { c.iptables(model.IPv4, drift.args...) })
 		}
 
 		// The runner also picks up ordinary changes.
@@ -257,6 +246,26 @@ func waitFor(client *netnstest.NS, dst netip.AddrPort, server string, limit time
 		time.Sleep(20 * time.Millisecond)
 	}
 	return time.Since(start), false
+}
+
+// expectRepaired does damage and wants traffic from pod-0 to dst answered
+// by server again within back, and a full sync that repaired it within
+// repair (both scaled).
+func expectRepaired(t *testing.T, c *cluster, what string, dst netip.AddrPort, server string, back, repair time.Duration, damage func()) {
+	t.Helper()
+	start := time.Now()
+	damage()
+	took, ok := waitFor(c.Pod(0), dst, server, scaled(5*time.Second))
+	if !ok || took > scaled(back) {
+		t.Errorf("%s: traffic not back within %v (%v)", what, scaled(back), took)
+	}
+	done := fullSyncSince(c.proc, start, scaled(repair))
+	if done == nil {
+		t.Errorf("%s: no full sync repaired it within %v", what, scaled(repair))
+		return
+	}
+	t.Logf("%s: repaired by a full sync done %v later; the probe's next answer came %v later",
+		what, done.Start.Add(done.Duration).Sub(start).Round(time.Millisecond), took.Round(time.Millisecond))
 }
 
 // fullSyncSince waits up to limit for the report of a successful full sync
