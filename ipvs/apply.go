@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"time"
 
 	"k8s.io/utils/clock"
@@ -152,7 +153,7 @@ func (r *applyRun) prepare() error {
 		return fmt.Errorf("reading the IPVS state: %w", err)
 	}
 	r.seen = seen
-	for _, s := range sortedKeys(r.want.Sets, compareStrings) {
+	for _, s := range sortedKeys(r.want.Sets, strings.Compare) {
 		if _, ok := seen.sets[s]; ok {
 			continue
 		}
@@ -505,7 +506,7 @@ func (r *applyRun) deleteVirtualServers(context.Context) {
 // destroyStaleSets destroys sets of this family no rule uses any more;
 // the rules restored before no longer name them.
 func (r *applyRun) destroyStaleSets(context.Context) {
-	for _, name := range sortedKeys(r.remove.Sets, compareStrings) {
+	for _, name := range sortedKeys(r.remove.Sets, strings.Compare) {
 		if err := r.k.DestroySet(name); err != nil {
 			r.fail(fmt.Errorf("destroying set %s: %w", name, err))
 			continue

@@ -3,6 +3,7 @@ package ipvs
 import (
 	"net/netip"
 	"slices"
+	"strings"
 
 	"github.com/svcproxy/svcproxy/model"
 	"github.com/svcproxy/svcproxy/netfilter"
@@ -62,7 +63,7 @@ func (n setNames) all() []Set {
 	for _, proto := range protocols() {
 		sets = append(sets, Set{n.nodePort[proto], BitmapPort, n.family}, Set{n.nodePortLocal[proto], BitmapPort, n.family})
 	}
-	slices.SortFunc(sets, func(a, b Set) int { return compareStrings(a.Name, b.Name) })
+	slices.SortFunc(sets, func(a, b Set) int { return strings.Compare(a.Name, b.Name) })
 	return sets
 }
 
@@ -81,16 +82,6 @@ func (n setNames) owns(name string) bool {
 // its own.
 func (n setNames) admits(name string) bool {
 	return name == n.clusterIP || name == n.external || name == n.externalLocal
-}
-
-func compareStrings(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // portObjects is what one service port wants of the kernel.
