@@ -43,12 +43,18 @@ func (w Workload) Service(i int) *v1.Service {
 		proxiertest.Port("http", "TCP", 80))
 }
 
-// Slice returns the EndpointSlice of service i at a generation.
+// Slice returns the EndpointSlice of service i at a generation: a
+// generation other than 0 replaces one endpoint, the first (every
+// generation differs from 0, and from the one before it).
 func (w Workload) Slice(i, generation int) *discoveryv1.EndpointSlice {
 	eps := make([]proxiertest.Endpoint, w.Endpoints)
 	for j := range eps {
 		node := fmt.Sprintf("node-%d", (i+j)%w.Nodes)
-		eps[j] = proxiertest.Ready(EndpointIP(i, j, generation).String(), node)
+		gen := 0
+		if j == 0 && generation > 0 {
+			gen = 1 + (generation-1)%3
+		}
+		eps[j] = proxiertest.Ready(EndpointIP(i, j, gen).String(), node)
 	}
 	return proxiertest.Slice("bench", ServiceName(i)+"-abcde", ServiceName(i),
 		proxiertest.SlicePort("http", "TCP", 8080), proxiertest.Endpoints(eps...))

@@ -105,8 +105,8 @@ func (b *Backend) sameNodeAddrs(k Kernel, nodeAddrs []netip.Addr) bool {
 // and their weights), address, set entry and sysctl the applied view
 // needs. It reads the whole IPVS table, one request per virtual server.
 func (b *Backend) Intact(ctx context.Context, applied *model.NodeView) (bool, error) {
-	if ok, err := b.rules.Intact(ctx); !ok || err != nil {
-		return false, err
+	if ok, err := b.rules.Intact(ctx); !ok || err != nil || applied == nil {
+		return ok, err
 	}
 	k, err := b.open()
 	if err != nil {

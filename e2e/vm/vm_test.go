@@ -1,8 +1,9 @@
 // Package vm_test runs svcproxy's real-kernel suites in IPVS mode inside a
 // qemu VM (internal/vm) whose kernel has IPVS and the dummy driver, which
-// this machine's kernel lacks: the datapath suite (package e2e) and the
-// daemon suite against a real control plane (package e2e/daemon). Each is
-// compiled here and run unchanged in one VM boot, with -svcproxy.mode=ipvs.
+// this machine's kernel lacks: the datapath suite (package e2e), the
+// daemon suite against a real control plane (package e2e/daemon), both
+// with -svcproxy.mode=ipvs, and the IPVS kernel seam's tests (package
+// ipvs). Each is compiled here and run unchanged in one VM boot.
 //
 // Everything in the VM runs 5-10 times slower than here; the suites' own
 // timeouts allow for it. The VM's whole console is kept in a file of the
@@ -26,12 +27,21 @@ import (
 )
 
 func TestDatapathInIPVSMode(t *testing.T) {
-	runSuite(t, suite{pkg: "./e2e", args: []string{"-svcproxy.time-scale=" + timeScale}, memoryMiB: 2048, timeout: 30 * time.Minute})
+	runSuite(t, suite{pkg: "./e2e", args: ipvsMode, memoryMiB: 2048, timeout: 30 * time.Minute})
 }
 
+// The IPVS mode's kernel seam against the real IPVS, links, ipsets and
+// sysctls (its tests skip where IPVS is missing, as here).
+func TestKernelSeamWithIPVS(t *testing.T) {
+	runSuite(t, suite{pkg: "./ipvs", args: []string{"-test.run=^TestKernel"}, memoryMiB: 1024, timeout: 10 * time.Minute})
+}
+
+// ipvsMode are the flags that run a suite in the IPVS mode, with its
+// bounds stretched for the emulated VM.
+var ipvsMode = []string{"-svcproxy.mode=ipvs", "-svcproxy.time-scale=" + timeScale}
+
 func TestDaemonInIPVSMode(t *testing.T) {
-	runSuite(t, suite{pkg: "./e2e/daemon", args: []string{"-svcproxy.time-scale=" + timeScale},
-		memoryMiB: 4096, timeout: 40 * time.Minute, prebuilt: true})
+	runSuite(t, suite{pkg: "./e2e/daemon", args: ipvsMode, memoryMiB: 4096, timeout: 40 * time.Minute, prebuilt: true})
 }
 
 // timeScale is how much slower than this machine the emulated VM is, for
@@ -50,7 +60,7 @@ type suite struct {
 }
 
 // runSuite builds the suite's test binary, boots the VM, runs the binary
-// in its package directory with -svcproxy.mode=ipvs, and fails with the
+// in its package directory with the suite's flags, and fails with the
 // failing tests' output if it fails.
 func runSuite(t *testing.T, s suite) {
 	requireRoot(t)
@@ -83,8 +93,7 @@ func runSuite(t *testing.T, s suite) {
 	}
 	defer console.Close()
 
-	args := append([]string{bin, "-test.v", "-test.count=1", "-svcproxy.mode=ipvs",
-		fmt.Sprintf("-test.timeout=%v", s.timeout-2*time.Minute)}, s.args...)
+	args := append([]string{bin, "-test.v", "-test.count=1", fmt.Sprintf("-test.timeout=%v", s.timeout-2*time.Minute)}, s.args...)
 	ctx, cancel := context.WithTimeout(t.Context(), s.timeout)
 	defer cancel()
 	start := time.Now()

@@ -176,7 +176,7 @@ func run(w bench.Workload, mode string, flavor netfilter.Flavor, rounds int) err
 	report("periodic full resync", []sample{resync})
 
 	checkStart := time.Now()
-	intact, err := h.backend.Intact(context.Background(), nil)
+	intact, err := h.backend.Intact(context.Background(), h.last.Families[0].View)
 	if err != nil || !intact {
 		return fmt.Errorf("integrity check after syncs: intact=%v err=%v", intact, err)
 	}
