@@ -69,6 +69,9 @@ type kernel struct {
 	// ino identify it.
 	ns       netns.NsHandle
 	dev, ino uint64
+	// links are the links found by name: a Kernel lives for one sync, in
+	// which binding ten thousand addresses must not cost as many lookups.
+	links map[string]netlink.Link
 }
 
 // OpenKernel opens the kernel in the calling thread's network namespace: a
@@ -514,8 +517,12 @@ func (k *kernel) EnsureDummy(name string) error {
 	return fmt.Errorf("creating dummy interface %s: %w", name, err)
 }
 
-// link finds a link by name (one request); nil, nil when it does not exist.
+// link finds a link by name (one request, the first time in this
+// Kernel); nil, nil when it does not exist.
 func (k *kernel) link(name string) (netlink.Link, error) {
+	if l, ok := k.links[name]; ok {
+		return l, nil
+	}
 	l, err := k.nl.LinkByName(name)
 	var nf netlink.LinkNotFoundError
 	if errors.As(err, &nf) || isErrno(err, unix.ENODEV) {
@@ -524,6 +531,10 @@ func (k *kernel) link(name string) (netlink.Link, error) {
 	if err != nil {
 		return nil, fmt.Errorf("finding link %s: %w", name, err)
 	}
+	if k.links == nil {
+		k.links = map[string]netlink.Link{}
+	}
+	k.links[name] = l
 	return l, nil
 }
 
@@ -570,9 +581,10 @@ func hostAddrs(list []netlink.Addr, family model.Family, skipIndex int) []netip.
 	return slices.Compact(out)
 }
 
-// LinkAddrs is two requests (the link by name, the address dump). IPv6
-// link-local addresses are left out, as in HostAddrs: svcproxy never binds
-// one and should not delete one the kernel made.
+// LinkAddrs is the address dump, after the link by name (the first time
+// in this Kernel). IPv6 link-local addresses are left out, as in
+// HostAddrs: svcproxy never binds one and should not delete one the kernel
+// made.
 func (k *kernel) LinkAddrs(name string, family model.Family) ([]netip.Addr, error) {
 	l, err := k.link(name)
 	if err != nil || l == nil {
@@ -594,7 +606,7 @@ func hostPrefix(a netip.Addr) *netlink.Addr {
 	return addr
 }
 
-// AddAddr is two requests (the link by name, the address); an address
+// AddAddr is one request, after the link by name (the first time); an address
 // already bound (EEXIST) is no error. A missing link is an error.
 func (k *kernel) AddAddr(name string, a netip.Addr) error {
 	if !a.IsValid() || a.Is4In6() {
@@ -614,7 +626,7 @@ func (k *kernel) AddAddr(name string, a netip.Addr) error {
 	return nil
 }
 
-// DelAddr is two requests (the link by name, the address); an address not
+// DelAddr is one request, after the link by name (the first time); an address not
 // bound (EADDRNOTAVAIL) or a missing link is no error. It unbinds the /32
 // or /128 AddAddr binds: the kernel matches the prefix length too.
 func (k *kernel) DelAddr(name string, a netip.Addr) error {
@@ -661,6 +673,7 @@ func (k *kernel) DeleteLink(name string) error {
 	if err != nil || l == nil {
 		return err
 	}
+	delete(k.links, name)
 	if err := k.nl.LinkDel(l); err != nil && !isErrno(err, unix.ENODEV) {
 		return fmt.Errorf("deleting link %s: %w", name, err)
 	}
