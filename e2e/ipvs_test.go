@@ -282,7 +282,7 @@ func TestIPVSDriftIsRepaired(t *testing.T) {
 					ipvs.Entry{Addr: mustAddr("10.96.0.74"), Protocol: model.TCP, Port: svcTCP})
 			}},
 		} {
-			expectRepaired(t, c, drift.what, tcp("10.96.0.74"), "pod-1", 3*time.Second, 3*time.Second,
+			expectRepaired(t, c, drift.what, tcp("10.96.0.74"), "pod-1", 4*time.Second, 4*time.Second,
 				func() { c.inKernel(drift.do) })
 		}
 	})

@@ -207,21 +207,17 @@ func (r *applyRun) observe() (*observed, error) {
 	for _, a := range addrs {
 		o.addrs[a] = true
 	}
-	servers, err := r.k.VirtualServers(r.a.family)
+	table, err := r.k.Table(r.a.family)
 	if err != nil {
 		return nil, err
 	}
-	for i := range servers {
-		vs := &servers[i]
-		if !r.a.owns(o, vs.VSKey) {
-			o.others[vs.VSKey] = vs
+	for key, l := range table {
+		vs := l.VirtualServer
+		if !r.a.owns(o, key) {
+			o.others[key] = &vs
 			continue
 		}
-		reals, err := r.k.RealServers(vs.VSKey)
-		if err != nil {
-			return nil, fmt.Errorf("real servers of %s: %w", vs.VSKey, err)
-		}
-		o.servers[vs.VSKey], o.reals[vs.VSKey] = vs, reals
+		o.servers[key], o.reals[key] = &vs, l.Status
 	}
 	return o, nil
 }

@@ -22,6 +22,11 @@ func (c *countingKernel) RealServers(vs VSKey) ([]RealStatus, error) {
 	return c.Kernel.RealServers(vs)
 }
 
+func (c *countingKernel) Table(f model.Family) (map[VSKey]Listed, error) {
+	c.ops++
+	return c.Kernel.Table(f)
+}
+
 func (c *countingKernel) AddVirtualServer(vs VirtualServer) error {
 	c.ops++
 	return c.Kernel.AddVirtualServer(vs)

@@ -166,6 +166,26 @@ func (k *FakeKernel) RealServers(vs VSKey) ([]RealStatus, error) {
 	return out, nil
 }
 
+// Table implements IPVS.
+func (k *FakeKernel) Table(family model.Family) (map[VSKey]Listed, error) {
+	if err := k.call("Table %s", family); err != nil {
+		return nil, err
+	}
+	out := map[VSKey]Listed{}
+	for key, s := range k.servers {
+		if key.Family() != family {
+			continue
+		}
+		l := Listed{VirtualServer: s.vs}
+		l.Reals = nil
+		for _, addr := range sortedKeys(s.reals, netip.AddrPort.Compare) {
+			l.Status = append(l.Status, *s.reals[addr])
+		}
+		out[key] = l
+	}
+	return out, nil
+}
+
 // AddVirtualServer implements IPVS.
 func (k *FakeKernel) AddVirtualServer(vs VirtualServer) error {
 	if err := k.call("AddVirtualServer %s %s %d", vs.VSKey, vs.Scheduler, vs.Persistence); err != nil {

@@ -31,6 +31,11 @@ type IPVS interface {
 	// RealServers lists a virtual server's real servers with their
 	// connection counts. A missing virtual server is ErrNotFound.
 	RealServers(vs VSKey) ([]RealStatus, error)
+	// Table lists every virtual server of the family with its real
+	// servers, in one request (the kernel's listing of its whole table):
+	// what a full sync and the integrity check read, where a request per
+	// virtual server would cost thousands.
+	Table(family model.Family) (map[VSKey]Listed, error)
 	AddVirtualServer(vs VirtualServer) error
 	UpdateVirtualServer(vs VirtualServer) error
 	DeleteVirtualServer(vs VSKey) error
@@ -40,6 +45,13 @@ type IPVS interface {
 	// SetTimeouts sets IPVS's connection timeouts; a zero field is left
 	// as it is.
 	SetTimeouts(t Timeouts) error
+}
+
+// Listed is a virtual server as Table lists it: its settings (Reals
+// empty) and its real servers with their connections.
+type Listed struct {
+	VirtualServer
+	Status []RealStatus
 }
 
 // Timeouts are IPVS's connection timeouts (--ipvs-tcp-timeout,

@@ -1056,3 +1056,31 @@ func (k *kernel) WriteSysctl(name, value string) error {
 	}
 	return nil
 }
+
+// Table is one read of the namespace's /proc/net/ip_vs (through
+// /proc/thread-self: /proc/net is the main thread's namespace), the
+// kernel's listing of its whole table; netlink would take a request per
+// virtual server.
+func (k *kernel) Table(family model.Family) (map[VSKey]Listed, error) {
+	if k.noIPVS != nil {
+		return nil, k.noIPVS
+	}
+	var b []byte
+	err := k.inNS(func() (err error) {
+		b, err = os.ReadFile("/proc/thread-self/net/ip_vs")
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listing the IPVS table: %w", err)
+	}
+	table, err := parseTable(b)
+	if err != nil {
+		return nil, fmt.Errorf("listing the IPVS table: %w", err)
+	}
+	for key := range table {
+		if key.Family() != family {
+			delete(table, key)
+		}
+	}
+	return table, nil
+}

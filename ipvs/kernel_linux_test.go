@@ -753,6 +753,30 @@ func TestKernelIPVSRealServers(t *testing.T) {
 			t.Errorf("RealServers(%s) after update and delete = %v, %v; want %v", key, got, err, want)
 		}
 	}
+	// The one-read listing says what the requests per virtual server say.
+	for _, family := range []model.Family{model.IPv4, model.IPv6} {
+		table, err := k.Table(family)
+		if err != nil {
+			t.Fatal(err)
+		}
+		servers, err := k.VirtualServers(family)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(table) != len(servers) {
+			t.Errorf("Table(%v) lists %d virtual servers, VirtualServers %d", family, len(table), len(servers))
+		}
+		for _, vs := range servers {
+			reals, err := k.RealServers(vs.VSKey)
+			if err != nil {
+				t.Fatal(err)
+			}
+			l, ok := table[vs.VSKey]
+			if !ok || l.VirtualServer.Scheduler != vs.Scheduler || l.Persistence != vs.Persistence || !slices.Equal(l.Status, reals) {
+				t.Errorf("Table(%v)[%s] = %+v; the requests say %+v with %v", family, vs.VSKey, l, vs, reals)
+			}
+		}
+	}
 	out := ns.MustRun("ipvsadm", "-Ln")
 	for _, s := range []string{"-> 10.244.0.10:8080             Masq    5", "-> [fd00:244::12]:8080          Masq    0"} {
 		if !strings.Contains(out, s) {
