@@ -191,12 +191,8 @@ func (r *applyRun) observe() (*observed, error) {
 		if !r.a.sets.owns(s.Name) {
 			continue
 		}
-		o.sets[s.Name] = s
-		entries, err := r.k.SetEntries(s)
-		if err != nil {
-			return nil, fmt.Errorf("set %s: %w", s.Name, err)
-		}
-		for _, e := range entries {
+		o.sets[s.Name] = s.Set
+		for _, e := range s.Entries {
 			o.entries[SetEntry{s.Name, e}] = true
 		}
 	}

@@ -24,7 +24,7 @@ import (
 // sysctls) and each family's iptables, with the test node's addresses on
 // its links, and a backend per family on a fake clock.
 type bed struct {
-	t        *testing.T
+	t        testing.TB
 	cfg      ipvs.Config
 	k        *ipvs.FakeKernel
 	nf       map[model.Family]*netfilter.FakeKernel
@@ -32,7 +32,7 @@ type bed struct {
 	backends map[model.Family]*ipvs.Backend
 }
 
-func newBed(t *testing.T, cfg ipvs.Config) *bed {
+func newBed(t testing.TB, cfg ipvs.Config) *bed {
 	b := &bed{t: t, cfg: cfg, k: ipvs.NewFakeKernel(), nf: map[model.Family]*netfilter.FakeKernel{},
 		clock: clocktesting.NewFakeClock(time.Unix(1_000_000, 0))}
 	for _, a := range nodeAddrs() {

@@ -44,3 +44,15 @@ func benchCompile(b *testing.B, view, prev *model.NodeView) {
 	b.ReportMetric(float64(len(plan.Want.VirtualServers)), "virtual-servers")
 	b.ReportMetric(float64(len(plan.Want.Entries)), "set-entries")
 }
+
+// BenchmarkResync10k is a full sync of 10k services onto a fake kernel
+// that holds them already: the Go side of the periodic resync (compile,
+// observe, diff), without the kernel's own cost.
+func BenchmarkResync10k(b *testing.B) {
+	view := mt.BigView(10_000, 10)
+	bed := newBed(b, testCfg)
+	bed.sync(view, nil)
+	for b.Loop() {
+		bed.sync(view, nil)
+	}
+}

@@ -92,7 +92,7 @@ func (c *countingKernel) DeleteLink(name string) error {
 	return c.Kernel.DeleteLink(name)
 }
 
-func (c *countingKernel) ListSets(f model.Family) ([]Set, error) {
+func (c *countingKernel) ListSets(f model.Family) ([]Listing, error) {
 	c.ops++
 	return c.Kernel.ListSets(f)
 }

@@ -364,14 +364,14 @@ func (k *FakeKernel) DeleteLink(name string) error {
 }
 
 // ListSets implements Sets.
-func (k *FakeKernel) ListSets(family model.Family) ([]Set, error) {
+func (k *FakeKernel) ListSets(family model.Family) ([]Listing, error) {
 	if err := k.call("ListSets %s", family); err != nil {
 		return nil, err
 	}
-	var out []Set
+	var out []Listing
 	for _, name := range sortedKeys(k.sets, strings.Compare) {
 		if k.sets[name].Family == family {
-			out = append(out, k.sets[name])
+			out = append(out, Listing{Set: k.sets[name], Entries: sortedKeys(k.entries[name], Entry.Compare)})
 		}
 	}
 	return out, nil

@@ -54,6 +54,12 @@ type Listed struct {
 	Status []RealStatus
 }
 
+// Listing is a set as ListSets lists it, with its members.
+type Listing struct {
+	Set
+	Entries []Entry
+}
+
 // Timeouts are IPVS's connection timeouts (--ipvs-tcp-timeout,
 // --ipvs-tcpfin-timeout, --ipvs-udp-timeout).
 type Timeouts struct {
@@ -83,8 +89,9 @@ type Links interface {
 
 // Sets are the kernel's ipsets.
 type Sets interface {
-	// ListSets names every set of the family, whoever made it.
-	ListSets(family model.Family) ([]Set, error)
+	// ListSets lists every set of the family, whoever made it, with its
+	// members: the kernel's dump answers both at once.
+	ListSets(family model.Family) ([]Listing, error)
 	// CreateSet creates a set; one that exists with the same type is no
 	// error.
 	CreateSet(s Set) error

@@ -726,14 +726,12 @@ func setFamily(family uint8) (model.Family, bool) {
 	return 0, false
 }
 
-// ListSets is one request: a dump of every set. The kernel gives
-// bitmap:port sets (and other family-less types such as list:set) no
-// family: they are reported under both families, with Family set to the
-// family asked for; svcproxy's set names carry their family, so the caller
-// tells them apart by name. The dump carries every set's members too (the
-// netlink library asks for no header-only listing), so its cost grows with
-// the sets' sizes.
-func (k *kernel) ListSets(family model.Family) ([]Set, error) {
+// ListSets is one request: a dump of every set with its members. The
+// kernel gives bitmap:port sets (and other family-less types such as
+// list:set) no family: they are reported under both families, with Family
+// set to the family asked for; svcproxy's set names carry their family,
+// so the caller tells them apart by name.
+func (k *kernel) ListSets(family model.Family) ([]Listing, error) {
 	var all []netlink.IPSetResult
 	err := ipsetCall(func() (err error) {
 		all, err = k.nl.IpsetListAll()
@@ -742,21 +740,42 @@ func (k *kernel) ListSets(family model.Family) ([]Set, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listing ipsets: %w", err)
 	}
-	seen := map[string]bool{}
-	var out []Set
+	// A big set comes in several messages; only the first names its type
+	// and family.
+	byName := map[string]*Listing{}
+	var order []string
 	for _, r := range all {
-		// A big set comes in several messages; only the first names its type.
-		if r.TypeName == "" || seen[r.SetName] {
+		l := byName[r.SetName]
+		if l == nil {
+			if r.TypeName == "" {
+				continue
+			}
+			f, ok := setFamily(r.Family)
+			if ok && f != family {
+				byName[r.SetName] = &Listing{} // another family's: skipped
+				continue
+			}
+			l = &Listing{Set: Set{Name: r.SetName, Type: SetType(r.TypeName), Family: family}}
+			byName[r.SetName] = l
+			order = append(order, r.SetName)
+		}
+		if l.Name == "" {
 			continue
 		}
-		seen[r.SetName] = true
-		f, ok := setFamily(r.Family)
-		if ok && f != family {
-			continue
+		for _, e := range r.Entries {
+			if entry, ok := parseEntry(l.Type, addressFamily(family), e); ok {
+				l.Entries = append(l.Entries, entry)
+			}
 		}
-		out = append(out, Set{Name: r.SetName, Type: SetType(r.TypeName), Family: family})
 	}
-	slices.SortFunc(out, func(a, b Set) int { return strings.Compare(a.Name, b.Name) })
+	out := make([]Listing, 0, len(order))
+	for _, name := range order {
+		l := *byName[name]
+		slices.SortFunc(l.Entries, Entry.Compare)
+		l.Entries = slices.Compact(l.Entries)
+		out = append(out, l)
+	}
+	slices.SortFunc(out, func(a, b Listing) int { return strings.Compare(a.Name, b.Name) })
 	return out, nil
 }
 

@@ -148,10 +148,11 @@ func TestKernelSets(t *testing.T) {
 	}
 
 	for _, fam := range families {
-		got, err := k.ListSets(fam.f)
+		listed, err := k.ListSets(fam.f)
 		if err != nil {
 			t.Fatal(err)
 		}
+		got := setsOf(listed)
 		var want []Set
 		for _, f := range []model.Family{model.IPv4, model.IPv6} {
 			for _, typ := range types {
@@ -265,14 +266,25 @@ func TestKernelSetsLarge(t *testing.T) {
 	if err != nil || len(got) != n {
 		t.Fatalf("SetEntries of %d members: %d, %v", n, len(got), err)
 	}
-	sets, err := k.ListSets(model.IPv4)
+	listed, err := k.ListSets(model.IPv4)
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := []Set{{Name: "T-BIG", Type: HashIPPort, Family: model.IPv4}, {Name: "T-SMALL", Type: BitmapPort, Family: model.IPv4}}
-	if !slices.Equal(sets, want) {
+	if sets := setsOf(listed); !slices.Equal(sets, want) {
 		t.Errorf("ListSets = %v, want %v", sets, want)
 	}
+	if len(listed) == 2 && (len(listed[0].Entries) != n || !slices.Equal(listed[0].Entries, got)) {
+		t.Errorf("ListSets lists %d members of T-BIG; SetEntries %d", len(listed[0].Entries), n)
+	}
+}
+
+func setsOf(listed []Listing) []Set {
+	var sets []Set
+	for _, l := range listed {
+		sets = append(sets, l.Set)
+	}
+	return sets
 }
 
 func TestKernelLinks(t *testing.T) {

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -48,7 +49,7 @@ func parseTable(b []byte) (map[VSKey]Listed, error) {
 				return nil, fmt.Errorf("line %d %q: %w", line+1, sc.Text(), err)
 			}
 			if cur != nil {
-				out[cur.VSKey] = *cur
+				out[cur.VSKey] = cur.sorted()
 			}
 			cur = nil
 			if ok {
@@ -57,9 +58,16 @@ func parseTable(b []byte) (map[VSKey]Listed, error) {
 		}
 	}
 	if cur != nil {
-		out[cur.VSKey] = *cur
+		out[cur.VSKey] = cur.sorted()
 	}
 	return out, sc.Err()
+}
+
+// sorted puts the real servers in address order, as RealServers lists
+// them: the kernel lists them newest first.
+func (l *Listed) sorted() Listed {
+	slices.SortFunc(l.Status, func(a, b RealStatus) int { return a.Addr.Compare(b.Addr) })
+	return *l
 }
 
 // parseListedServer reads "TCP  0A60000A:0050 rr [ops] [persistent N mask]";

@@ -7,14 +7,15 @@ import (
 	"github.com/svcproxy/svcproxy/model"
 )
 
-// The kernel's listing, as 6.1 writes it, read back whole.
+// The kernel's listing, as 6.1 writes it (real servers newest first), read
+// back whole, real servers in address order.
 func TestParseTable(t *testing.T) {
 	listing := `IP Virtual Server version 1.2.1 (size=4096)
 Prot LocalAddress:Port Scheduler Flags
   -> RemoteAddress:Port Forward Weight ActiveConn InActConn
 TCP  0A60000A:0050 rr persistent 10800 FFFFFFFF
-  -> 0AF4000B:1F90      Masq    1      2          3         
   -> 0AF4000C:1F90      Masq    0      0          1         
+  -> 0AF4000B:1F90      Masq    1      2          3         
 FWM  00000001 rr 
   -> 0AF4000D:1F90      Masq    1      0          0         
 UDP  [fd00:0096:0000:0000:0000:0000:0000:0035]:0035 lc 
