@@ -91,7 +91,7 @@ func TestIPVSRemovedEndpointDrains(t *testing.T) {
 		cfg := proxier.DefaultRunnerConfig()
 		cfg.MinSyncPeriod = 100 * time.Millisecond
 		c.run(cfg)
-		if _, ok := waitFor(c.Pod(0), tcp("10.96.0.70"), "pod-1", 10*time.Second); !ok {
+		if _, ok := waitFor(c.Pod(0), tcp("10.96.0.70"), "pod-1", scaled(5*time.Second)); !ok {
 			t.Fatal("the first sync did not carry traffic")
 		}
 		long := dialLines(t, c.Pod(0), at(mustAddr("10.96.0.70"), longPort))
@@ -100,7 +100,7 @@ func TestIPVSRemovedEndpointDrains(t *testing.T) {
 		}
 
 		slice(local(c.Pod(2)))
-		if _, ok := waitFor(c.Pod(0), tcp("10.96.0.70"), "pod-2", 10*time.Second); !ok {
+		if _, ok := waitFor(c.Pod(0), tcp("10.96.0.70"), "pod-2", scaled(5*time.Second)); !ok {
 			t.Fatal("new connections did not move to the new endpoint")
 		}
 		vs, gone := tcpVS("10.96.0.70", longPort), at(c.Pod(1).IPv4(), longPort)
@@ -266,7 +266,7 @@ func TestIPVSDriftIsRepaired(t *testing.T) {
 		cfg.MinSyncPeriod, cfg.CheckPeriod = 100*time.Millisecond, 500*time.Millisecond
 		c.run(cfg)
 		c.Pod(0).Timeout = 300 * time.Millisecond
-		if _, ok := waitFor(c.Pod(0), tcp("10.96.0.74"), "pod-1", 10*time.Second); !ok {
+		if _, ok := waitFor(c.Pod(0), tcp("10.96.0.74"), "pod-1", scaled(5*time.Second)); !ok {
 			t.Fatal("the first sync did not carry traffic")
 		}
 		vs := tcpVS("10.96.0.74", svcTCP)
@@ -282,7 +282,7 @@ func TestIPVSDriftIsRepaired(t *testing.T) {
 					ipvs.Entry{Addr: mustAddr("10.96.0.74"), Protocol: model.TCP, Port: svcTCP})
 			}},
 		} {
-			expectRepaired(t, c, drift.what, tcp("10.96.0.74"), "pod-1", 4*time.Second, 4*time.Second,
+			expectRepaired(t, c, drift.what, tcp("10.96.0.74"), "pod-1", 6*time.Second, 6*time.Second,
 				func() { c.inKernel(drift.do) })
 		}
 	})
