@@ -269,6 +269,7 @@ func TestIPVSDriftIsRepaired(t *testing.T) {
 		if _, ok := waitFor(c.Pod(0), tcp("10.96.0.74"), "pod-1", scaled(5*time.Second)); !ok {
 			t.Fatal("the first sync did not carry traffic")
 		}
+		waitFirstSync(t, c)
 		vs := tcpVS("10.96.0.74", svcTCP)
 		for _, drift := range []struct {
 			what string

@@ -204,9 +204,10 @@ func TestDriftIsRepaired(t *testing.T) {
 		cfg.MinSyncPeriod, cfg.CheckPeriod = 100*time.Millisecond, 500*time.Millisecond
 		c.run(cfg)
 		c.Pod(0).Timeout = 200 * time.Millisecond
-		if took, ok := waitFor(c.Pod(0), tcp("10.96.0.33"), "pod-1", 5*time.Second); !ok {
+		if took, ok := waitFor(c.Pod(0), tcp("10.96.0.33"), "pod-1", scaled(5*time.Second)); !ok {
 			t.Fatalf("the runner's first sync did not carry traffic within %v", took)
 		}
+		waitFirstSync(t, c)
 
 		for _, drift := range []struct {
 			what string
@@ -250,6 +251,16 @@ func waitFor(client *netnstest.NS, dst netip.AddrPort, server string, limit time
 	return time.Since(start), false
 }
 
+// waitFirstSync waits for the runner's first sync to end: traffic can flow
+// before it has (the IPVS mode restores its iptables rules last), and a
+// restore still running would repair damage done meanwhile.
+func waitFirstSync(t *testing.T, c *cluster) {
+	t.Helper()
+	if fullSyncSince(c.proc, time.Time{}, scaled(5*time.Second)) == nil {
+		t.Fatal("the runner's first sync did not end")
+	}
+}
+
 // expectRepaired does damage and wants traffic from pod-0 to dst answered
 // by server again within back, and a full sync that repaired it within
 // repair (both scaled).
@@ -263,7 +274,11 @@ func expectRepaired(t *testing.T, c *cluster, what string, dst netip.AddrPort, s
 	}
 	done := fullSyncSince(c.proc, start, scaled(repair))
 	if done == nil {
-		t.Errorf("%s: no full sync repaired it within %v", what, scaled(repair))
+		var seen []string
+		for _, r := range c.proc.reportsSince(start) {
+			seen = append(seen, fmt.Sprintf("%v full=%v err=%v", r.Start.Sub(start).Round(time.Millisecond), r.Full, r.Err()))
+		}
+		t.Errorf("%s: no full sync repaired it within %v; syncs since: %v", what, scaled(repair), seen)
 		return
 	}
 	t.Logf("%s: repaired by a full sync done %v later; the probe's next answer came %v later",
