@@ -393,7 +393,7 @@ func TestIPTablesModeTakesOverFromIPVS(t *testing.T) {
 				t.Fatalf("the established connection after the take-over (ask %d): %v %v; want %v", i, after, err, before)
 			}
 		}
-		expectServers(t, c.Pod(0), "tcp", tcp("10.96.0.77"), 5, c.Pod(0).IPv4(), "pod-1", "pod-2")
+		expectServers(t, c.Pod(0), "tcp", tcp("10.96.0.77"), 30, c.Pod(0).IPv4(), "pod-1", "pod-2")
 		_ = long.conn.Close()
 		if err := c.Node().Do(func() error { return ipvsBackend.RemoveIPVSState(context.Background()) }); err != nil {
 			t.Fatal(err)
@@ -401,7 +401,7 @@ func TestIPTablesModeTakesOverFromIPVS(t *testing.T) {
 		if left := c.ipvsState(model.IPv4); !left.Empty() {
 			t.Errorf("IPVS state left after its retirement:\n%s", left.Dump())
 		}
-		expectServers(t, c.Pod(0), "tcp", tcp("10.96.0.77"), 5, c.Pod(0).IPv4(), "pod-1", "pod-2")
+		expectServers(t, c.Pod(0), "tcp", tcp("10.96.0.77"), 30, c.Pod(0).IPv4(), "pod-1", "pod-2")
 	})
 }
 
