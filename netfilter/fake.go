@@ -29,18 +29,25 @@ type FakeKernel struct {
 type fakeTable map[string][]string
 
 func builtinChains(t Table) []string {
-	if t == TableNAT {
+	switch t {
+	case TableNAT:
 		return []string{"PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"}
+	case tableMangle:
+		return []string{"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"}
 	}
 	return []string{"INPUT", "FORWARD", "OUTPUT"}
 }
 
+// tableMangle is the table svcproxy never writes but the fake holds, for
+// the removal of others' chains from it.
+const tableMangle Table = "mangle"
+
 func isBuiltin(t Table, chain string) bool { return slices.Contains(builtinChains(t), chain) }
 
-// NewFakeKernel returns empty filter and nat tables.
+// NewFakeKernel returns empty filter, nat and mangle tables.
 func NewFakeKernel() *FakeKernel {
 	k := &FakeKernel{tables: map[Table]fakeTable{}}
-	for _, t := range []Table{TableFilter, TableNAT} {
+	for _, t := range []Table{TableFilter, TableNAT, tableMangle} {
 		k.tables[t] = fakeTable{}
 		for _, c := range builtinChains(t) {
 			k.tables[t][c] = nil
@@ -154,7 +161,7 @@ func (k *FakeKernel) restore(name, input string, fail func(string, ...any) error
 	return nil
 }
 
-// apply runs one restore line (":CHAIN", "-A", "-X") on a table copy.
+// apply runs one restore line (":CHAIN", "-A", "-D", "-X") on a table copy.
 func (t fakeTable) apply(table Table, line string) error {
 	op, rest, _ := strings.Cut(line, " ")
 	chain, rule, _ := strings.Cut(rest, " ")
@@ -175,6 +182,13 @@ func (t fakeTable) apply(table Table, line string) error {
 			}
 		}
 		t[chain] = append(slices.Clip(t[chain]), rule)
+		return nil
+	case op == "-D":
+		i := slices.Index(t[chain], rule)
+		if i < 0 {
+			return fmt.Errorf("bad rule (does a matching rule exist in chain %s?)", chain)
+		}
+		t[chain] = slices.Delete(slices.Clone(t[chain]), i, i+1)
 		return nil
 	case op == "-X":
 		if _, ok := t[chain]; !ok || isBuiltin(table, chain) {
