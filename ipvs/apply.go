@@ -33,7 +33,10 @@ import (
 type Applier struct {
 	family model.Family
 	sets   setNames
-	cfg    Config
+	// kubeProxy are the sets kube-proxy's ipvs mode leaves: they tell its
+	// node-port virtual servers, which a take-over removes.
+	kubeProxy kubeProxySets
+	cfg       Config
 	rules  *netfilter.Applier
 	clock  clock.PassiveClock
 	drains map[realKey]time.Time
@@ -48,7 +51,7 @@ type realKey struct {
 // NewApplier returns the applier of one family, writing iptables rules
 // through rules.
 func NewApplier(cfg Config, family model.Family, rules *netfilter.Applier, clk clock.PassiveClock) *Applier {
-	return &Applier{family: family, sets: newSetNames(family), cfg: cfg, rules: rules, clock: clk, drains: map[realKey]time.Time{}}
+	return &Applier{family: family, sets: newSetNames(family), kubeProxy: newKubeProxySets(family), cfg: cfg, rules: rules, clock: clk, drains: map[realKey]time.Time{}}
 }
 
 // DrainCheckPeriod is how often a sync looks again at real servers
@@ -132,6 +135,9 @@ type observed struct {
 	addrs   map[netip.Addr]bool
 	sets    map[string]Set
 	entries map[SetEntry]bool
+	// kubeProxyNodePorts are the node ports kube-proxy's sets hold: by
+	// protocol and port, and by address too for SCTP.
+	kubeProxyNodePorts map[VSKey]bool
 }
 
 // prepare, for a full plan, puts the fixed parts in place (sysctls,
@@ -182,12 +188,13 @@ func (r *applyRun) setSysctls() {
 // svcproxy's (see owns) with their real servers.
 func (r *applyRun) observe() (*observed, error) {
 	o := &observed{servers: map[VSKey]*VirtualServer{}, reals: map[VSKey][]RealStatus{}, others: map[VSKey]*VirtualServer{},
-		addrs: map[netip.Addr]bool{}, sets: map[string]Set{}, entries: map[SetEntry]bool{}}
+		addrs: map[netip.Addr]bool{}, sets: map[string]Set{}, entries: map[SetEntry]bool{}, kubeProxyNodePorts: map[VSKey]bool{}}
 	sets, err := r.k.ListSets(r.a.family)
 	if err != nil {
 		return nil, err
 	}
 	for _, s := range sets {
+		r.a.kubeProxy.recordNodePorts(o, s)
 		if !r.a.sets.owns(s.Name) {
 			continue
 		}
@@ -221,7 +228,8 @@ func (r *applyRun) observe() (*observed, error) {
 // owns reports whether a virtual server is svcproxy's: its address is
 // bound to kube-ipvs0 or recorded in SERVICE-IPS, or its address and port
 // are a service's (an external IP that is a node address), or it is on a
-// recorded node address with a recorded node port; and it is not in
+// recorded node address with a recorded node port, or it is one of the
+// node ports kube-proxy left (see kubeproxy.go); and it is not in
 // --ipvs-exclude-cidrs. Anything else (keepalived's, a load balancer's on
 // the node) is never touched, unless a service claims its very address
 // and port.
@@ -229,7 +237,7 @@ func (a *Applier) owns(o *observed, k VSKey) bool {
 	if slices.ContainsFunc(a.cfg.ExcludeCIDRs, func(p netip.Prefix) bool { return p.Contains(k.Addr) }) {
 		return false
 	}
-	if o.addrs[k.Addr] || o.entries[SetEntry{a.sets.serviceIPs, Entry{Addr: k.Addr}}] {
+	if o.addrs[k.Addr] || o.entries[SetEntry{a.sets.serviceIPs, Entry{Addr: k.Addr}}] || o.kubeProxyNodePort(k) {
 		return true
 	}
 	service := Entry{Addr: k.Addr, Protocol: k.Protocol, Port: k.Port}
