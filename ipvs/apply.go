@@ -37,9 +37,9 @@ type Applier struct {
 	// node-port virtual servers, which a take-over removes.
 	kubeProxy kubeProxySets
 	cfg       Config
-	rules  *netfilter.Applier
-	clock  clock.PassiveClock
-	drains map[realKey]time.Time
+	rules     *netfilter.Applier
+	clock     clock.PassiveClock
+	drains    map[realKey]time.Time
 }
 
 // realKey names one real server of one virtual server.
