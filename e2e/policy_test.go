@@ -160,6 +160,21 @@ func TestTerminatingFallback(t *testing.T) {
 	})
 }
 
+// A slice that leaves serving unset means serving, as kube-proxy reads it:
+// an endpoint written as only not ready and terminating still carries the
+// service through the terminating fallback.
+func TestTerminatingFallbackServingUnset(t *testing.T) {
+	forEachSetup(t, func(t *testing.T, s setup) {
+		c := newCluster(t, s, 2)
+		unset := proxiertest.Endpoint{Addr: c.Pod(1).IPv4().String(), Node: nodeName,
+			Ready: proxiertest.Bool(false), Terminating: proxiertest.Bool(true)}
+		c.upsertService(service("unset", []string{"10.96.0.29"}))
+		c.upsertSlice(endpoints("unset", unset))
+		c.sync()
+		expectServers(t, c.Pod(0), "tcp", tcp("10.96.0.29"), 10, c.Pod(0).IPv4(), "pod-1")
+	})
+}
+
 // Zone hints keep traffic in the node's zone.
 func TestTopologyZoneHints(t *testing.T) {
 	forEachSetup(t, func(t *testing.T, s setup) {

@@ -472,17 +472,17 @@ func parseEndpoints(eps []discoveryv1.Endpoint, family model.Family, dropped []s
 }
 
 func sliceEndpoint(addr netip.Addr, ep *discoveryv1.Endpoint) SliceEndpoint {
+	// kube-proxy's reading of unset conditions: ready and serving each
+	// mean true (serving is not ready's value: a writer that sets only
+	// ready=false still has a serving endpoint), terminating means false.
 	c := ep.Conditions
 	out := SliceEndpoint{
 		Addr:        addr,
 		Ready:       c.Ready == nil || *c.Ready,
+		Serving:     c.Serving == nil || *c.Serving,
 		Terminating: c.Terminating != nil && *c.Terminating,
 		NodeName:    deref(ep.NodeName),
 		Zone:        deref(ep.Zone),
-	}
-	out.Serving = out.Ready
-	if c.Serving != nil {
-		out.Serving = *c.Serving
 	}
 	if ep.Hints != nil {
 		for _, z := range ep.Hints.ForZones {

@@ -241,7 +241,8 @@ func TestParseEndpointSlice(t *testing.T) {
 			{Addr: netip.MustParseAddr("10.0.0.1"), Ready: true, Serving: true, NodeName: "node-a", Zone: "z1",
 				ZoneHints: []string{"z1", "z2"}, NodeHints: []string{"node-a"}},
 			{Addr: netip.MustParseAddr("10.0.0.2"), Serving: true, Terminating: true, NodeName: "node-b"},
-			{Addr: netip.MustParseAddr("10.0.0.3")},
+			// Not ready, serving unset: serving, as kube-proxy reads it.
+			{Addr: netip.MustParseAddr("10.0.0.3"), Serving: true},
 		},
 	}
 	if !got.Equal(want) {
@@ -249,6 +250,45 @@ func TestParseEndpointSlice(t *testing.T) {
 	}
 	if wantTime := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC); !got.TriggerTime.Equal(wantTime) {
 		t.Errorf("TriggerTime = %v, want %v", got.TriggerTime, wantTime)
+	}
+}
+
+// TestParseEndpointConditions follows kube-proxy's reading of unset
+// conditions (pkg/proxy/endpointslicecache.go): ready and serving unset
+// mean true, each on its own, and terminating unset means false. A
+// serving left unset is not ready's value: a slice writer that sets only
+// ready=false still has a serving endpoint, which the terminating
+// fallback may use.
+func TestParseEndpointConditions(t *testing.T) {
+	yes, no := pt.Bool(true), pt.Bool(false)
+	tests := []struct {
+		name                          string
+		ready, serving, terminating   *bool
+		wantReady, wantServing, wantT bool
+	}{
+		{"all unset", nil, nil, nil, true, true, false},
+		{"not ready, serving unset", no, nil, nil, false, true, false},
+		{"not ready, serving unset, terminating", no, nil, yes, false, true, true},
+		{"ready, serving unset", yes, nil, nil, true, true, false},
+		{"ready unset, not serving", nil, no, nil, true, false, false},
+		{"not ready, not serving", no, no, nil, false, false, false},
+		{"terminating, serving", no, yes, yes, false, true, true},
+		{"terminating unset to false", yes, yes, no, true, true, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			es := pt.Slice("ns", "web-abc", "web", pt.SlicePort("http", "", 8080),
+				pt.Endpoints(pt.Endpoint{Addr: "10.0.0.1", Ready: tt.ready, Serving: tt.serving, Terminating: tt.terminating}))
+			got, dropped, err := ParseEndpointSlice(es)
+			if err != nil || len(dropped) != 0 || len(got.Endpoints) != 1 {
+				t.Fatalf("ParseEndpointSlice: %+v, dropped %v, err %v", got, dropped, err)
+			}
+			e := got.Endpoints[0]
+			if e.Ready != tt.wantReady || e.Serving != tt.wantServing || e.Terminating != tt.wantT {
+				t.Errorf("ready=%t serving=%t terminating=%t, want ready=%t serving=%t terminating=%t",
+					e.Ready, e.Serving, e.Terminating, tt.wantReady, tt.wantServing, tt.wantT)
+			}
+		})
 	}
 }
 
