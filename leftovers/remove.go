@@ -40,7 +40,7 @@ func (r Remover) RemoveIPTables(ctx context.Context, family model.Family, flavor
 			if tableMissing(err) {
 				continue
 			}
-			errs = append(errs, fmt.Errorf("listing the %s table: %w", table, err))
+			errs = append(errs, fmt.Errorf("%w: the %s table: %w", ErrUnlisted, table, err))
 			continue
 		}
 		plan := PlanTable(ParseSave(table, save))
@@ -62,6 +62,10 @@ func (r Remover) RemoveIPTables(ctx context.Context, family model.Family, flavor
 	return done, errors.Join(errs...)
 }
 
+// ErrUnlisted says tables could not be listed: where the tools are
+// missing or do not work, there is nothing of kube-proxy's to find.
+var ErrUnlisted = errors.New("cannot list iptables")
+
 // tableMissing: the kernel lacks the table (its module is not loaded and
 // cannot be), so nothing can be in it.
 func tableMissing(err error) bool {
@@ -81,7 +85,7 @@ func (r Remover) RemoveNFTables(ctx context.Context) ([]NFTable, error) {
 		if errors.Is(err, exec.ErrNotFound) {
 			return nil, ErrNoNFT
 		}
-		return nil, fmt.Errorf("listing nftables tables: %w", err)
+		return nil, fmt.Errorf("%w: nftables: %w", ErrUnlisted, err)
 	}
 	tables := KubeProxyNFTables(list)
 	if len(tables) == 0 {

@@ -97,9 +97,8 @@ func (d *daemon) run(ctx context.Context) error {
 	syncer.Observe(metrics.Observe)
 	syncer.Observe(p.health.Observe)
 	syncer.Observe(checks.Observe)
-	if d.cfg.Mode == modeIPTables {
-		syncer.Observe(d.takeOverFromIPVS(ctx, p))
-	}
+	takeOver := d.takeOver(p)
+	syncer.Observe(func(r *proxier.SyncReport) { takeOver.Observe(ctx, r) })
 
 	runner := proxier.NewRunner(d.runnerConfig(), clk, p.health.Track(syncer.Sync), syncer.Intact, d.log.Named("runner"))
 	d.log.Info("svcproxy running", zap.String("mode", d.cfg.Mode), zap.String("node", p.node.Name), zap.Stringers("families", p.families))
@@ -250,42 +249,6 @@ func (d *daemon) makeBackends(ctx context.Context, p *proxy) error {
 	d.log.Info(programming, zap.String("mode", d.cfg.Mode), zap.String("flavor", string(p.flavor)),
 		zap.Stringers("families", p.families))
 	return nil
-}
-
-// takeOverFromIPVS is a sync observer for the iptables mode on a node
-// that may have run the IPVS mode: after the first sync that succeeded in
-// every family (whose full rewrite of the rules removed the IPVS mode's
-// chains, which name its sets, and sends new connections past IPVS), it
-// removes the IPVS state that run left. Virtual servers whose connections
-// go on stay, so that none is dropped, and are looked at again after each
-// later successful sync (at least every sync period) until their
-// connections end, or --ipvs-drain-timeout passes and they go anyway. It
-// runs on the runner's goroutine, between syncs. A failure is worth a
-// warning only: the leftovers serve nothing the rules send to.
-func (d *daemon) takeOverFromIPVS(ctx context.Context, p *proxy) func(*proxier.SyncReport) {
-	done := false
-	var deadline time.Time
-	return func(r *proxier.SyncReport) {
-		if done || r.Err() != nil || len(r.Families) < len(p.families) {
-			return
-		}
-		if deadline.IsZero() {
-			deadline = r.Start.Add(d.cfg.IPVS.DrainTimeout)
-		}
-		flavors := map[model.Family]netfilter.Flavor{}
-		for _, f := range p.families {
-			flavors[f] = p.flavor
-		}
-		loaded, inUse, err := d.kernel.removeIPVSState(ctx, d.cfg, flavors, d.log, r.Start.Before(deadline))
-		done = err == nil && inUse == 0
-		switch {
-		case err != nil:
-			done = true
-			d.log.Warn("could not remove what an IPVS-mode run left; it serves no traffic, but stays", zap.Error(err))
-		case !loaded:
-			d.log.Debug("IPVS is not loaded in the kernel: no IPVS-mode leftovers to remove")
-		}
-	}
 }
 
 func (d *daemon) iptablesConfig(node model.NodeInfo) netfilter.Config {

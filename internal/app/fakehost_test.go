@@ -2,7 +2,10 @@ package app
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 
@@ -30,6 +33,10 @@ type fakeHost struct {
 	ipvsLoaded bool
 	// noIPVS, if set, is what the IPVS support check finds missing.
 	noIPVS error
+	// nftTables are the nftables tables "nft list tables" shows ("ip
+	// kube-proxy"); without nft, nft is not installed.
+	nftTables []string
+	nft       bool
 }
 
 func kernelKey(flavor netfilter.Flavor, family model.Family) string {
@@ -49,6 +56,9 @@ func newFakeHost(keys ...string) *fakeHost {
 func (h *fakeHost) Run(ctx context.Context, name string, args []string, stdin []byte) ([]byte, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if name == "nft" {
+		return h.runNFT(name, args, stdin)
+	}
 	base, rest, _ := strings.Cut(name, "-")
 	flavor, _, _ := strings.Cut(rest, "-")
 	family := model.IPv4
@@ -64,6 +74,53 @@ func (h *fakeHost) Run(ctx context.Context, name string, args []string, stdin []
 		return []byte(k.Save(netfilter.TableFilter) + k.Save(netfilter.TableNAT)), nil
 	}
 	return k.Run(ctx, name, args, stdin)
+}
+
+// runNFT answers "nft list tables" and deletes tables as "nft -f -" asks.
+func (h *fakeHost) runNFT(name string, args []string, stdin []byte) ([]byte, error) {
+	if !h.nft {
+		return nil, &netfilter.ExecError{Name: name, Args: args, Err: exec.ErrNotFound}
+	}
+	switch strings.Join(args, " ") {
+	case "list tables":
+		var out strings.Builder
+		for _, t := range h.nftTables {
+			out.WriteString("table " + t + "\n")
+		}
+		return []byte(out.String()), nil
+	case "-f -":
+		for _, line := range strings.Split(strings.TrimSpace(string(stdin)), "\n") {
+			table, ok := strings.CutPrefix(line, "delete table ")
+			if !ok || !slices.Contains(h.nftTables, table) {
+				return nil, &netfilter.ExecError{Name: name, Args: args, Stderr: "Error: No such file or directory", Err: errors.New("exit status 1")}
+			}
+			h.nftTables = slices.DeleteFunc(h.nftTables, func(t string) bool { return t == table })
+		}
+		return nil, nil
+	}
+	return nil, &netfilter.ExecError{Name: name, Args: args, Err: errors.New("exit status 1")}
+}
+
+// nftList is what "nft list tables" would show.
+func (h *fakeHost) nftList() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Clone(h.nftTables)
+}
+
+// load restores rules into one kernel, as another program would.
+func (h *fakeHost) load(key string, rules []byte) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	_, err := h.kernels[key].Run(context.Background(), "iptables-restore", []string{"--noflush"}, rules)
+	return err
+}
+
+// calls lists the calls one kernel saw.
+func (h *fakeHost) calls(key string) []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Clone(h.kernels[key].Calls)
 }
 
 // save dumps one table of one kernel.

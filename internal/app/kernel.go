@@ -147,6 +147,33 @@ func (k kernelAccess) removeIPVSState(ctx context.Context, cfg Config, flavors m
 	return true, inUse, joinErrors(errs...)
 }
 
+// removeKubeProxySets destroys the ipsets kube-proxy's ipvs mode left in
+// each family of flavors, where IPVS is loaded (kube-proxy's ipvs mode
+// loads it; without it there are none), and says which it destroyed.
+func (k kernelAccess) removeKubeProxySets(ctx context.Context, cfg Config, flavors map[model.Family]netfilter.Flavor) ([]string, error) {
+	if !k.ipvsLoaded() {
+		return nil, nil
+	}
+	var destroyed []string
+	var errs []error
+	for _, family := range []model.Family{model.IPv4, model.IPv6} {
+		flavor, ok := flavors[family]
+		if !ok {
+			continue
+		}
+		b, err := k.ipvs(ipvsConfig(cfg, netfilter.Config{}, false), family, flavor)
+		if err == nil {
+			var sets []string
+			sets, err = b.RemoveKubeProxySets(ctx)
+			destroyed = append(destroyed, sets...)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %s", family, strings.ReplaceAll(err.Error(), "\n", "; ")))
+		}
+	}
+	return destroyed, joinErrors(errs...)
+}
+
 // chooseFamilies follows kube-proxy. The primary family is that of the
 // node's primary IP (its first InternalIP, else ExternalIP; IPv4 for a
 // node svcproxy knows nothing of), and it must work. The other family is
