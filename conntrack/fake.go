@@ -1,6 +1,7 @@
 package conntrack
 
 import (
+	"io/fs"
 	"slices"
 
 	"github.com/svcproxy/svcproxy/model"
@@ -38,4 +39,44 @@ func (t *FakeTable) List(family model.Family) ([]Entry, error) {
 		}
 	}
 	return out, nil
+}
+
+// FakeFiles is Files in memory: the settings a test gives, each write
+// recorded. A path missing from Files does not exist.
+type FakeFiles struct {
+	Files map[string]string
+	// Errs makes writes of a path fail with its error (syscall.EROFS for a
+	// read-only /proc/sys, syscall.EACCES for nf_conntrack_max outside the
+	// host's network namespace); such a path is not Writable either.
+	Errs map[string]error
+	// Writes records each write that succeeded, "path=value", in order.
+	Writes []string
+}
+
+// ReadFile implements Files.
+func (f *FakeFiles) ReadFile(path string) (string, error) {
+	s, ok := f.Files[path]
+	if !ok {
+		return "", &fs.PathError{Op: "open", Path: path, Err: fs.ErrNotExist}
+	}
+	return s + "\n", nil
+}
+
+// WriteFile implements Files.
+func (f *FakeFiles) WriteFile(path, value string) error {
+	if err := f.Errs[path]; err != nil {
+		return &fs.PathError{Op: "open", Path: path, Err: err}
+	}
+	if _, ok := f.Files[path]; !ok {
+		return &fs.PathError{Op: "open", Path: path, Err: fs.ErrNotExist}
+	}
+	f.Files[path] = value
+	f.Writes = append(f.Writes, path+"="+value)
+	return nil
+}
+
+// Writable implements Files.
+func (f *FakeFiles) Writable(path string) bool {
+	_, ok := f.Files[path]
+	return ok && f.Errs[path] == nil
 }

@@ -3,6 +3,11 @@
 // of sending into a dead endpoint until its entry times out. Which entries are
 // stale is worked out purely from the previous and next NodeView (Plan);
 // deleting them is netlink, behind the Table interface.
+//
+// At startup it also tunes the conntrack table as kube-proxy does: its
+// limit and timeouts, planned purely from the configuration and the CPU
+// count (PlanTuning), written under /proc/sys behind the Files interface
+// (Tune).
 package conntrack
 
 import (
