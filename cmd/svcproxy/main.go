@@ -45,8 +45,7 @@ func run(args []string) error {
 	case opts.WriteConfigTo != "":
 		return writeConfig(opts)
 	case opts.InitOnly:
-		log.Info("--init-only: svcproxy needs no privileged initialisation")
-		return nil
+		return app.InitOnly(opts.Config, log)
 	}
 	// SIGTERM and SIGINT end the run; the rules stay in place.
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)

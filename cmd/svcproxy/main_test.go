@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/svcproxy/svcproxy/internal/netnstest"
 )
 
 // bin is the svcproxy binary TestMain builds for every test.
@@ -138,7 +140,69 @@ func TestHelpAndWriteConfigExitZero(t *testing.T) {
 	if err != nil || !strings.Contains(string(written), "syncPeriod: 12s") || !strings.Contains(string(written), "kind: KubeProxyConfiguration") {
 		t.Errorf("written config (%v):\n%s", err, written)
 	}
-	if code, _, stderr := runSvcproxy(t, "--init-only", "--oom-score-adj=-999"); code != 0 || !strings.Contains(stderr, "--oom-score-adj") {
+	// This runs in the host's network namespace: every conntrack setting
+	// at 0 leaves the host's as they are.
+	if code, _, stderr := runSvcproxy(t, "--init-only", "--oom-score-adj=-999", "--conntrack-max-per-core=0",
+		"--conntrack-tcp-timeout-established=0", "--conntrack-tcp-timeout-close-wait=0"); code != 0 || !strings.Contains(stderr, "--oom-score-adj") {
 		t.Errorf("--init-only: exit %d, stderr %q; want 0 and the ignored flag named", code, stderr)
+	}
+}
+
+// --init-only makes kube-proxy's conntrack settings, as kube-proxy's does,
+// here in a network namespace of the test's own. Outside the host's
+// namespace nf_conntrack_max is read-only, so a limit other than the
+// host's (a --conntrack-min above it, here) fails the run, whose one job it
+// is, in one line naming the way out, after the namespace's own timeouts
+// are set; --conntrack-max-per-core=0 leaves the limit alone and succeeds.
+func TestInitOnlyTunesConntrack(t *testing.T) {
+	ns := netnstest.NewNS(t, "node")
+	const established = "/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_established"
+	const closeWait = "/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_close_wait"
+	read := func() (string, error) {
+		var got string
+		err := ns.Do(func() error {
+			a, err1 := os.ReadFile(established)
+			b, err2 := os.ReadFile(closeWait)
+			got = strings.TrimSpace(string(a)) + " " + strings.TrimSpace(string(b))
+			return errors.Join(err1, err2)
+		})
+		return got, err
+	}
+	if _, err := read(); errors.Is(err, os.ErrNotExist) {
+		t.Skipf("no conntrack sysctls (nf_conntrack not loaded): %v", err)
+	}
+	run := func(args ...string) (int, string) {
+		var code int
+		var stderr bytes.Buffer
+		err := ns.Do(func() error {
+			cmd := exec.Command(bin, append([]string{"--init-only"}, args...)...)
+			cmd.Stderr = &stderr
+			err := cmd.Run()
+			var exit *exec.ExitError
+			if errors.As(err, &exit) {
+				code, err = exit.ExitCode(), nil
+			}
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return code, stderr.String()
+	}
+	hostMax, err := os.ReadFile("/proc/sys/net/netfilter/nf_conntrack_max")
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, stderr := run("--conntrack-min=" + strings.TrimSpace(string(hostMax)) + "1")
+	if last := errorLine(t, nil, stderr); code != 1 || !strings.Contains(last, "nf_conntrack_max") ||
+		!strings.Contains(last, "--conntrack-max-per-core=0 leaves it alone") {
+		t.Errorf("--init-only in a network namespace: exit %d, last line %q; want 1 and nf_conntrack_max named", code, last)
+	}
+	if got, err := read(); err != nil || got != "86400 3600" {
+		t.Errorf("timeouts %q (%v) after --init-only; want kube-proxy's 86400 3600", got, err)
+	}
+	code, stderr = run("--conntrack-max-per-core=0", "--conntrack-tcp-timeout-established=3h", "--conntrack-tcp-timeout-close-wait=2m")
+	if got, err := read(); code != 0 || err != nil || got != "10800 120" {
+		t.Errorf("--init-only --conntrack-max-per-core=0: exit %d, timeouts %q (%v); want 0, 10800 120\n%s", code, got, err, stderr)
 	}
 }

@@ -32,7 +32,7 @@ import (
 // leaves the rules in place, so traffic flows while it restarts. It
 // returns an error for anything that keeps it from starting.
 func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
-	d := &daemon{cfg: cfg, log: log, kernel: hostKernel(), client: newClient, flows: openConntrack}
+	d := &daemon{cfg: cfg, log: log, kernel: hostKernel(), client: newClient, flows: openConntrack, sysctls: conntrack.HostFiles{}}
 	return d.run(ctx)
 }
 
@@ -44,6 +44,8 @@ type daemon struct {
 	kernel kernelAccess
 	client func(Config) (kubernetes.Interface, error)
 	flows  func(*zap.Logger) (proxier.FlowCleaner, func())
+	// sysctls is where the conntrack tuning reads and writes; nil: none.
+	sysctls conntrack.Files
 }
 
 // proxy is what the startup steps build for the sync loop.
@@ -86,6 +88,7 @@ func (d *daemon) run(ctx context.Context) error {
 	if err := d.start(ctx, p); err != nil || ctx.Err() != nil {
 		return err
 	}
+	d.tuneConntrack()
 	flows, closeFlows := d.flows(d.log)
 	defer closeFlows()
 	clk := clock.RealClock{}

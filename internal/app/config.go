@@ -16,9 +16,11 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	kubeproxy "k8s.io/kube-proxy/config/v1alpha1"
+	"k8s.io/utils/ptr"
 	sigsjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
 
+	"github.com/svcproxy/svcproxy/conntrack"
 	"github.com/svcproxy/svcproxy/ipvs"
 )
 
@@ -59,6 +61,9 @@ type Config struct {
 
 	// IPVS is the IPVS mode's part.
 	IPVS IPVSConfig
+
+	// Conntrack is the tuning of the conntrack table at startup (both modes).
+	Conntrack conntrack.Tuning
 
 	// Flavor is auto, nft or legacy.
 	Flavor string
@@ -105,6 +110,10 @@ const (
 	defaultMinSyncPeriod    = time.Second
 	defaultConfigSyncPeriod = 15 * time.Minute
 	defaultMasqueradeBit    = 14
+	defaultConntrackPerCore = 32 * 1024
+	defaultConntrackMin     = 128 * 1024
+	defaultTCPEstablished   = 24 * time.Hour
+	defaultTCPCloseWait     = time.Hour
 	defaultContentType      = "application/vnd.kubernetes.protobuf"
 	defaultQPS              = 5
 	defaultBurst            = 10
@@ -130,6 +139,7 @@ func setDefaults(c *kubeproxy.KubeProxyConfiguration) {
 	setDuration(&c.IPVS.SyncPeriod, defaultSyncPeriod)
 	setDuration(&c.IPVS.MinSyncPeriod, defaultMinSyncPeriod)
 	setDuration(&c.ConfigSyncPeriod, defaultConfigSyncPeriod)
+	setConntrackDefaults(&c.Conntrack)
 	if c.ClientConnection.ContentType == "" {
 		c.ClientConnection.ContentType = defaultContentType
 	}
@@ -141,6 +151,25 @@ func setDefaults(c *kubeproxy.KubeProxyConfiguration) {
 	}
 	if c.Logging.Format == "" {
 		c.Logging.Format = "text"
+	}
+}
+
+// setConntrackDefaults fills what kube-proxy fills: an unset field, not
+// one set to 0, which leaves the kernel's setting as it is.
+func setConntrackDefaults(c *kubeproxy.KubeProxyConntrackConfiguration) {
+	if c.MaxPerCore == nil {
+		c.MaxPerCore = ptr.To[int32](defaultConntrackPerCore)
+	}
+	if c.Min == nil {
+		c.Min = ptr.To[int32](defaultConntrackMin)
+	}
+	if c.TCPEstablishedTimeout == nil {
+		c.TCPEstablishedTimeout = &metav1.Duration{Duration: defaultTCPEstablished}
+	}
+	if c.TCPCloseWaitTimeout == nil {
+		// kube-proxy's reason: a half-closed connection whose entry
+		// expires (60s by default) sends its FIN un-NATed.
+		c.TCPCloseWaitTimeout = &metav1.Duration{Duration: defaultTCPCloseWait}
 	}
 }
 
@@ -222,11 +251,12 @@ func resolve(kp *kubeproxy.KubeProxyConfiguration) (Config, error) {
 	if c.Mode == modeIPVS {
 		c.SyncPeriod, c.MinSyncPeriod = kp.IPVS.SyncPeriod.Duration, kp.IPVS.MinSyncPeriod.Duration
 	}
-	var cidrErr, nodePortErr, ipvsErr error
+	var cidrErr, nodePortErr, ipvsErr, conntrackErr error
 	c.ClusterCIDRs, cidrErr = parseClusterCIDRs(kp.ClusterCIDR)
 	c.NodePortAddresses, c.NodePortPrimary, nodePortErr = parseNodePortAddresses(kp.NodePortAddresses)
 	c.IPVS, ipvsErr = resolveIPVS(&kp.IPVS)
-	return c, joinErrors(checkMode(string(kp.Mode)), cidrErr, nodePortErr, ipvsErr, c.validate())
+	c.Conntrack, conntrackErr = resolveConntrack(&kp.Conntrack)
+	return c, joinErrors(checkMode(string(kp.Mode)), cidrErr, nodePortErr, ipvsErr, conntrackErr, c.validate())
 }
 
 // effectiveMode is the mode a configuration runs: kube-proxy's default
@@ -265,6 +295,44 @@ func resolveIPVS(kp *kubeproxy.KubeProxyIPVSConfiguration) (IPVSConfig, error) {
 		c.ExcludeCIDRs = append(c.ExcludeCIDRs, p.Masked())
 	}
 	return c, joinErrors(errs...)
+}
+
+// resolveConntrack reads the conntrack settings, with kube-proxy's
+// validation: nothing negative (0 leaves the kernel's).
+func resolveConntrack(kp *kubeproxy.KubeProxyConntrackConfiguration) (conntrack.Tuning, error) {
+	deref := func(d *metav1.Duration) time.Duration {
+		if d == nil {
+			return 0
+		}
+		return d.Duration
+	}
+	t := conntrack.Tuning{TCPEstablishedTimeout: deref(kp.TCPEstablishedTimeout), TCPCloseWaitTimeout: deref(kp.TCPCloseWaitTimeout),
+		TCPBeLiberal: kp.TCPBeLiberal, UDPTimeout: kp.UDPTimeout.Duration, UDPStreamTimeout: kp.UDPStreamTimeout.Duration}
+	if kp.MaxPerCore != nil {
+		t.MaxPerCore = int(*kp.MaxPerCore)
+	}
+	if kp.Min != nil {
+		t.Min = int(*kp.Min)
+	}
+	var errs []error
+	for _, n := range []struct {
+		name string
+		v    int
+	}{{"maxPerCore", t.MaxPerCore}, {"min", t.Min}} {
+		if n.v < 0 {
+			errs = append(errs, fmt.Errorf("conntrack %s %d: must not be negative (maxPerCore 0 leaves the kernel's limit)", n.name, n.v))
+		}
+	}
+	for _, d := range []struct {
+		name string
+		d    time.Duration
+	}{{"tcpEstablishedTimeout", t.TCPEstablishedTimeout}, {"tcpCloseWaitTimeout", t.TCPCloseWaitTimeout},
+		{"udpTimeout", t.UDPTimeout}, {"udpStreamTimeout", t.UDPStreamTimeout}} {
+		if d.d < 0 {
+			errs = append(errs, fmt.Errorf("conntrack %s %v: must not be negative (0 leaves the kernel's)", d.name, d.d))
+		}
+	}
+	return t, joinErrors(errs...)
 }
 
 // joinErrors joins errors on one line: bad input gets one clear line.

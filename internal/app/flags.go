@@ -20,8 +20,8 @@ type Options struct {
 	Config Config
 	// Cleanup asks to remove everything svcproxy programmed, then exit.
 	Cleanup bool
-	// InitOnly is kube-proxy's --init-only: svcproxy needs no privileged
-	// initialisation, so it has nothing to do and exits.
+	// InitOnly is kube-proxy's --init-only: set what needs a writable
+	// /proc/sys (the conntrack settings), then exit.
 	InitOnly bool
 	// WriteConfigTo, if set, asks to write KubeProxy there and exit.
 	WriteConfigTo string
@@ -88,7 +88,7 @@ func (c *commandLine) addKubeProxyFlags() {
 	fs.StringVar(&c.configFile, "config", "", "The path to the configuration file (a KubeProxyConfiguration, kubeproxy.config.k8s.io/v1alpha1, YAML or JSON). As in kube-proxy, it overrides the flags that mirror its fields.")
 	fs.StringVar(&c.writeConfigTo, "write-config-to", "", "If set, write the effective configuration to this file and exit.")
 	fs.BoolVar(&c.cleanup, "cleanup", false, "If true, remove everything svcproxy programmed in either mode (iptables rules of both IP families and both flavors; IPVS virtual servers, kube-ipvs0 and ipsets where IPVS is loaded) and exit.")
-	fs.BoolVar(&c.initOnly, "init-only", false, "Accepted for kube-proxy compatibility: svcproxy needs no privileged initialisation, so it exits at once.")
+	fs.BoolVar(&c.initOnly, "init-only", false, "If true, do what needs full root privileges (the conntrack settings, under /proc/sys), then exit; svcproxy can then run with NET_ADMIN and NET_RAW only.")
 	fs.StringVar(&kp.ClientConnection.Kubeconfig, "kubeconfig", "", "Path to a kubeconfig file. With neither --kubeconfig nor --master, the in-cluster configuration is used.")
 	fs.StringVar(&c.master, "master", "", "The address of the Kubernetes API server (overrides any value in kubeconfig).")
 	fs.StringVar(&kp.ClientConnection.ContentType, "kube-api-content-type", kp.ClientConnection.ContentType, "Content type of requests sent to the API server.")
@@ -117,6 +117,13 @@ func (c *commandLine) addKubeProxyFlags() {
 	fs.DurationVar(&kp.IPVS.TCPTimeout.Duration, "ipvs-tcp-timeout", 0, "In ipvs mode, the timeout of idle IPVS TCP connections; 0 leaves the kernel's.")
 	fs.DurationVar(&kp.IPVS.TCPFinTimeout.Duration, "ipvs-tcpfin-timeout", 0, "In ipvs mode, the timeout of IPVS TCP connections after a FIN; 0 leaves the kernel's.")
 	fs.DurationVar(&kp.IPVS.UDPTimeout.Duration, "ipvs-udp-timeout", 0, "In ipvs mode, the timeout of IPVS UDP flows; 0 leaves the kernel's.")
+	fs.Int32Var(kp.Conntrack.MaxPerCore, "conntrack-max-per-core", *kp.Conntrack.MaxPerCore, "Maximum number of NAT connections to track per CPU core: nf_conntrack_max is this times the CPUs, at least --conntrack-min (0 to leave the limit as-is and ignore conntrack-min).")
+	fs.Int32Var(kp.Conntrack.Min, "conntrack-min", *kp.Conntrack.Min, "Minimum number of conntrack entries to allocate, regardless of conntrack-max-per-core (set conntrack-max-per-core=0 to leave the limit as-is).")
+	fs.DurationVar(&kp.Conntrack.TCPEstablishedTimeout.Duration, "conntrack-tcp-timeout-established", kp.Conntrack.TCPEstablishedTimeout.Duration, "Idle timeout for established TCP connections (0 to leave as-is).")
+	fs.DurationVar(&kp.Conntrack.TCPCloseWaitTimeout.Duration, "conntrack-tcp-timeout-close-wait", kp.Conntrack.TCPCloseWaitTimeout.Duration, "NAT timeout for TCP connections in the CLOSE_WAIT state (0 to leave as-is).")
+	fs.BoolVar(&kp.Conntrack.TCPBeLiberal, "conntrack-tcp-be-liberal", false, "Enable liberal mode for tracking TCP packets by setting nf_conntrack_tcp_be_liberal to 1.")
+	fs.DurationVar(&kp.Conntrack.UDPTimeout.Duration, "conntrack-udp-timeout", 0, "Idle timeout for UNREPLIED UDP connections (0 to leave as-is).")
+	fs.DurationVar(&kp.Conntrack.UDPStreamTimeout.Duration, "conntrack-udp-timeout-stream", 0, "Idle timeout for ASSURED UDP connections (0 to leave as-is).")
 	fs.DurationVar(&kp.ConfigSyncPeriod.Duration, "config-sync-period", kp.ConfigSyncPeriod.Duration, "How often the informers resync from their caches.")
 	fs.Uint32VarP((*uint32)(&kp.Logging.Verbosity), "v", "v", 0, "Log verbosity: 0 info, 1 and above debug, higher for client-go's detail.")
 	fs.StringVar(&kp.Logging.Format, "logging-format", kp.Logging.Format, "Log format: text or json.")
@@ -125,20 +132,19 @@ func (c *commandLine) addKubeProxyFlags() {
 		"masquerade-all", "iptables-masquerade-bit", "nodeport-addresses", "iptables-sync-period", "sync-period",
 		"iptables-min-sync-period", "min-sync-period", "ipvs-sync-period", "ipvs-min-sync-period", "ipvs-scheduler",
 		"ipvs-exclude-cidrs", "ipvs-strict-arp", "ipvs-tcp-timeout", "ipvs-tcpfin-timeout", "ipvs-udp-timeout",
-		"config-sync-period")
+		"conntrack-max-per-core", "conntrack-min", "conntrack-tcp-timeout-established", "conntrack-tcp-timeout-close-wait",
+		"conntrack-tcp-be-liberal", "conntrack-udp-timeout", "conntrack-udp-timeout-stream", "config-sync-period")
 }
 
 // addIgnoredKubeProxyFlags accepts kube-proxy's other flags (those of
 // Kubernetes 1.35, the logging ones, and a few older ones still found in
 // manifests), so a kube-proxy DaemonSet's arguments work unchanged.
 func (c *commandLine) addIgnoredKubeProxyFlags() {
-	bools := []string{"bind-address-hard-fail", "profiling", "iptables-localhost-nodeports", "conntrack-tcp-be-liberal",
+	bools := []string{"bind-address-hard-fail", "profiling", "iptables-localhost-nodeports",
 		"log-json-split-stream", "log-text-split-stream", "logtostderr", "alsologtostderr", "add-dir-header",
 		"skip-headers", "skip-log-headers", "one-output"}
 	values := []string{"feature-gates", "bind-address", "show-hidden-metrics-for-version", "detect-local-mode",
-		"pod-bridge-interface", "pod-interface-name-prefix", "oom-score-adj", "conntrack-max-per-core", "conntrack-min",
-		"conntrack-tcp-timeout-established", "conntrack-tcp-timeout-close-wait", "conntrack-udp-timeout",
-		"conntrack-udp-timeout-stream", "log-flush-frequency", "vmodule", "log-json-info-buffer-size", "log-text-info-buffer-size",
+		"pod-bridge-interface", "pod-interface-name-prefix", "oom-score-adj", "log-flush-frequency", "vmodule", "log-json-info-buffer-size", "log-text-info-buffer-size",
 		"proxy-port-range", "udp-timeout", "boot-id-file", "machine-id-file", "log-dir", "log-file",
 		"log-file-max-size", "stderrthreshold", "log-backtrace-at"}
 	for _, name := range bools {

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+
+	"github.com/svcproxy/svcproxy/conntrack"
 )
 
 func prefixes(s ...string) []netip.Prefix {
@@ -53,6 +55,10 @@ func writeFile(t *testing.T, name, text string) string {
 	return path
 }
 
+// kubeProxyConntrack is kube-proxy's default conntrack tuning.
+var kubeProxyConntrack = conntrack.Tuning{MaxPerCore: 32768, Min: 131072,
+	TCPEstablishedTimeout: 24 * time.Hour, TCPCloseWaitTimeout: time.Hour}
+
 func TestParseDefaultsAreKubeProxys(t *testing.T) {
 	got := parse(t).Config
 	want := Config{
@@ -62,7 +68,8 @@ func TestParseDefaultsAreKubeProxys(t *testing.T) {
 		ConfigSyncPeriod: 15 * time.Minute, HealthzBindAddress: "0.0.0.0:10256",
 		MetricsBindAddress: "127.0.0.1:10249", Flavor: "auto", APITimeout: 30 * time.Second,
 		NodeTimeout: 30 * time.Second, LogFormat: "text",
-		IPVS: IPVSConfig{Scheduler: "rr", DrainTimeout: 15 * time.Minute},
+		IPVS:      IPVSConfig{Scheduler: "rr", DrainTimeout: 15 * time.Minute},
+		Conntrack: kubeProxyConntrack,
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("defaults:\n got %+v\nwant %+v", got, want)
@@ -85,7 +92,8 @@ func TestParseKubeProxyFlags(t *testing.T) {
 		SyncPeriod:        10 * time.Second, MinSyncPeriod: 0, ConfigSyncPeriod: 15 * time.Minute,
 		HealthzBindAddress: "[::]:10256", MetricsBindAddress: "0.0.0.0:9249",
 		Flavor: "legacy", APITimeout: 5 * time.Second, NodeTimeout: 0, Verbosity: 3, LogFormat: "json",
-		IPVS: IPVSConfig{Scheduler: "rr", DrainTimeout: 15 * time.Minute},
+		IPVS:      IPVSConfig{Scheduler: "rr", DrainTimeout: 15 * time.Minute},
+		Conntrack: kubeProxyConntrack,
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("flags:\n got %+v\nwant %+v", got, want)
@@ -110,13 +118,42 @@ func TestParseWarnsOnceForEachUnusedKubeProxyFlag(t *testing.T) {
 		"flag --feature-gates is a kube-proxy flag svcproxy does not use; ignored",
 		"flag --detect-local-mode is a kube-proxy flag svcproxy does not use; ignored",
 		"flag --oom-score-adj is a kube-proxy flag svcproxy does not use; ignored",
-		"flag --conntrack-max-per-core is a kube-proxy flag svcproxy does not use; ignored",
 	}
 	if !slices.Equal(sorted(opts.Warnings), sorted(want)) {
 		t.Errorf("warnings:\n%s\nwant:\n%s", strings.Join(opts.Warnings, "\n"), strings.Join(want, "\n"))
 	}
 	if opts.Config.Verbosity != 2 {
 		t.Errorf("--v=2 gave verbosity %d", opts.Config.Verbosity)
+	}
+	if opts.Config.Conntrack.MaxPerCore != 0 {
+		t.Errorf("--conntrack-max-per-core=0 gave %d", opts.Config.Conntrack.MaxPerCore)
+	}
+}
+
+func TestParseConntrackFlags(t *testing.T) {
+	opts := parse(t, "--conntrack-max-per-core=65536", "--conntrack-min=1000", "--conntrack-tcp-timeout-established=2h",
+		"--conntrack-tcp-timeout-close-wait=10m", "--conntrack-tcp-be-liberal", "--conntrack-udp-timeout=30s",
+		"--conntrack-udp-timeout-stream=2m")
+	want := conntrack.Tuning{MaxPerCore: 65536, Min: 1000, TCPEstablishedTimeout: 2 * time.Hour,
+		TCPCloseWaitTimeout: 10 * time.Minute, TCPBeLiberal: true, UDPTimeout: 30 * time.Second, UDPStreamTimeout: 2 * time.Minute}
+	if opts.Config.Conntrack != want || len(opts.Warnings) != 0 {
+		t.Errorf("conntrack flags: %+v, warnings %q; want %+v and none", opts.Config.Conntrack, opts.Warnings, want)
+	}
+	// 0 leaves each setting as the kernel has it.
+	zero := parse(t, "--conntrack-max-per-core=0", "--conntrack-tcp-timeout-established=0", "--conntrack-tcp-timeout-close-wait=0").Config
+	if zero.Conntrack != (conntrack.Tuning{Min: 131072}) {
+		t.Errorf("conntrack flags at 0: %+v", zero.Conntrack)
+	}
+	// A config file wins, its unset fields take kube-proxy's defaults and
+	// 0 stays 0.
+	file := writeFile(t, "config.yaml", configHead+"conntrack:\n  maxPerCore: 0\n  tcpCloseWaitTimeout: 0s\n  tcpBeLiberal: true\n  udpStreamTimeout: 1m\n")
+	opts = parse(t, "--config="+file, "--conntrack-min=5")
+	want = conntrack.Tuning{Min: 131072, TCPEstablishedTimeout: 24 * time.Hour, TCPBeLiberal: true, UDPStreamTimeout: time.Minute}
+	if opts.Config.Conntrack != want {
+		t.Errorf("conntrack from the file: %+v, want %+v", opts.Config.Conntrack, want)
+	}
+	if w := "flag --conntrack-min is ignored: --config is given and, as in kube-proxy, the file wins"; !slices.Equal(opts.Warnings, []string{w}) {
+		t.Errorf("warnings %q, want %q", opts.Warnings, w)
 	}
 }
 
@@ -145,6 +182,12 @@ func TestParseRejectsBadInputInOneLine(t *testing.T) {
 		{[]string{"--mode=ipvs", "--ipvs-udp-timeout=-1s"}, "ipvs udp timeout -1s: must not be negative"},
 		{[]string{"--mode=ipvs", "--ipvs-drain-timeout=0"}, "--ipvs-drain-timeout 0s: must be greater than 0"},
 		{[]string{"--mode=ipvs", "--ipvs-tcp-timeout=soon"}, `invalid argument "soon" for "--ipvs-tcp-timeout"`},
+		{[]string{"--conntrack-max-per-core=-1"}, "conntrack maxPerCore -1: must not be negative"},
+		{[]string{"--conntrack-min=-1"}, "conntrack min -1: must not be negative"},
+		{[]string{"--conntrack-tcp-timeout-established=-1s"}, "conntrack tcpEstablishedTimeout -1s: must not be negative"},
+		{[]string{"--conntrack-tcp-timeout-close-wait=-1s"}, "conntrack tcpCloseWaitTimeout -1s: must not be negative"},
+		{[]string{"--conntrack-udp-timeout=-1s"}, "conntrack udpTimeout -1s: must not be negative"},
+		{[]string{"--conntrack-udp-timeout-stream=-1s"}, "conntrack udpStreamTimeout -1s: must not be negative"},
 		{[]string{"--metrics-bind-address=localhost:10249"}, `metrics bind address "localhost:10249"`},
 		{[]string{"--iptables-flavor=xtables"}, `--iptables-flavor "xtables"`},
 		{[]string{"--log-format=xml"}, `--log-format "xml"`},
@@ -242,7 +285,8 @@ func TestConfigFileIsDecodedStrictly(t *testing.T) {
 }
 
 func TestWriteConfigRoundTrips(t *testing.T) {
-	opts := parse(t, "--iptables-sync-period=7s", "--cluster-cidr=10.244.0.0/16")
+	opts := parse(t, "--iptables-sync-period=7s", "--cluster-cidr=10.244.0.0/16", "--conntrack-max-per-core=0",
+		"--conntrack-tcp-be-liberal", "--conntrack-udp-timeout=20s")
 	var out bytes.Buffer
 	if err := WriteConfig(opts.KubeProxy, &out); err != nil {
 		t.Fatal(err)

@@ -6,7 +6,6 @@ import (
 	"strings"
 	"time"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	logsapi "k8s.io/component-base/logs/api/v1"
 	kubeproxy "k8s.io/kube-proxy/config/v1alpha1"
 
@@ -27,10 +26,9 @@ type unusedField struct {
 }
 
 const (
-	nftablesMode  = "svcproxy has no nftables mode"
-	conntrackTune = "svcproxy leaves the kernel's conntrack settings as they are"
-	windowsOnly   = "a Windows setting"
-	logWrites     = "svcproxy writes every log line to standard error at once"
+	nftablesMode = "svcproxy has no nftables mode"
+	windowsOnly  = "a Windows setting"
+	logWrites    = "svcproxy writes every log line to standard error at once"
 )
 
 // unusedFields lists every field of kube-proxy 1.35's
@@ -78,19 +76,6 @@ func unusedFields() []unusedField {
 		{"detectLocal.interfaceNamePrefix", func(c *kp) string { return value(c.DetectLocal.InterfaceNamePrefix, "") },
 			"svcproxy tells pod traffic by clusterCIDR only"},
 		{"oomScoreAdj", func(c *kp) string { return pointer(c.OOMScoreAdj, -999) }, "svcproxy keeps the OOM score its container gets"},
-		// 0 asks kube-proxy to leave the limit or timeout as it is: what
-		// svcproxy does anyway.
-		{"conntrack.maxPerCore", func(c *kp) string { return pointer(c.Conntrack.MaxPerCore, 0, 32*1024) }, conntrackTune},
-		{"conntrack.min", func(c *kp) string { return pointer(c.Conntrack.Min, 0, 128*1024) }, conntrackTune},
-		{"conntrack.tcpEstablishedTimeout", func(c *kp) string {
-			return durationPointer(c.Conntrack.TCPEstablishedTimeout, 0, 24*time.Hour)
-		}, conntrackTune},
-		{"conntrack.tcpCloseWaitTimeout", func(c *kp) string {
-			return durationPointer(c.Conntrack.TCPCloseWaitTimeout, 0, time.Hour)
-		}, conntrackTune},
-		{"conntrack.tcpBeLiberal", func(c *kp) string { return value(c.Conntrack.TCPBeLiberal, false) }, conntrackTune},
-		{"conntrack.udpTimeout", func(c *kp) string { return value(c.Conntrack.UDPTimeout.Duration, 0) }, conntrackTune},
-		{"conntrack.udpStreamTimeout", func(c *kp) string { return value(c.Conntrack.UDPStreamTimeout.Duration, 0) }, conntrackTune},
 		{"portRange", func(c *kp) string { return value(c.PortRange, "") }, "kube-proxy does not use it either"},
 	}
 }
@@ -193,14 +178,6 @@ func pointer[T comparable](p *T, unset ...T) string {
 		return ""
 	}
 	return value(*p, unset...)
-}
-
-// durationPointer is pointer for a duration.
-func durationPointer(p *metav1.Duration, unset ...time.Duration) string {
-	if p == nil {
-		return ""
-	}
-	return value(p.Duration, unset...)
 }
 
 func vmodule(items logsapi.VModuleConfiguration) string {

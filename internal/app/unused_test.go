@@ -53,11 +53,6 @@ detectLocalMode: InterfaceNamePrefix
 detectLocal:
   interfaceNamePrefix: veth
 oomScoreAdj: -500
-conntrack:
-  maxPerCore: 65536
-  tcpEstablishedTimeout: 1h
-  tcpBeLiberal: true
-  udpTimeout: 30s
 portRange: 30000-32767
 `)
 	want := []string{
@@ -67,8 +62,7 @@ portRange: 30000-32767
 		"enableProfiling: true", "showHiddenMetricsForVersion: 1.34", "iptables.localhostNodePorts: true",
 		"nftables.masqueradeBit: 15",
 		"winkernel.enableDSR: true", "detectLocalMode: InterfaceNamePrefix", "detectLocal.interfaceNamePrefix: veth",
-		"oomScoreAdj: -500", "conntrack.maxPerCore: 65536", "conntrack.tcpEstablishedTimeout: 1h0m0s",
-		"conntrack.tcpBeLiberal: true", "conntrack.udpTimeout: 30s", "portRange: 30000-32767",
+		"oomScoreAdj: -500", "portRange: 30000-32767",
 	}
 	if len(got) != len(want) {
 		t.Errorf("%d warnings, want %d:\n%s", len(got), len(want), strings.Join(got, "\n"))
@@ -174,8 +168,11 @@ iptables:
   localhostNodePorts: false
 oomScoreAdj: -999
 `,
-		// 0 leaves conntrack's limits and timeouts as they are, as svcproxy does.
-		"conntrack left alone":     configHead + "conntrack:\n  maxPerCore: 0\n  min: 0\n  tcpEstablishedTimeout: 0s\n  tcpCloseWaitTimeout: 0s\n",
+		// svcproxy tunes conntrack as kube-proxy does: no setting of it is
+		// ignored, 0 (leave the kernel's) or not.
+		"conntrack left alone": configHead + "conntrack:\n  maxPerCore: 0\n  min: 0\n  tcpEstablishedTimeout: 0s\n  tcpCloseWaitTimeout: 0s\n",
+		"conntrack tuned": configHead + "conntrack:\n  maxPerCore: 65536\n  tcpEstablishedTimeout: 1h\n  tcpBeLiberal: true\n" +
+			"  udpTimeout: 30s\n  udpStreamTimeout: 2m\n",
 		"manifests/configmap.yaml": manifestConfig(t),
 	}
 	for name, body := range cases {

@@ -1,0 +1,46 @@
+package app
+
+import (
+	"errors"
+	"fmt"
+
+	"go.uber.org/zap"
+
+	"github.com/svcproxy/svcproxy/conntrack"
+)
+
+// tuneConntrack sets the conntrack table's limit and timeouts as kube-proxy
+// does when it starts, in either mode. What it cannot set stays as the
+// kernel has it, with a warning (a container whose /proc/sys is read-only,
+// a network namespace other than the host's), and svcproxy goes on: the
+// rules work the same. With no sysctls (the daemon's unit tests) it does
+// nothing.
+func (d *daemon) tuneConntrack() {
+	if d.sysctls != nil {
+		tuneConntrack(d.cfg.Conntrack, d.sysctls, d.log.Named("conntrack"))
+	}
+}
+
+func tuneConntrack(t conntrack.Tuning, files conntrack.Files, log *zap.Logger) []error {
+	cpus := conntrack.CPUs(files)
+	plan := conntrack.PlanTuning(t, cpus)
+	log.Debug("tuning conntrack", zap.Int("cpus", cpus), zap.Int("nf_conntrack_max", plan.Max),
+		zap.Int("sysctls", len(plan.Sysctls)))
+	return conntrack.Tune(files, plan, log)
+}
+
+// InitOnly is --init-only, as in kube-proxy: it makes the settings that
+// need a writable /proc/sys (the conntrack ones), so that svcproxy itself
+// can then run with NET_ADMIN and NET_RAW only, and finds them made. Its
+// one job, a setting it cannot make is an error here.
+func InitOnly(cfg Config, log *zap.Logger) error {
+	return initOnly(cfg, conntrack.HostFiles{}, log)
+}
+
+func initOnly(cfg Config, files conntrack.Files, log *zap.Logger) error {
+	if errs := tuneConntrack(cfg.Conntrack, files, log.Named("conntrack")); len(errs) > 0 {
+		return fmt.Errorf("--init-only: %w", errors.Join(errs...))
+	}
+	log.Info("--init-only: the conntrack settings are made; exiting")
+	return nil
+}
