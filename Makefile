@@ -12,8 +12,9 @@ all: build
 deps:
 	@hack/install-deps.sh
 
-# kube-apiserver, kube-controller-manager and etcd built from the Go module
-# proxy into a cache outside the tree: ~10 minutes once, a no-op after.
+# kube-apiserver, kube-controller-manager and etcd, and kube-proxy and
+# kubectl of the same release, built from the Go module proxy into a cache
+# outside the tree: ~15 minutes once, a no-op after.
 controlplane:
 	@echo "control plane binaries: $$(hack/controlplane-bins.sh)"
 

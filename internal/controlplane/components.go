@@ -20,6 +20,8 @@ const (
 	etcdBinary              = "etcd"
 	apiserverBinary         = "kube-apiserver"
 	controllerManagerBinary = "kube-controller-manager"
+	kubeProxyBinary         = "kube-proxy"
+	kubectlBinary           = "kubectl"
 )
 
 // Layout of the work directory.

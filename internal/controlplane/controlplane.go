@@ -23,8 +23,9 @@ import (
 
 // Options says where the binaries are and what to run.
 type Options struct {
-	// BinDir holds etcd, kube-apiserver and kube-controller-manager: the
-	// directory hack/controlplane-bins.sh prints.
+	// BinDir holds etcd, kube-apiserver and kube-controller-manager (and
+	// kube-proxy and kubectl of the same release, see KubeProxy and
+	// Kubectl): the directory hack/controlplane-bins.sh prints.
 	BinDir string
 	// WorkDir is where the control plane makes a directory of its own for
 	// data, keys, logs and kubeconfigs; Stop removes that directory, never
@@ -48,6 +49,7 @@ type Options struct {
 // from several goroutines.
 type ControlPlane struct {
 	dir             string
+	binDir          string
 	url             string
 	caPEM           []byte
 	adminKubeconfig string
@@ -87,7 +89,7 @@ func Start(ctx context.Context, opts Options) (*ControlPlane, error) {
 	ctx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
 
-	cp := &ControlPlane{dir: dir, log: opts.Log}
+	cp := &ControlPlane{dir: dir, binDir: opts.BinDir, log: opts.Log}
 	if err := cp.start(ctx, opts); err != nil {
 		if stopErr := cp.Stop(); stopErr != nil {
 			cp.log.Warn("cleaning up after a failed start", zap.Error(stopErr))
@@ -120,8 +122,8 @@ func (cp *ControlPlane) start(ctx context.Context, opts Options) error {
 // withDefaults fills in the defaults and checks what cannot work.
 func (o Options) withDefaults() (Options, error) {
 	for _, name := range o.binaries() {
-		if _, err := os.Stat(filepath.Join(o.BinDir, name)); err != nil {
-			return o, fmt.Errorf("control plane binary %s not found in %q (build it with hack/controlplane-bins.sh): %w", name, o.BinDir, err)
+		if _, err := findBinary(o.BinDir, name); err != nil {
+			return o, err
 		}
 	}
 	if o.Log == nil {
@@ -151,6 +153,16 @@ func (o Options) binaries() []string {
 	return []string{etcdBinary, apiserverBinary}
 }
 
+// findBinary is the path of one of the binaries hack/controlplane-bins.sh
+// builds, or an error that says how to build it.
+func findBinary(dir, name string) (string, error) {
+	path := filepath.Join(dir, name)
+	if _, err := os.Stat(path); err != nil {
+		return "", fmt.Errorf("control plane binary %s not found in %q (build it with hack/controlplane-bins.sh): %w", name, dir, err)
+	}
+	return path, nil
+}
+
 func (o Options) serviceClusterIPRange() string {
 	parts := make([]string, len(o.ServiceCIDRs))
 	for i, p := range o.ServiceCIDRs {
@@ -174,6 +186,17 @@ func (cp *ControlPlane) Clientset() kubernetes.Interface { return cp.clientset }
 
 // ReadyAfter is how long Start took.
 func (cp *ControlPlane) ReadyAfter() time.Duration { return cp.readyAfter }
+
+// KubeProxy is the path of the upstream kube-proxy of the control plane's
+// release, built beside it by hack/controlplane-bins.sh: for tests that run
+// it next to svcproxy, or before it on the same node. The control plane
+// never runs it.
+func (cp *ControlPlane) KubeProxy() (string, error) { return findBinary(cp.binDir, kubeProxyBinary) }
+
+// Kubectl is the path of the kubectl of the control plane's release, built
+// beside it by hack/controlplane-bins.sh; AdminKubeconfig is its
+// --kubeconfig.
+func (cp *ControlPlane) Kubectl() (string, error) { return findBinary(cp.binDir, kubectlBinary) }
 
 // Dir is the control plane's work directory; Stop removes it.
 func (cp *ControlPlane) Dir() string { return cp.dir }

@@ -2,9 +2,11 @@ package controlplane_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -60,8 +62,9 @@ func TestStartRefusesServiceCIDRsTheAPIServerWouldReject(t *testing.T) {
 
 // TestDualStackAPIServerStoresWhatSvcproxyWatches creates, through
 // client-go, the objects svcproxy reads (a Node, a dual-stack Service, an
-// EndpointSlice), and checks that a ServiceAccount token only gets what RBAC
-// grants it.
+// EndpointSlice), checks that a ServiceAccount token only gets what RBAC
+// grants it, and that the kubectl and kube-proxy built beside the control
+// plane are of its release.
 func TestDualStackAPIServerStoresWhatSvcproxyWatches(t *testing.T) {
 	cp := controlplanetest.StartWith(t, controlplane.Options{ServiceCIDRs: []netip.Prefix{
 		netip.MustParsePrefix("10.96.0.0/16"), netip.MustParsePrefix("fd00:96::/112"),
@@ -87,6 +90,7 @@ func TestDualStackAPIServerStoresWhatSvcproxyWatches(t *testing.T) {
 	}
 
 	checkTokenGetsOnlyWhatRBACGrants(t, cp)
+	checkKubectlAndKubeProxyAreOfItsRelease(t, cp)
 	stopAndCheckNothingIsLeft(t, cp)
 }
 
@@ -124,6 +128,52 @@ func TestControllerManagerTurnsPodsIntoEndpointSlices(t *testing.T) {
 		t.Logf("%s: pid %d, RSS %s", p.Name, p.PID, residentSize(p.PID))
 	}
 	stopAndCheckNothingIsLeft(t, cp)
+}
+
+// checkKubectlAndKubeProxyAreOfItsRelease runs the kubectl and kube-proxy
+// built beside the control plane: kubectl reaches the apiserver with the
+// admin kubeconfig, and both say they are of the apiserver's version (not
+// v0.0.0, which is what a build without version ldflags says).
+func checkKubectlAndKubeProxyAreOfItsRelease(t *testing.T, cp *controlplane.ControlPlane) {
+	t.Helper()
+	kubectl, err := cp.Kubectl()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(kubectl, "--kubeconfig="+cp.AdminKubeconfig(), "version", "--output=json").Output()
+	if err != nil {
+		t.Fatalf("kubectl version: %v\n%s", err, stderrOf(err))
+	}
+	var versions struct {
+		Client struct{ GitVersion string } `json:"clientVersion"`
+		Server struct{ GitVersion string } `json:"serverVersion"`
+	}
+	if err := json.Unmarshal(out, &versions); err != nil {
+		t.Fatalf("kubectl version printed %s: %v", out, err)
+	}
+	server := versions.Server.GitVersion
+	if !strings.HasPrefix(server, "v1.") || versions.Client.GitVersion != server {
+		t.Errorf("kubectl is %q, the apiserver %q: want the same v1.x release", versions.Client.GitVersion, server)
+	}
+
+	kubeProxy, err := cp.KubeProxy()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err = exec.Command(kubeProxy, "--version").Output()
+	if err != nil {
+		t.Fatalf("kube-proxy --version: %v\n%s", err, stderrOf(err))
+	}
+	if got, want := strings.TrimSpace(string(out)), "Kubernetes "+server; got != want {
+		t.Errorf("kube-proxy --version printed %q, want %q", got, want)
+	}
+}
+
+func stderrOf(err error) []byte {
+	if exit, ok := err.(*exec.ExitError); ok {
+		return exit.Stderr
+	}
+	return nil
 }
 
 func createNode(t *testing.T, client kubernetes.Interface, name, internalIP string) *corev1.Node {

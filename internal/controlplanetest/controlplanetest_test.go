@@ -54,20 +54,9 @@ func TestBinariesScriptCheckRefusesAnIncompleteCache(t *testing.T) {
 // TestBinariesScriptBuildsOnceForTwoRacingCallers replaces `go` with a
 // fake that takes a moment to "build", and starts two callers at once.
 func TestBinariesScriptBuildsOnceForTwoRacingCallers(t *testing.T) {
-	cache, fakeBin := t.TempDir(), t.TempDir()
-	calls := filepath.Join(t.TempDir(), "go-calls")
-	fakeGo := `#!/bin/bash
-echo "$*" >>"$FAKE_GO_CALLS"
-while [ $# -gt 0 ]; do [ "$1" = -o ] && out="$2"; shift; done
-sleep 0.3
-printf '#!/bin/false\n' >"$out" && chmod +x "$out"
-`
-	if err := os.WriteFile(filepath.Join(fakeBin, "go"), []byte(fakeGo), 0o755); err != nil {
-		t.Fatal(err)
-	}
+	cache := t.TempDir()
 	t.Setenv("SVCPROXY_CACHE", cache)
-	t.Setenv("PATH", fakeBin+":"+os.Getenv("PATH"))
-	t.Setenv("FAKE_GO_CALLS", calls)
+	calls := fakeGo(t)
 
 	var outs [2]strings.Builder
 	var callers [2]*exec.Cmd
@@ -87,12 +76,97 @@ printf '#!/bin/false\n' >"$out" && chmod +x "$out"
 	if outs[0].String() != outs[1].String() || outs[0].Len() == 0 {
 		t.Errorf("callers printed %q and %q, want the same directory", outs[0].String(), outs[1].String())
 	}
-	if data, _ := os.ReadFile(calls); strings.Count("\n"+string(data), "\nbuild ") != 3 {
-		t.Errorf("go was run as:\n%s\nwant three builds (one per binary), once", data)
+	if data, _ := os.ReadFile(calls); strings.Count("\n"+string(data), "\nbuild ") != len(binaries) {
+		t.Errorf("go was run as:\n%s\nwant %d builds (one per binary), once", data, len(binaries))
 	}
 	if leftovers, _ := filepath.Glob(filepath.Join(cache, "controlplane", ".build.*")); len(leftovers) != 0 {
 		t.Errorf("temporary build directories left behind: %v", leftovers)
 	}
+}
+
+// TestBinariesScriptBuildsOnlyWhatAnOlderCacheLacks starts from the cache
+// an older script left (the control plane only, stamped): only kube-proxy
+// and kubectl are built, with the version ldflags, and nothing that was
+// there is rebuilt or rewritten.
+func TestBinariesScriptBuildsOnlyWhatAnOlderCacheLacks(t *testing.T) {
+	cache := t.TempDir()
+	t.Setenv("SVCPROXY_CACHE", cache)
+	calls := fakeGo(t)
+	dir := fakeBuiltBinaries(t, cache, pinnedVersions(t))
+	for _, name := range []string{"kube-proxy", "kubectl"} {
+		if err := os.Remove(filepath.Join(dir, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := map[string]os.FileInfo{}
+	for _, name := range []string{"etcd", "kube-apiserver", "kube-controller-manager", "VERSIONS"} {
+		before[name] = stat(t, filepath.Join(dir, name))
+	}
+	if err := exec.Command(script(t), "--check").Run(); err == nil {
+		t.Errorf("--check accepted a cache without kube-proxy and kubectl")
+	}
+
+	out, err := exec.Command(script(t)).Output()
+	if err != nil {
+		t.Fatalf("script: %v", err)
+	}
+	if got := strings.TrimSpace(string(out)); got != dir {
+		t.Errorf("script printed %q, want %q", got, dir)
+	}
+	data, _ := os.ReadFile(calls)
+	built := strings.Split(strings.TrimSpace(string(data)), "\n")
+	if len(built) != 2 || !strings.HasSuffix(built[0], " k8s.io/kubernetes/cmd/kube-proxy") || !strings.HasSuffix(built[1], " k8s.io/kubernetes/cmd/kubectl") {
+		t.Fatalf("go was run as:\n%s\nwant kube-proxy and kubectl built, nothing else", data)
+	}
+	version := pinnedVersions(t)["k8s.io/kubernetes"]
+	for _, call := range built {
+		for _, pkg := range []string{"k8s.io/component-base/version", "k8s.io/client-go/pkg/version"} {
+			if !strings.Contains(call, " -X "+pkg+".gitVersion="+version+" ") {
+				t.Errorf("go %s: want %s.gitVersion=%s in the ldflags", call, pkg, version)
+			}
+		}
+	}
+	for name, was := range before {
+		if now := stat(t, filepath.Join(dir, name)); !os.SameFile(was, now) || !now.ModTime().Equal(was.ModTime()) {
+			t.Errorf("%s was replaced or rewritten", name)
+		}
+	}
+	if err := exec.Command(script(t), "--check").Run(); err != nil {
+		t.Errorf("--check after the build: %v", err)
+	}
+	if leftovers, _ := filepath.Glob(filepath.Join(cache, "controlplane", ".build.*")); len(leftovers) != 0 {
+		t.Errorf("temporary build directories left behind: %v", leftovers)
+	}
+}
+
+func stat(t *testing.T, path string) os.FileInfo {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi
+}
+
+// fakeGo puts on PATH a `go` that takes a moment to "build" an executable
+// wherever -o says, and returns the file that records its arguments, a
+// line per call.
+func fakeGo(t *testing.T) string {
+	t.Helper()
+	fakeBin := t.TempDir()
+	calls := filepath.Join(t.TempDir(), "go-calls")
+	fakeGo := `#!/bin/bash
+echo "$*" >>"$FAKE_GO_CALLS"
+while [ $# -gt 0 ]; do [ "$1" = -o ] && out="$2"; shift; done
+sleep 0.3
+printf '#!/bin/false\n' >"$out" && chmod +x "$out"
+`
+	if err := os.WriteFile(filepath.Join(fakeBin, "go"), []byte(fakeGo), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", fakeBin+":"+os.Getenv("PATH"))
+	t.Setenv("FAKE_GO_CALLS", calls)
+	return calls
 }
 
 func TestBinDirSkipsWhenAskedAndNotBuilt(t *testing.T) {
@@ -135,6 +209,9 @@ func pinnedVersions(t *testing.T) map[string]string {
 	return versions
 }
 
+// binaries are what hack/controlplane-bins.sh builds.
+var binaries = []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-proxy", "kubectl"}
+
 // fakeBuiltBinaries lays out what a finished build leaves in the cache.
 func fakeBuiltBinaries(t *testing.T, cache string, versions map[string]string) string {
 	t.Helper()
@@ -143,7 +220,7 @@ func fakeBuiltBinaries(t *testing.T, cache string, versions map[string]string) s
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{"etcd", "kube-apiserver", "kube-controller-manager"} {
+	for _, name := range binaries {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte("#!/bin/false\n"), 0o755); err != nil {
 			t.Fatal(err)
 		}
