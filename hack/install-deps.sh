@@ -12,6 +12,8 @@ declare -A need=(
   [ipset]=ipset
   [ip]=iproute2
   [socat]=socat
+  [nft]=nftables # kube-proxy's nftables mode, run beside svcproxy in the daemon tests
+  [curl]=curl    # the requests make run suggests
   [gcc]=gcc
 )
 

@@ -1,8 +1,9 @@
 // Package sandbox runs svcproxy for real on one machine with no cluster: a
 // node network namespace with pods (internal/netnstest), the local control
 // plane bridged into it, Node and Pod objects that describe the bed, and the
-// svcproxy binary running inside the node namespace. make run and the
-// control-plane tests are built from it.
+// svcproxy binary (or the upstream kube-proxy, see StartKubeProxy) running
+// inside the node namespace. make run and the control-plane tests are built
+// from it.
 package sandbox
 
 import (

@@ -2,11 +2,11 @@ package sandbox
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -36,8 +36,9 @@ type Sandbox struct {
 	Kubeconfig string
 	// ProxyEnv is added to the environment of every svcproxy started from
 	// now on (a PATH with stand-in tools, say).
-	ProxyEnv []string
-	proxies  int
+	ProxyEnv    []string
+	proxies     int
+	kubeProxies int
 }
 
 // APIServerInNode is where the bridge answers inside the node namespace.
@@ -67,6 +68,13 @@ func New(ctx context.Context, t netnstest.TB, opts Options) (*Sandbox, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// NetnsPath names ns for `nsenter --net=PATH` while this process runs. The
+// bed's namespaces have no names (nothing in /run/netns outlives a test);
+// this process's file descriptors hold them, and /proc shows those.
+func NetnsPath(ns *netnstest.NS) string {
+	return fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), int(ns.Handle()))
 }
 
 // NodeName is the name of the sandbox's Node.
@@ -108,23 +116,29 @@ func (s *Sandbox) StartProxyAs(kubeconfig string, extra ...string) (*Process, er
 // metrics show a last sync time; /healthz answers from the start, before
 // svcproxy has even heard from the API server) and /healthz answers 200.
 func (s *Sandbox) WaitHealthy(p *Process, timeout time.Duration) error {
+	return s.waitSynced(p, "svcproxy", "127.0.0.1:10249", "127.0.0.1:10256", timeout)
+}
+
+// waitSynced waits until the proxy p serving metrics and /healthz at those
+// addresses of the node namespace has synced and is healthy.
+func (s *Sandbox) waitSynced(p *Process, name, metricsAddr, healthzAddr string, timeout time.Duration) error {
 	c := Client(s.Bed.Node(), time.Second)
 	_, err := WaitFor(timeout, func() error {
 		if done, exitErr := p.Exited(); done {
-			return fmt.Errorf("svcproxy exited (%v):\n%s", exitErr, p.Output())
+			return fmt.Errorf("%s exited (%v):\n%s", name, exitErr, p.Output())
 		}
-		if err := synced(c); err != nil {
+		if err := synced(c, name, metricsAddr); err != nil {
 			return err
 		}
-		_, err := Get(c, "http://127.0.0.1:10256/healthz")
+		_, err := Get(c, "http://"+healthzAddr+"/healthz")
 		return err
 	})
 	return err
 }
 
-// synced checks the daemon's metrics for a first successful sync.
-func synced(c *http.Client) error {
-	resp, err := c.Get("http://127.0.0.1:10249/metrics")
+// synced checks a proxy's metrics for a first successful sync.
+func synced(c *http.Client, name, metricsAddr string) error {
+	resp, err := c.Get("http://" + metricsAddr + "/metrics")
 	if err != nil {
 		return err
 	}
@@ -134,7 +148,7 @@ func synced(c *http.Client) error {
 		return err
 	}
 	if !strings.Contains(string(body), "\nkubeproxy_sync_proxy_rules_last_timestamp_seconds{") {
-		return errors.New("svcproxy has not synced yet")
+		return fmt.Errorf("%s has not synced yet", name)
 	}
 	return nil
 }
