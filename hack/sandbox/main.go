@@ -3,8 +3,9 @@
 // pods serving HTTP, registers them as a Node, Pods and a NodePort Service,
 // runs the real svcproxy binary inside the node namespace and shows
 // requests through the ClusterIP and the NodePort spread over the pods.
-// Then it waits (Ctrl-C ends it and removes everything) so you can apply
-// more Services with kubectl.
+// Then it prints kubectl and curl commands to paste (with the kubectl built
+// beside the control plane) and waits: Ctrl-C ends it and removes
+// everything.
 package main
 
 import (
@@ -100,7 +101,9 @@ func run(ctx context.Context, o options) error {
 	if o.once {
 		return nil
 	}
-	explain(cp, proxy, clusterIP)
+	if err := explain(os.Stdout, cp, sb, proxy, o, dir, clusterIP, nodePort); err != nil {
+		return err
+	}
 	<-ctx.Done()
 	step("stopping svcproxy, the control plane, and removing the namespaces")
 	return nil
@@ -172,17 +175,6 @@ func demo(sb *sandbox.Sandbox, o options, clusterIP string, nodePort int32) erro
 		fmt.Printf("      e.g. %q\n", sample)
 	}
 	return nil
-}
-
-func explain(cp *controlplane.ControlPlane, proxy *sandbox.Process, clusterIP string) {
-	fmt.Printf(`
-The sandbox keeps running. Try it:
-  export KUBECONFIG=%s
-  kubectl get svc,endpointslices,pods      # a kubectl of your own, v1.34 or newer; pods labelled app=hello serve HTTP on 8080
-  kubectl expose pod pod-0 --name=one --port=81 --target-port=8080
-  nsenter --net=/proc/%d/ns/net curl -s http://%s/   # from inside the node namespace
-Ctrl-C stops svcproxy and the control plane and removes the namespaces.
-`, cp.AdminKubeconfig(), proxy.PID(), clusterIP)
 }
 
 func sortedKeys(m map[string]int) []string {
