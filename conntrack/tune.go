@@ -196,7 +196,7 @@ func hint(name string, err error) string {
 			"`svcproxy --init-only` in a privileged init container sets it; 0 leaves it alone): "
 	case name == maxSysctl && errors.Is(err, fs.ErrPermission):
 		return "read-only outside the host's network namespace " +
-			"(--conntrack-max-per-core=0 leaves it alone, as for kube-proxy in a sandbox): "
+			"(--conntrack-max-per-core=0 leaves it alone; kube-proxy would exit here): "
 	case errors.Is(err, fs.ErrNotExist):
 		return "the kernel has no such setting (nf_conntrack not loaded?): "
 	}

@@ -45,7 +45,8 @@ func run(args []string) error {
 	case opts.WriteConfigTo != "":
 		return writeConfig(opts)
 	case opts.InitOnly:
-		return app.InitOnly(opts.Config, log)
+		app.InitOnly(opts.Config, log)
+		return nil
 	}
 	// SIGTERM and SIGINT end the run; the rules stay in place.
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)

@@ -1,9 +1,6 @@
 package app
 
 import (
-	"errors"
-	"fmt"
-
 	"go.uber.org/zap"
 
 	"github.com/svcproxy/svcproxy/conntrack"
@@ -31,16 +28,22 @@ func tuneConntrack(t conntrack.Tuning, files conntrack.Files, log *zap.Logger) [
 
 // InitOnly is --init-only, as in kube-proxy: it makes the settings that
 // need a writable /proc/sys (the conntrack ones), so that svcproxy itself
-// can then run with NET_ADMIN and NET_RAW only, and finds them made. Its
-// one job, a setting it cannot make is an error here.
-func InitOnly(cfg Config, log *zap.Logger) error {
-	return initOnly(cfg, conntrack.HostFiles{}, log)
+// can then run with NET_ADMIN and NET_RAW only, and finds them made. As in
+// the daemon, and unlike kube-proxy, which exits, a setting it cannot make
+// is a warning: run as an init container, a failure would keep the proxy
+// itself from starting, and a node without its service proxy is far worse
+// off than one with the kernel's conntrack settings (the daemon tries them
+// again, and warns again).
+func InitOnly(cfg Config, log *zap.Logger) {
+	initOnly(cfg, conntrack.HostFiles{}, log)
 }
 
-func initOnly(cfg Config, files conntrack.Files, log *zap.Logger) error {
-	if errs := tuneConntrack(cfg.Conntrack, files, log.Named("conntrack")); len(errs) > 0 {
-		return fmt.Errorf("--init-only: %w", errors.Join(errs...))
+func initOnly(cfg Config, files conntrack.Files, log *zap.Logger) []error {
+	errs := tuneConntrack(cfg.Conntrack, files, log.Named("conntrack"))
+	if len(errs) == 0 {
+		log.Info("--init-only: the conntrack settings are made; exiting")
+	} else {
+		log.Warn("--init-only: some conntrack settings could not be made; exiting", zap.Int("failed", len(errs)))
 	}
-	log.Info("--init-only: the conntrack settings are made; exiting")
-	return nil
+	return errs
 }

@@ -88,7 +88,7 @@ func (c *commandLine) addKubeProxyFlags() {
 	fs.StringVar(&c.configFile, "config", "", "The path to the configuration file (a KubeProxyConfiguration, kubeproxy.config.k8s.io/v1alpha1, YAML or JSON). As in kube-proxy, it overrides the flags that mirror its fields.")
 	fs.StringVar(&c.writeConfigTo, "write-config-to", "", "If set, write the effective configuration to this file and exit.")
 	fs.BoolVar(&c.cleanup, "cleanup", false, "If true, remove everything svcproxy programmed in either mode (iptables rules of both IP families and both flavors; IPVS virtual servers, kube-ipvs0 and ipsets where IPVS is loaded) and exit.")
-	fs.BoolVar(&c.initOnly, "init-only", false, "If true, do what needs full root privileges (the conntrack settings, under /proc/sys), then exit; svcproxy can then run with NET_ADMIN and NET_RAW only.")
+	fs.BoolVar(&c.initOnly, "init-only", false, "If true, make the settings that need full root privileges (the conntrack ones, under /proc/sys), then exit; svcproxy can then run with NET_ADMIN and NET_RAW only.")
 	fs.StringVar(&kp.ClientConnection.Kubeconfig, "kubeconfig", "", "Path to a kubeconfig file. With neither --kubeconfig nor --master, the in-cluster configuration is used.")
 	fs.StringVar(&c.master, "master", "", "The address of the Kubernetes API server (overrides any value in kubeconfig).")
 	fs.StringVar(&kp.ClientConnection.ContentType, "kube-api-content-type", kp.ClientConnection.ContentType, "Content type of requests sent to the API server.")
