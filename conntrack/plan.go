@@ -66,9 +66,13 @@ func (f Flow) Matches(e Entry) bool {
 func keepsState(p model.Protocol) bool { return p == model.UDP || p == model.SCTP }
 
 // Plan lists the flows a sync from prev to next made stale:
-//   - for each UDP and SCTP service port, the endpoints prev used that next
-//     does not, at every service address of prev (ClusterIP, external IPs,
-//     load-balancer IPs, and the NodePort on any address);
+//   - for each UDP and SCTP service port, the endpoints prev kept flows to
+//     that next does not, at every service address of prev (ClusterIP,
+//     external IPs, load-balancer IPs, and the NodePort on any address).
+//     Flows to an endpoint are kept while it serves, whatever the policies,
+//     topology and termination leave to new connections (see kept), as
+//     kube-proxy keeps them: a change of the Service does not break a flow
+//     that a TCP connection would survive;
 //   - for each UDP and SCTP service port that had no endpoints in prev and
 //     has some in next, the flows to its addresses that were never DNATed.
 //
@@ -94,16 +98,16 @@ func Plan(prev, next *model.NodeView) []Flow {
 }
 
 // goneEndpointFlows: the flows from old's addresses to endpoints cur no
-// longer has (all of them if the service port is gone).
+// longer keeps flows to (all of them if the service port is gone).
 func goneEndpointFlows(family model.Family, old, cur *model.ServicePort) []Flow {
 	still := map[netip.AddrPort]bool{}
 	if cur != nil {
-		for _, ep := range endpoints(cur) {
+		for _, ep := range kept(cur) {
 			still[ep] = true
 		}
 	}
 	var flows []Flow
-	for _, ep := range endpoints(old) {
+	for _, ep := range kept(old) {
 		if !still[ep] {
 			flows = append(flows, addressFlows(family, old, ep)...)
 		}
@@ -131,6 +135,20 @@ func endpoints(sp *model.ServicePort) []netip.AddrPort {
 	return eps
 }
 
+// kept returns the distinct endpoint addresses whose flows a service port
+// keeps, sorted: those it sends traffic to and every other serving one
+// (ready, or terminating and still serving, wherever it is). An endpoint
+// that policies or topology leave out of new connections, or that is
+// terminating, may still answer the flows it has.
+func kept(sp *model.ServicePort) []netip.AddrPort {
+	eps := endpoints(sp)
+	for _, ep := range sp.Serving {
+		eps = append(eps, ep.Addr)
+	}
+	slices.SortFunc(eps, netip.AddrPort.Compare)
+	return slices.Compact(eps)
+}
+
 // addressFlows returns one flow per address the service port answers on.
 func addressFlows(family model.Family, sp *model.ServicePort, ep netip.AddrPort) []Flow {
 	flow := func(dst netip.Addr, port uint16) Flow {
@@ -152,7 +170,7 @@ func addressFlows(family model.Family, sp *model.ServicePort, ep netip.AddrPort)
 // PlanFromTable works out the stale flows from what the table holds rather
 // than from a change: for the first sync after a start, when no earlier
 // view exists. An entry is stale when it was sent to a UDP or SCTP service
-// address of next and was DNATed to an endpoint next no longer has, or was
+// address of next and was DNATed to an endpoint next keeps no flows to, or was
 // not DNATed at all although the port now has endpoints (a reject or a
 // black hole cached from before). Entries to node ports count only when
 // DNATed: which node addresses a node port answers on is not in the view.
@@ -205,13 +223,14 @@ func indexServiceAddresses(v *model.NodeView) map[serviceAddress]*model.ServiceP
 	return index
 }
 
-// staleEntry reports whether an entry to sp's address is stale.
+// staleEntry reports whether an entry to sp's address is stale: DNATed to
+// an endpoint sp keeps no flows to, or not DNATed while sp has somewhere
+// to send it.
 func staleEntry(sp *model.ServicePort, e Entry, dnated bool) bool {
-	reachable := endpoints(sp)
 	if !dnated {
-		return len(reachable) > 0
+		return len(endpoints(sp)) > 0
 	}
-	_, found := slices.BinarySearchFunc(reachable, e.Reply.Src, netip.AddrPort.Compare)
+	_, found := slices.BinarySearchFunc(kept(sp), e.Reply.Src, netip.AddrPort.Compare)
 	return !found
 }
 

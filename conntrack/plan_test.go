@@ -31,6 +31,39 @@ func dnsPort(name model.ServicePortName, eps ...model.Endpoint) *model.ServicePo
 	}
 }
 
+// serving sets the port's serving endpoints: all of them, wherever they
+// are and whatever traffic the port sends them.
+func serving(sp *model.ServicePort, eps ...model.Endpoint) *model.ServicePort {
+	sp.Serving = eps
+	return sp
+}
+
+// terminating is an endpoint that is terminating but still serving.
+func terminating(e model.Endpoint) model.Endpoint {
+	e.Ready, e.Terminating = false, true
+	return e
+}
+
+// withLocal sets the endpoints on this node that Local policies use.
+func withLocal(sp *model.ServicePort, eps ...model.Endpoint) *model.ServicePort {
+	sp.ClusterEndpoints = eps
+	return sp
+}
+
+// clusterIPOnly leaves the port no external address and no node port.
+func clusterIPOnly(sp *model.ServicePort) *model.ServicePort {
+	sp.NodePort, sp.ExternalIPs, sp.LoadBalancerIPs = 0, nil, nil
+	return sp
+}
+
+// externalLocal makes the port externalTrafficPolicy Local with these
+// local endpoints.
+func externalLocal(sp *model.ServicePort, eps ...model.Endpoint) *model.ServicePort {
+	sp.ExternalPolicyLocal = true
+	sp.LocalEndpoints = eps
+	return sp
+}
+
 func view(sps ...*model.ServicePort) *model.NodeView {
 	v := &model.NodeView{Family: model.IPv4, Services: map[model.ServicePortName]*model.ServicePort{}}
 	for _, sp := range sps {
@@ -149,6 +182,49 @@ func TestPlan(t *testing.T) {
 			},
 		},
 		{name: "service lost its last endpoint", prev: view(dnsPort(tcp, a)), next: view(dnsPort(tcp))},
+		// kube-proxy keeps the flows to every serving endpoint, whatever
+		// the policies, topology or termination leave to new connections.
+		{
+			name: "endpoint terminating but serving keeps its flows",
+			prev: view(serving(dnsPort(dns, a, b), a, b)), next: view(serving(dnsPort(dns, a), a, terminating(b))),
+		},
+		{
+			name: "terminating endpoint stops serving",
+			prev: view(serving(dnsPort(dns, a), a, terminating(b))), next: view(serving(dnsPort(dns, a), a)),
+			want: []string{
+				"udp 10.96.0.10:53 -> 10.244.0.6:53",
+				"udp 203.0.113.7:53 -> 10.244.0.6:53",
+				"udp 198.51.100.9:53 -> 10.244.0.6:53",
+				"udp *:30053 -> 10.244.0.6:53",
+			},
+		},
+		{
+			name: "only terminating endpoints left: the fallback keeps the flows",
+			prev: view(serving(dnsPort(dns, a, b), a, b)), next: view(serving(dnsPort(dns, terminating(b)), terminating(a), terminating(b))),
+		},
+		{
+			name: "topology leaves a serving endpoint out of new connections",
+			prev: view(serving(dnsPort(dns, a, b), a, b)), next: view(serving(dnsPort(dns, a), a, b)),
+		},
+		{
+			name: "internalTrafficPolicy turned Local: remote serving endpoints keep their flows",
+			prev: view(serving(clusterIPOnly(dnsPort(dns, a, b)), a, b)),
+			next: view(serving(clusterIPOnly(withLocal(internalLocal(), a)), a, b)),
+		},
+		{
+			name: "externalTrafficPolicy turned Local: remote serving endpoints keep their flows",
+			prev: view(serving(dnsPort(dns, a, b), a, b)), next: view(serving(externalLocal(dnsPort(dns, a, b), a), a, b)),
+		},
+		{
+			name: "endpoint left out by topology before is gone",
+			prev: view(serving(dnsPort(dns, a), a, b)), next: view(serving(dnsPort(dns, a), a)),
+			want: []string{
+				"udp 10.96.0.10:53 -> 10.244.0.6:53",
+				"udp 203.0.113.7:53 -> 10.244.0.6:53",
+				"udp 198.51.100.9:53 -> 10.244.0.6:53",
+				"udp *:30053 -> 10.244.0.6:53",
+			},
+		},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -269,8 +345,8 @@ func TestFlowMatchesOnlyItsFamily(t *testing.T) {
 // sync of a restarted svcproxy has no earlier view to diff with.
 func TestPlanFromTable(t *testing.T) {
 	dns := dnsName()
-	a, b := ep("10.244.0.5:53"), ep("10.244.0.6:53")
-	next := view(dnsPort(dns, a))
+	a, b, c := ep("10.244.0.5:53"), ep("10.244.0.6:53"), terminating(ep("10.244.0.7:53"))
+	next := view(serving(dnsPort(dns, a), a, c))
 	entry := func(proto model.Protocol, dst, replySrc string) Entry {
 		d := netip.MustParseAddrPort(dst)
 		return Entry{Protocol: proto, Orig: Tuple{Src: netip.MustParseAddrPort("10.244.0.9:40000"), Dst: d},
@@ -285,6 +361,7 @@ func TestPlanFromTable(t *testing.T) {
 		entry(model.UDP, "203.0.113.7:53", "203.0.113.7:53"),       // external IP never DNATed, endpoints now: stale
 		entry(model.TCP, "10.96.0.10:53", b.Addr.String()),         // TCP: left alone
 		entry(model.UDP, "10.96.0.99:53", b.Addr.String()),         // not a service address: left alone
+		entry(model.UDP, "10.96.0.10:53", c.Addr.String()),         // serving, terminating: kept
 	}
 	got := flowsText(PlanFromTable(next, entries))
 	want := strings.Join([]string{
