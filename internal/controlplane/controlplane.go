@@ -86,8 +86,11 @@ func Start(ctx context.Context, opts Options) (*ControlPlane, error) {
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, startTimeout)
-	defer cancel()
+	if _, bounded := ctx.Deadline(); !bounded {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, startTimeout)
+		defer cancel()
+	}
 
 	cp := &ControlPlane{dir: dir, binDir: opts.BinDir, log: opts.Log}
 	if err := cp.start(ctx, opts); err != nil {
