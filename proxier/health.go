@@ -37,9 +37,10 @@ type HealthConfig struct {
 // informers and the Node) does not count, as in kube-proxy, so a slow start
 // does not fail a liveness probe.
 //
-// /healthz also fails while the node is being deleted, so load balancers
-// stop sending to it; /livez does not, since restarting the proxy then would
-// only make things worse.
+// /healthz also fails while the node is not eligible for traffic: before
+// its Node object is known, and while it is being deleted, so load
+// balancers stop sending to it; /livez does not, since restarting the
+// proxy then would only make things worse.
 type Health struct {
 	cfg HealthConfig
 
@@ -51,13 +52,29 @@ type Health struct {
 	nodeEligible bool
 }
 
-// NewHealth returns a Health with nothing synced yet and the node eligible.
+// NewHealth returns a Health with nothing synced yet and no Node known:
+// as in kube-proxy, a node whose Node object has not been seen is not
+// eligible, so /healthz answers 503 until it is.
 func NewHealth(cfg HealthConfig) *Health {
 	return &Health{
-		cfg:          cfg,
-		unsynced:     map[model.Family]time.Time{},
-		lastUpdated:  map[model.Family]time.Time{},
-		nodeEligible: true,
+		cfg:         cfg,
+		unsynced:    map[model.Family]time.Time{},
+		lastUpdated: map[model.Family]time.Time{},
+	}
+}
+
+// Start records that the sync loop starts for these families: as
+// kube-proxy's SyncLoop does, each family counts as updated now, so the
+// body of /healthz names every family, with a time, even while the first
+// sync fails.
+func (h *Health) Start(families []model.Family) {
+	now := h.cfg.Clock.Now()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, f := range families {
+		if _, ok := h.lastUpdated[f]; !ok {
+			h.lastUpdated[f] = now
+		}
 	}
 }
 
@@ -125,10 +142,19 @@ func (h *Health) SetNode(node *v1.Node) {
 type HealthStatus struct {
 	Healthy      bool // every family keeps up (node eligibility aside)
 	NodeEligible bool
-	// LastUpdated is the last successful sync of any family, or of the
-	// family that fell behind when only one did.
+	// LastUpdated is the last successful sync of any family, healthy or
+	// not, as kube-proxy reports it.
 	LastUpdated time.Time
 	CurrentTime time.Time
+	// Families has each family that started syncing: its last successful
+	// sync (or the start) and whether it keeps up.
+	Families map[model.Family]FamilyHealth
+}
+
+// FamilyHealth is one family's part of HealthStatus.
+type FamilyHealth struct {
+	LastUpdated time.Time
+	Healthy     bool
 }
 
 // Status judges the proxy's health now.
@@ -137,10 +163,17 @@ func (h *Health) Status() HealthStatus {
 	now := h.cfg.Clock.Now()
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	st := HealthStatus{Healthy: true, NodeEligible: h.nodeEligible, CurrentTime: now}
-	for _, last := range h.lastUpdated {
+	st := HealthStatus{Healthy: true, NodeEligible: h.nodeEligible, CurrentTime: now,
+		Families: map[model.Family]FamilyHealth{}}
+	for fam, last := range h.lastUpdated {
 		if last.After(st.LastUpdated) {
 			st.LastUpdated = last
+		}
+		st.Families[fam] = FamilyHealth{LastUpdated: last, Healthy: true}
+	}
+	for fam := range h.unsynced {
+		if _, ok := st.Families[fam]; !ok {
+			st.Families[fam] = FamilyHealth{Healthy: true}
 		}
 	}
 	if h.firstSync.IsZero() {
@@ -152,14 +185,12 @@ func (h *Health) Status() HealthStatus {
 	if pending {
 		shared = earliest(shared, oldestPending)
 	}
-	if h.late(shared, now) {
-		st.Healthy = false
-		return st
-	}
-	for fam, waiting := range h.unsynced {
-		if h.late(waiting, now) {
-			st.Healthy, st.LastUpdated = false, h.lastUpdated[fam]
-			return st
+	sharedLate := h.late(shared, now)
+	st.Healthy = !sharedLate
+	for fam, fh := range st.Families {
+		if sharedLate || h.late(h.unsynced[fam], now) {
+			fh.Healthy, st.Healthy = false, false
+			st.Families[fam] = fh
 		}
 	}
 	return st
@@ -190,37 +221,51 @@ func earliest(a, b time.Time) time.Time {
 }
 
 // Handler serves /healthz and /livez with kube-proxy's status codes and
-// bodies: 200 when healthy, 503 when not. As in kube-proxy, a healthy
-// answer reports lastUpdated as the current time, for clients written
-// when it meant "the sync loop last ran".
+// bodies: 200 when healthy, 503 when not (/healthz also when the node is
+// not eligible), and kube-proxy's JSON: lastUpdated, currentTime,
+// nodeEligible (/healthz only), healthy, and status by family (left out
+// before the sync loop starts). As in kube-proxy, a healthy answer
+// reports lastUpdated as the current time, for clients written when it
+// meant "the sync loop last ran".
 func (h *Health) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		st := h.Status()
-		answer(w, st.Healthy && st.NodeEligible, healthzBody{
-			LastUpdated:  reported(st),
-			CurrentTime:  st.CurrentTime,
-			NodeEligible: &st.NodeEligible,
-		})
+		body := bodyOf(st)
+		body.NodeEligible = &st.NodeEligible
+		answer(w, st.Healthy && st.NodeEligible, body)
 	})
 	mux.HandleFunc("/livez", func(w http.ResponseWriter, _ *http.Request) {
 		st := h.Status()
-		answer(w, st.Healthy, healthzBody{LastUpdated: reported(st), CurrentTime: st.CurrentTime})
+		answer(w, st.Healthy, bodyOf(st))
 	})
 	return mux
 }
 
+// healthzBody is kube-proxy's ProxyHealth, field for field.
 type healthzBody struct {
-	LastUpdated  time.Time `json:"lastUpdated"`
-	CurrentTime  time.Time `json:"currentTime"`
-	NodeEligible *bool     `json:"nodeEligible,omitempty"`
+	LastUpdated  time.Time                   `json:"lastUpdated"`
+	CurrentTime  time.Time                   `json:"currentTime"`
+	NodeEligible *bool                       `json:"nodeEligible,omitempty"`
+	Healthy      bool                        `json:"healthy"`
+	Status       map[string]familyHealthBody `json:"status,omitempty"`
 }
 
-func reported(st HealthStatus) time.Time {
+type familyHealthBody struct {
+	LastUpdated time.Time `json:"lastUpdated"`
+	Healthy     bool      `json:"healthy"`
+}
+
+func bodyOf(st HealthStatus) healthzBody {
+	body := healthzBody{LastUpdated: st.LastUpdated, CurrentTime: st.CurrentTime, Healthy: st.Healthy,
+		Status: map[string]familyHealthBody{}}
 	if st.Healthy {
-		return st.CurrentTime
+		body.LastUpdated = st.CurrentTime
 	}
-	return st.LastUpdated
+	for fam, fh := range st.Families {
+		body.Status[fam.String()] = familyHealthBody{LastUpdated: fh.LastUpdated, Healthy: fh.Healthy}
+	}
+	return body
 }
 
 func answer(w http.ResponseWriter, ok bool, body healthzBody) {
@@ -228,12 +273,9 @@ func answer(w http.ResponseWriter, ok bool, body healthzBody) {
 	if !ok {
 		code = http.StatusServiceUnavailable
 	}
-	writeJSON(w, code, body)
-}
-
-func writeJSON(w http.ResponseWriter, code int, body any) {
+	out, _ := json.Marshal(body)
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(code)
-	_ = json.NewEncoder(w).Encode(body)
+	_, _ = w.Write(out)
 }

@@ -29,6 +29,7 @@ func newHealthBed(families ...model.Family) *healthBed {
 	b := &healthBed{clock: clocktesting.NewFakeClock(t0), families: families}
 	b.tracker = NewTracker(zap.NewNop(), b.clock.Now)
 	b.health = NewHealth(HealthConfig{Timeout: time.Minute, Pending: b.tracker.OldestPending, Clock: b.clock})
+	b.health.SetNode(&v1.Node{})
 	return b
 }
 
@@ -185,4 +186,68 @@ func TestHealthNodeBeingDeletedFailsHealthzOnly(t *testing.T) {
 			t.Errorf("%s: /livez %d %v, want 200 without nodeEligible", c.name, code, body)
 		}
 	}
+}
+
+// raw fetches path and returns the status code and the body as sent.
+func (b *healthBed) raw(path string) (int, string) {
+	rec := httptest.NewRecorder()
+	b.health.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+	return rec.Code, rec.Body.String()
+}
+
+// Before its Node object is seen, kube-proxy's NodeManager has no node, so
+// /healthz is 503 with nodeEligible false; /livez does not care.
+func TestHealthNodeNotYetKnownIsNotEligible(t *testing.T) {
+	clock := clocktesting.NewFakeClock(t0)
+	tracker := NewTracker(zap.NewNop(), clock.Now)
+	h := NewHealth(HealthConfig{Timeout: time.Minute, Pending: tracker.OldestPending, Clock: clock})
+	b := &healthBed{clock: clock, tracker: tracker, health: h}
+	code, body := b.get(t, "/healthz")
+	if code != http.StatusServiceUnavailable || body["nodeEligible"] != false || body["healthy"] != true {
+		t.Errorf("/healthz before the Node is known: %d %v, want 503, nodeEligible false, healthy true", code, body)
+	}
+	if code, body := b.get(t, "/livez"); code != http.StatusOK {
+		t.Errorf("/livez before the Node is known: %d %v, want 200", code, body)
+	}
+	h.SetNode(&v1.Node{})
+	if code, body := b.get(t, "/healthz"); code != http.StatusOK || body["nodeEligible"] != true {
+		t.Errorf("/healthz once the Node is known: %d %v, want 200, nodeEligible true", code, body)
+	}
+	h.SetNode(nil)
+	if code, body := b.get(t, "/healthz"); code != http.StatusServiceUnavailable || body["nodeEligible"] != false {
+		t.Errorf("/healthz after the Node was deleted: %d %v, want 503, nodeEligible false", code, body)
+	}
+}
+
+// The bodies are kube-proxy's ProxyHealth as it marshals it: the same
+// fields in the same order, status by family from the sync loop's start,
+// lastUpdated the latest success of any family when unhealthy.
+func TestHealthBodiesAreKubeProxys(t *testing.T) {
+	b := newHealthBed(model.IPv4, model.IPv6)
+	ts := func(d time.Duration) string { return t0.Add(d).Format(time.RFC3339Nano) }
+	expect := func(path string, code int, body string) {
+		t.Helper()
+		gotCode, got := b.raw(path)
+		if gotCode != code || got != body {
+			t.Errorf("%s:\n got %d %s\nwant %d %s", path, gotCode, got, code, body)
+		}
+	}
+	expect("/healthz", 200, `{"lastUpdated":"`+ts(0)+`","currentTime":"`+ts(0)+`","nodeEligible":true,"healthy":true}`)
+	expect("/livez", 200, `{"lastUpdated":"`+ts(0)+`","currentTime":"`+ts(0)+`","healthy":true}`)
+
+	b.health.Start(b.families) // the sync loop starts at t0
+	b.clock.Step(time.Second)
+	b.sync(nil) // both families synced at t0+1s
+	b.clock.Step(time.Second)
+	b.change()
+	b.sync(nil, model.IPv6) // IPv4 programs the change at t0+2s, IPv6 fails
+	b.clock.Step(time.Minute)
+	status := `"status":{"IPv4":{"lastUpdated":"` + ts(2*time.Second) + `","healthy":true},"IPv6":{"lastUpdated":"` + ts(time.Second) + `","healthy":false}}`
+	expect("/healthz", 503, `{"lastUpdated":"`+ts(2*time.Second)+`","currentTime":"`+ts(62*time.Second)+`","nodeEligible":true,"healthy":false,`+status+`}`)
+	expect("/livez", 503, `{"lastUpdated":"`+ts(2*time.Second)+`","currentTime":"`+ts(62*time.Second)+`","healthy":false,`+status+`}`)
+
+	b.sync(nil)
+	now := ts(62 * time.Second)
+	status = `"status":{"IPv4":{"lastUpdated":"` + now + `","healthy":true},"IPv6":{"lastUpdated":"` + now + `","healthy":true}}`
+	expect("/healthz", 200, `{"lastUpdated":"`+now+`","currentTime":"`+now+`","nodeEligible":true,"healthy":true,`+status+`}`)
 }

@@ -59,23 +59,24 @@ func (s *HealthCheckServers) Observe(r *SyncReport) {
 
 // wantedHealthChecks lists the services that need a health check server
 // and how many ready local endpoints each has. Like kube-proxy it counts
-// distinct endpoints over the service's ports; a dual-stack pod has one
-// endpoint per family, so the count is the larger of the two families.
+// distinct endpoint IPs over the service's ports (a pod serving two ports
+// is one endpoint); a dual-stack pod has one IP per family, so the count
+// is the larger of the two families.
 func wantedHealthChecks(views []*model.NodeView) map[ServiceName]healthCheck {
 	wanted := map[ServiceName]healthCheck{}
 	for _, v := range views {
-		perFamily := map[ServiceName]map[netip.AddrPort]bool{}
+		perFamily := map[ServiceName]map[netip.Addr]bool{}
 		for _, sp := range v.Services {
 			if !sp.ExternalPolicyLocal || sp.HealthCheckNodePort == 0 {
 				continue
 			}
 			name := ServiceName{Namespace: sp.Name.Namespace, Name: sp.Name.Name}
 			if perFamily[name] == nil {
-				perFamily[name] = map[netip.AddrPort]bool{}
+				perFamily[name] = map[netip.Addr]bool{}
 			}
 			for _, e := range sp.LocalEndpoints {
 				if e.Local && e.Ready {
-					perFamily[name][e.Addr] = true
+					perFamily[name][e.Addr.Addr()] = true
 				}
 			}
 			hc := wanted[name]

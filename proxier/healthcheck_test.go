@@ -177,3 +177,17 @@ func TestHealthCheckPortInUseIsLoggedNotFatal(t *testing.T) {
 		t.Errorf("want one warning naming ns/busy, got %v", warned)
 	}
 }
+
+// kube-proxy counts a service's local endpoints by IP: a pod behind two
+// ports of the service (or two target ports) is one endpoint.
+func TestHealthCheckCountsLocalEndpointsByIP(t *testing.T) {
+	s := NewHealthCheckServers("127.0.0.1", func() bool { return true }, zap.NewNop())
+	t.Cleanup(s.Close)
+	port := freePort(t)
+	s.Observe(synced(viewOf(model.IPv4,
+		lbPort("web", port, "http", endpointAt("10.0.0.1:8080", true), endpointAt("10.0.0.2:8080", true)),
+		lbPort("web", port, "https", endpointAt("10.0.0.1:8443", true)),
+		lbPort("web", port, "metrics", endpointAt("10.0.0.1:9090", true), endpointAt("10.0.0.1:9091", true)),
+	)))
+	expectAnswer(t, "two pods behind three ports", port, http.StatusOK, 2, true)
+}

@@ -103,6 +103,7 @@ func (d *daemon) run(ctx context.Context) error {
 	takeOver := d.takeOver(p)
 	syncer.Observe(func(r *proxier.SyncReport) { takeOver.Observe(ctx, r) })
 
+	p.health.Start(p.families)
 	runner := proxier.NewRunner(d.runnerConfig(), clk, p.health.Track(syncer.Sync), syncer.Intact, d.log.Named("runner"))
 	d.log.Info("svcproxy running", zap.String("mode", d.cfg.Mode), zap.String("node", p.node.Name), zap.Stringers("families", p.families))
 	runner.Run(ctx, p.tracker.Changed())

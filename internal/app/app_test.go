@@ -242,6 +242,14 @@ func TestDaemonRunsWithoutItsNode(t *testing.T) {
 	waitFor(t, "the service programmed without a Node", func() bool {
 		return strings.Contains(host.save("nft/IPv4", netfilter.TableNAT), "10.244.0.11:8080")
 	})
+	// As kube-proxy's: no Node seen, so not eligible for traffic, yet alive.
+	code, body, err := get("http://" + td.healthz + "/healthz")
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, `"nodeEligible":false`) || !strings.Contains(body, `"healthy":true`) {
+		t.Errorf("/healthz without a Node: %d %s %v; want 503, nodeEligible false, healthy true", code, body, err)
+	}
+	if code, body, err := get("http://" + td.healthz + "/livez"); code != http.StatusOK {
+		t.Errorf("/livez without a Node: %d %s %v; want 200", code, body, err)
+	}
 }
 
 func TestDaemonAnswersProbesWhileWaitingForItsNode(t *testing.T) {
