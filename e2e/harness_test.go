@@ -194,6 +194,8 @@ func newCluster(t *testing.T, s setup, pods int, opts ...option) *cluster {
 		services: map[string]*v1.Service{},
 		slices:   map[string]*discoveryv1.EndpointSlice{},
 	}
+	// As the daemon does, from the Node's addresses.
+	c.settings.cfg.NodeIPs = c.nodeInfo().Addresses
 	for _, o := range opts {
 		o(&c.settings)
 	}

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"net/netip"
 	"testing"
 
 	"github.com/svcproxy/svcproxy/internal/netnstest"
@@ -135,6 +136,35 @@ func TestLoadBalancerSourceRanges(t *testing.T) {
 		c.Outside().Timeout = shortTimeout
 		expectFailure(t, c.Outside(), "tcp", lb, netnstest.ErrTimeout)
 		expectServers(t, c.Pod(0), "tcp", lb, 3, c.PodGateway(lb.Addr()), "pod-2")
+	})
+}
+
+// The node reaching a load-balancer IP it holds (a VIP-like load balancer
+// adds it to the node; the IPVS mode binds it to kube-ipvs0 anyway) sends
+// from that very address. As in kube-proxy, it is let in when the source
+// ranges hold the node's IP, and not because they hold loopback.
+func TestLoadBalancerSourceRangesAdmitTheNode(t *testing.T) {
+	forEachSetup(t, func(t *testing.T, s setup) {
+		c := newCluster(t, s, 3)
+		lb := tcp("203.0.113.25")
+		if !s.ipvs() {
+			if err := c.Node().AddAddr("lo", netip.PrefixFrom(lb.Addr(), 32)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		svc := func(ranges ...string) {
+			c.upsertService(service("guarded", []string{"10.96.0.25"},
+				proxiertest.LoadBalancer(lb.Addr().String()), proxiertest.SourceRanges(ranges...)))
+		}
+		svc(c.Node().IPv4().String() + "/32")
+		c.upsertSlice(endpoints("guarded", local(c.Pod(2))))
+		c.sync()
+		expectReply(t, c.Node(), "tcp", lb, "pod-2", c.PodGateway(lb.Addr()))
+
+		svc("127.0.0.0/8")
+		c.sync()
+		c.Node().Timeout = shortTimeout
+		expectFailure(t, c.Node(), "tcp", lb, netnstest.ErrTimeout)
 	})
 }
 

@@ -12,7 +12,10 @@ import (
 )
 
 // testCfg is the iptables configuration of most scenarios.
-var testCfg = netfilter.Config{ClusterCIDRs: mt.PodCIDRs}
+var testCfg = netfilter.Config{ClusterCIDRs: mt.PodCIDRs, NodeIPs: nodeIPs}
+
+// nodeIPs are the node's primary IPs (see trace_test.go).
+var nodeIPs = []netip.Addr{netip.MustParseAddr("192.168.1.10"), netip.MustParseAddr("fd00:192::10")}
 
 // scenario is a view to compile, with the view it changes from if the plan
 // is partial. The golden test checks its rendering; the trace test checks
@@ -46,6 +49,13 @@ func scenarios() []scenario {
 		{name: "loadbalancer-source-ranges", cfg: testCfg, view: v4(web(
 			mt.NodePort(30080), mt.LoadBalancer("198.51.100.10"), mt.SourceRanges("203.0.113.0/24"), twoRemote,
 		))},
+		// The node holding the LB IP reaches it from that address: admitted
+		// by a range holding the node's IP, not by one holding loopback.
+		{name: "loadbalancer-source-ranges-node", cfg: testCfg, view: v4(
+			web(mt.LoadBalancer("198.51.100.10"), mt.SourceRanges("203.0.113.0/24", "192.168.1.0/24"), twoRemote),
+			mt.Port("default", "loopback-only", "", model.TCP, "10.96.0.11", 80, mt.LoadBalancer("198.51.100.11"),
+				mt.SourceRanges("127.0.0.0/8"), twoRemote),
+		)},
 		{name: "external-ips", cfg: testCfg, view: v4(web(mt.ExternalIPs("192.0.2.50"), twoRemote))},
 		{name: "external-local", cfg: testCfg, view: v4(web(
 			mt.NodePort(30080), mt.LoadBalancer("198.51.100.10"), mt.ExternalLocal(32000),

@@ -150,12 +150,12 @@ func (c *compiler) firewallRules(rp *netfilter.Port) []string {
 		for _, t := range targets {
 			rules = append(rules, "-s "+r.Masked().String()+" "+t)
 		}
-		allowNode = allowNode || r.Contains(c.Loopback())
+		allowNode = allowNode || r.Contains(c.NodeIP)
 	}
 	if allowNode {
 		// A node that holds the LB IP as a local address sends to it from
-		// that very address; kube-proxy lets such traffic in when the
-		// ranges admit the node's own loopback.
+		// that very address; as kube-proxy does, such traffic is let in
+		// when the ranges admit the node's IP.
 		for _, lb := range rp.LBIPs {
 			for _, t := range targets {
 				rules = append(rules, "-s "+c.Host(lb)+" "+t)

@@ -73,6 +73,12 @@ var traceCases = map[string][]traceCase{
 		{name: "ClusterIP not restricted", src: stranger, dst: "10.96.0.10", port: 80, want: []string{"10.244.2.5:8080", "10.244.3.7:8080"}, masq: true},
 		{name: "NodePort not restricted", src: stranger, dst: nodeIP, dstLocal: true, port: 30080, want: []string{"10.244.2.5:8080", "10.244.3.7:8080"}, masq: true},
 	},
+	"loadbalancer-source-ranges-node": {
+		{name: "node to the LB IP it holds, from that IP", src: lbIP, srcLocal: true, dst: lbIP, dstLocal: true, port: 80, want: []string{"10.244.2.5:8080", "10.244.3.7:8080"}, masq: true},
+		{name: "node to the LB IP from its own IP", src: nodeIP, srcLocal: true, dst: lbIP, port: 80, want: []string{"10.244.2.5:8080", "10.244.3.7:8080"}, masq: true},
+		{name: "other source dropped", src: stranger, dst: lbIP, port: 80, verdict: "DROP"},
+		{name: "a range holding loopback only does not admit the node", src: "198.51.100.11", srcLocal: true, dst: "198.51.100.11", dstLocal: true, port: 80, verdict: "DROP"},
+	},
 	"external-ips": {
 		{name: "client to external IP is masqueraded", src: client, dst: "192.0.2.50", port: 80, want: []string{"10.244.2.5:8080", "10.244.3.7:8080"}, masq: true},
 		{name: "pod to external IP", src: localPod, dst: "192.0.2.50", port: 80, want: []string{"10.244.2.5:8080", "10.244.3.7:8080"}, masq: true},

@@ -15,7 +15,9 @@ import (
 
 // testCfg is the configuration of most scenarios: kube-proxy's defaults
 // on a recent kernel, with the test world's pod range.
-var testCfg = ipvs.Config{Rules: netfilter.Config{ClusterCIDRs: mt.PodCIDRs}, ConnReuseFixed: true}
+var testCfg = ipvs.Config{Rules: netfilter.Config{ClusterCIDRs: mt.PodCIDRs, NodeIPs: []netip.Addr{
+	netip.MustParseAddr("192.168.1.10"), netip.MustParseAddr("fd00:192::10"),
+}}, ConnReuseFixed: true}
 
 // nodeAddrs are the test node's addresses, as its links hold them.
 func nodeAddrs() []netip.Addr {
@@ -64,6 +66,12 @@ func scenarios() []scenario {
 		}), view: v4(web(mt.NodePort(30080), twoRemote))},
 		{name: "loadbalancer-source-ranges", cfg: testCfg, view: v4(web(
 			mt.NodePort(30080), mt.LoadBalancer("198.51.100.10"), mt.SourceRanges("203.0.113.0/24", "127.0.0.0/8"), twoRemote,
+		))},
+		// The node reaches an LB IP (bound to kube-ipvs0) from that address:
+		// admitted by a range holding the node's IP, not by one holding
+		// loopback (above).
+		{name: "loadbalancer-source-ranges-node", cfg: testCfg, view: v4(web(
+			mt.LoadBalancer("198.51.100.10"), mt.SourceRanges("203.0.113.0/24", "192.168.1.0/24"), twoRemote,
 		))},
 		{name: "external-ips", cfg: testCfg, view: v4(
 			web(mt.ExternalIPs("192.0.2.50", "192.168.1.10"), twoRemote),

@@ -181,12 +181,13 @@ func (c *compiler) bind(o *portObjects, a netip.Addr) {
 }
 
 // admitted are the source ranges a restricted LB IP lets in. A node that
-// holds the LB IP sends to it from that very address; as in the iptables
-// mode, ranges admitting the node's loopback admit that address too.
+// holds the LB IP sends to it from that very address (in this mode it
+// always does: the LB IP is bound to kube-ipvs0); as in the iptables mode
+// and kube-proxy, ranges admitting the node's IP admit that address too.
 func (c *compiler) admitted(rp *netfilter.Port, lb netip.Addr) []netip.Prefix {
 	ranges := slices.Clone(rp.SourceRanges)
 	for _, r := range rp.SourceRanges {
-		if r.Contains(c.rules.Loopback()) {
+		if r.Contains(c.rules.NodeIP) {
 			ranges = append(ranges, netip.PrefixFrom(lb, lb.BitLen()))
 			break
 		}

@@ -25,6 +25,10 @@ type Config struct {
 	// MasqueradeBit is the packet mark bit that asks for masquerade, 1..31;
 	// 0 (or out of range) means 14, kube-proxy's default, mark 0x4000.
 	MasqueradeBit int
+	// NodeIPs are the node's primary IPs, at most one per family (its
+	// Node's first InternalIP, else ExternalIP, of the family). A family
+	// without one takes loopback, as kube-proxy does.
+	NodeIPs []netip.Addr
 }
 
 // DefaultMasqueradeBit is the mark bit used when Config leaves it unset.
@@ -44,10 +48,12 @@ type Rules struct {
 	// NodePortPrefixes are the prefixes of --nodeport-addresses in this
 	// family; empty when node ports answer on every local address.
 	NodePortPrefixes []netip.Prefix
-	Mark             string // "0x4000"
-	hostBits         int    // 32 or 128
-	loopback         netip.Addr
-	unreachable      string // the ICMP reject type of the family
+	// NodeIP is the node's primary IP of the family, loopback if unknown.
+	NodeIP      netip.Addr
+	Mark        string // "0x4000"
+	hostBits    int    // 32 or 128
+	loopback    netip.Addr
+	unreachable string // the ICMP reject type of the family
 }
 
 // NewRules resolves cfg for one family.
@@ -68,6 +74,13 @@ func NewRules(cfg Config, family model.Family) *Rules {
 	for _, p := range cfg.ClusterCIDRs {
 		if p.IsValid() && model.FamilyOf(p.Addr()) == family {
 			r.ClusterCIDR = p.Masked()
+			break
+		}
+	}
+	r.NodeIP = r.loopback
+	for _, a := range cfg.NodeIPs {
+		if a.IsValid() && model.FamilyOf(a) == family {
+			r.NodeIP = a.Unmap()
 			break
 		}
 	}

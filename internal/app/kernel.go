@@ -196,6 +196,21 @@ func chooseFamilies(node model.NodeInfo, works func(model.Family) error) ([]mode
 	return []model.Family{primary, secondary}, nil
 }
 
+// primaryNodeIPs are the node's primary IPs, the first of each family
+// (kube-proxy's node IPs, which loadBalancerSourceRanges are checked
+// against); a family without one is left out, and the rules take loopback.
+func primaryNodeIPs(node model.NodeInfo) []netip.Addr {
+	var out []netip.Addr
+	seen := map[model.Family]bool{}
+	for _, a := range node.Addresses {
+		if fam := model.FamilyOf(a); !seen[fam] {
+			seen[fam] = true
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
 // primaryNodePortAddresses is kube-proxy's --nodeport-addresses=primary:
 // the node's primary IP of each family, loopback left out.
 func primaryNodePortAddresses(node model.NodeInfo) []netip.Prefix {
