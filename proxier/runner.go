@@ -8,29 +8,56 @@ import (
 	"k8s.io/utils/clock"
 )
 
-// RunnerConfig bounds how often the runner syncs.
+// RunnerConfig says when the runner syncs. The policy is kube-proxy
+// 1.35's (its nftables mode, and its iptables mode in small clusters):
+// partial syncs carry every change; a full sync comes at start, after a
+// failure, when the integrity check finds rules missing, and otherwise
+// once every FullSyncPeriod (an hour), never on a shorter clock. At 10,000
+// services a full sync takes seconds, and whatever changes meanwhile
+// waits for it.
 type RunnerConfig struct {
-	// MinSyncPeriod keeps two syncs at least this far apart, so a burst of
-	// changes costs one sync (kube-proxy's --min-sync-period).
+	// MinSyncPeriod bounds how hard svcproxy drives the kernel (kube-proxy's
+	// --min-sync-period): syncs start once per MinSyncPeriod at most, on
+	// average, however fast changes come. BurstSyncs of them may start back
+	// to back after a quiet spell: a Service and its EndpointSlice, written
+	// a few milliseconds apart, are two changes, and the second must not
+	// wait a whole period. Over any stretch of time T, at most
+	// BurstSyncs + T/MinSyncPeriod syncs start. Measured from the starts of
+	// syncs, so a change queued during a long sync is applied as soon as
+	// that sync ends.
 	MinSyncPeriod time.Duration
-	// SyncPeriod is the longest time between two full syncs (--sync-period).
+	// BurstSyncs is that allowance; 1 (or less) spaces every two syncs
+	// MinSyncPeriod apart.
+	BurstSyncs int
+	// SyncPeriod is kube-proxy's --sync-period, as kube-proxy 1.35 uses it:
+	// the longest a failed sync waits for its retry (the backoff from
+	// RetryInitial doubles up to it; 0: kube-proxy's 30s). Health lets a change wait
+	// twice as long. It no longer brings full syncs: those are
+	// FullSyncPeriod's.
 	SyncPeriod time.Duration
+	// FullSyncPeriod is the longest time between two full syncs while
+	// nothing fails and nothing drifts: kube-proxy's FullSyncPeriod, an
+	// hour. The integrity check only sees svcproxy's hooks and top chains
+	// go missing; this repairs what it cannot see (a rule edited inside one
+	// of svcproxy's chains) at a cost of one full sync an hour. 0: none
+	// but those of start, failures and drift.
+	FullSyncPeriod time.Duration
 	// CheckPeriod is how often the backends' Intact check runs, which bounds
 	// how long rules removed by another program stay missing.
 	CheckPeriod time.Duration
-	// RetryInitial and RetryMax bound the exponential backoff after a failed sync.
+	// RetryInitial is the first wait after a failed sync.
 	RetryInitial time.Duration
-	RetryMax     time.Duration
 }
 
 // DefaultRunnerConfig returns kube-proxy's defaults.
 func DefaultRunnerConfig() RunnerConfig {
 	return RunnerConfig{
-		MinSyncPeriod: time.Second,
-		SyncPeriod:    30 * time.Second,
-		CheckPeriod:   time.Second,
-		RetryInitial:  time.Second,
-		RetryMax:      30 * time.Second,
+		MinSyncPeriod:  time.Second,
+		BurstSyncs:     2,
+		SyncPeriod:     30 * time.Second,
+		FullSyncPeriod: time.Hour,
+		CheckPeriod:    time.Second,
+		RetryInitial:   time.Second,
 	}
 }
 
@@ -69,28 +96,44 @@ type schedule struct {
 	lastFull time.Time // start of the last successful full sync
 	failures int       // consecutive failed attempts
 	recheck  time.Time // a backend asked for a sync by then; zero: none
+	// paced is when the syncs so far would have been paid for, had they
+	// started one per MinSyncPeriod: every start moves it one period past
+	// the later of itself and that start. A sync may start once paced is
+	// at most BurstSyncs-1 periods ahead (a token bucket of BurstSyncs,
+	// refilled once per period, kept as one time so the value stays small).
+	paced time.Time
 }
 
 // nextSync returns when the next sync is due and whether it must be full.
 func (s schedule) nextSync(cfg RunnerConfig) (time.Time, bool) {
-	periodic := s.lastFull.Add(cfg.SyncPeriod)
+	periodic := s.lastFull.Add(cfg.FullSyncPeriod)
+	if cfg.FullSyncPeriod <= 0 {
+		periodic = never
+	}
+	allowed := s.allowed(cfg)
 	switch {
 	case s.urgent:
 		return s.lastSync, true
 	case s.failures > 0:
-		// A retry is a full sync already, so the periodic one cannot come sooner.
-		return s.lastSync.Add(backoff(cfg, s.failures)), true
+		// A retry is a full sync already, so the periodic one cannot come
+		// sooner; changes wait for it too.
+		return later(s.lastSync.Add(backoff(cfg, s.failures)), allowed), true
 	case s.pending || s.full:
-		at := s.lastSync.Add(cfg.MinSyncPeriod)
-		if periodic.Before(at) {
-			return periodic, true
-		}
-		return at, s.full
+		// A periodic full sync that is due takes the changes with it.
+		return allowed, s.full || !periodic.After(allowed)
 	case !s.recheck.IsZero() && s.recheck.Before(periodic):
-		return later(s.recheck, s.lastSync.Add(cfg.MinSyncPeriod)), false
+		return later(s.recheck, allowed), false
 	}
-	return periodic, true
+	return later(periodic, allowed), true
 }
+
+// allowed is the earliest start MinSyncPeriod and BurstSyncs allow.
+func (s schedule) allowed(cfg RunnerConfig) time.Time {
+	return s.paced.Add(-time.Duration(max(cfg.BurstSyncs, 1)-1) * cfg.MinSyncPeriod)
+}
+
+// never is a time no sync waits for.
+var never = time.Unix(1<<40, 0)
 
 func later(a, b time.Time) time.Time {
 	if a.After(b) {
@@ -100,16 +143,21 @@ func later(a, b time.Time) time.Time {
 }
 
 func backoff(cfg RunnerConfig, failures int) time.Duration {
+	limit := cfg.SyncPeriod
+	if limit <= 0 {
+		limit = DefaultRunnerConfig().SyncPeriod
+	}
 	d := cfg.RetryInitial
-	for i := 1; i < failures && d < cfg.RetryMax; i++ {
+	for i := 1; i < failures && d < limit; i++ {
 		d *= 2
 	}
-	return min(d, cfg.RetryMax)
+	return min(d, limit)
 }
 
 // afterSync records the outcome of an attempt started at start.
-func (s schedule) afterSync(start time.Time, full bool, recheck time.Duration, err error) schedule {
+func (s schedule) afterSync(cfg RunnerConfig, start time.Time, full bool, recheck time.Duration, err error) schedule {
 	s.lastSync = start
+	s.paced = later(s.paced, start).Add(cfg.MinSyncPeriod)
 	s.urgent = false
 	s.recheck = time.Time{}
 	if recheck > 0 {
@@ -138,14 +186,22 @@ func (r *Runner) Run(ctx context.Context, changed <-chan struct{}) {
 	var nextCheck time.Time
 
 	for {
+		// A change queued during the last sync goes before a check tick
+		// that came meanwhile: a check can take a fair part of a second.
+		select {
+		case <-changed:
+			s.pending = true
+		default:
+		}
 		now := r.clock.Now()
 		at, full := s.nextSync(r.cfg)
 		if !now.Before(at) {
 			recheck, err := r.attempt(ctx, full, s.failures)
-			s = s.afterSync(now, full, recheck, err)
+			s = s.afterSync(r.cfg, now, full, recheck, err)
 			continue
 		}
 		timer := r.clock.NewTimer(at.Sub(now))
+		tick := false
 		select {
 		case <-ctx.Done():
 			timer.Stop()
@@ -154,9 +210,12 @@ func (r *Runner) Run(ctx context.Context, changed <-chan struct{}) {
 			s.pending = true
 		case <-timer.C():
 		case <-checks.C():
-			if r.check == nil || s.failures > 0 || r.clock.Now().Before(nextCheck) {
-				break
-			}
+			tick = true
+		}
+		// Stopped before any work, so that a fake clock's waiters show
+		// whether the runner is idle.
+		timer.Stop()
+		if tick && r.check != nil && s.failures == 0 && !r.clock.Now().Before(nextCheck) {
 			intact, next := r.runCheck(ctx)
 			nextCheck = next
 			if !intact {
@@ -164,7 +223,6 @@ func (r *Runner) Run(ctx context.Context, changed <-chan struct{}) {
 				s.full, s.urgent = true, true
 			}
 		}
-		timer.Stop()
 	}
 }
 
