@@ -88,6 +88,12 @@ func scenarios() []scenario {
 			web(mt.NodePort(30080), twoRemote),
 			mt.Port("default", "idle", "", model.TCP, "10.96.0.50", 80, mt.NodePort(30090)),
 		)},
+		// No prefix of the family: node ports answer on every local
+		// address of it, as in kube-proxy.
+		{name: "nodeport-addresses-other-family", cfg: netfilter.Config{
+			ClusterCIDRs:      mt.PodCIDRs,
+			NodePortAddresses: []netip.Prefix{netip.MustParsePrefix("fd00::/8")},
+		}, view: v4(web(mt.NodePort(30080), twoRemote))},
 		{name: "udp", cfg: testCfg, view: v4(mt.Port("kube-system", "dns", "dns", model.UDP, "10.96.0.53", 53, mt.Eps("10.244.2.8:53", "10.244.3.8:53")))},
 		{name: "sctp", cfg: testCfg, view: v4(mt.Port("default", "signal", "", model.SCTP, "10.96.0.60", 3868, mt.NodePort(30868), mt.Eps("10.244.2.9:3868")))},
 		{name: "ipv6", cfg: testCfg, view: mt.View(model.IPv6,

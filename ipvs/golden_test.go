@@ -64,6 +64,11 @@ func scenarios() []scenario {
 		{name: "nodeport-addresses", cfg: withRules(func(c *ipvs.Config) {
 			c.Rules.NodePortAddresses = []netip.Prefix{netip.MustParsePrefix("192.168.1.0/24")}
 		}), view: v4(web(mt.NodePort(30080), twoRemote))},
+		// No prefix of the family: node ports answer on every node address
+		// of it, as in kube-proxy.
+		{name: "nodeport-addresses-other-family", cfg: withRules(func(c *ipvs.Config) {
+			c.Rules.NodePortAddresses = []netip.Prefix{netip.MustParsePrefix("fd00::/8")}
+		}), view: v4(web(mt.NodePort(30080), twoRemote))},
 		{name: "loadbalancer-source-ranges", cfg: testCfg, view: v4(web(
 			mt.NodePort(30080), mt.LoadBalancer("198.51.100.10"), mt.SourceRanges("203.0.113.0/24", "127.0.0.0/8"), twoRemote,
 		))},

@@ -19,8 +19,9 @@ type Config struct {
 	// MasqueradeAll masquerades all traffic to ClusterIPs.
 	MasqueradeAll bool
 	// NodePortAddresses limits the node addresses node ports answer on
-	// (--nodeport-addresses). Empty: every local address. Non-empty with no
-	// prefix of a family: no node ports in that family.
+	// (--nodeport-addresses). A family none of them is of answers on every
+	// local address, as in kube-proxy: limiting one family leaves the
+	// other open.
 	NodePortAddresses []netip.Prefix
 	// MasqueradeBit is the packet mark bit that asks for masquerade, 1..31;
 	// 0 (or out of range) means 14, kube-proxy's default, mark 0x4000.
@@ -43,7 +44,7 @@ type Rules struct {
 	MasqueradeAll bool
 	// NodePortDsts are the destinations node ports answer on: a "-d
 	// prefix " match per prefix, or one match for every local address but
-	// loopback. Empty: no node ports in this family.
+	// loopback.
 	NodePortDsts []string
 	// NodePortPrefixes are the prefixes of --nodeport-addresses in this
 	// family; empty when node ports answer on every local address.
@@ -85,7 +86,7 @@ func NewRules(cfg Config, family model.Family) *Rules {
 		}
 	}
 	r.NodePortPrefixes = nodePortPrefixes(cfg.NodePortAddresses, family)
-	r.NodePortDsts = nodePortDsts(cfg.NodePortAddresses, r.NodePortPrefixes, family)
+	r.NodePortDsts = nodePortDsts(r.NodePortPrefixes, family)
 	return r
 }
 
@@ -107,8 +108,8 @@ func nodePortPrefixes(prefixes []netip.Prefix, family model.Family) []netip.Pref
 	return slices.Compact(out)
 }
 
-func nodePortDsts(all, ofFamily []netip.Prefix, family model.Family) []string {
-	if len(all) == 0 {
+func nodePortDsts(ofFamily []netip.Prefix, family model.Family) []string {
+	if len(ofFamily) == 0 {
 		// Every local address but loopback: a packet DNATed from loopback
 		// to a pod cannot be routed (svcproxy does not set route_localnet),
 		// so it would hang where an unserved port answers at once.
