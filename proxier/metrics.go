@@ -19,8 +19,6 @@ import (
 // mode (the IPVS mode restores its iptables rules too); every failed sync,
 // whatever failed (a netlink request in the IPVS mode, a save or jump-rule
 // insert), counts in svcproxy's own svcproxy_sync_failures_total, by mode.
-// One approximation: the network programming latency of a sync is observed
-// in each family it succeeded in, not only the family of the slice.
 type Metrics struct {
 	clock clock.PassiveClock
 
@@ -128,7 +126,9 @@ func (m *Metrics) Observe(r *SyncReport) {
 		}
 		m.lastSynced.WithLabelValues(fam).Set(unixSeconds(now))
 		for _, trigger := range r.Snapshot.TriggerTimes {
-			m.programmingDuration.WithLabelValues(fam).Observe(now.Sub(trigger).Seconds())
+			if trigger.Family == f.Family {
+				m.programmingDuration.WithLabelValues(fam).Observe(now.Sub(trigger.Time).Seconds())
+			}
 		}
 	}
 }
@@ -217,9 +217,16 @@ func (c *changeCollector) Describe(ch chan<- *prometheus.Desc) {
 func (c *changeCollector) Collect(ch chan<- prometheus.Metric) {
 	st := c.tracker.Stats()
 	ch <- prometheus.MustNewConstMetric(c.endpointsPending, prometheus.GaugeValue, float64(st.EndpointsPending))
-	ch <- prometheus.MustNewConstMetric(c.endpointsTotal, prometheus.CounterValue, float64(st.EndpointChanges))
+	// kube-proxy has a change tracker per family: each counts the events
+	// of its family's slices and every Service event, so a dual-stack
+	// kube-proxy counts each Service event twice.
+	var sliceEvents uint64
+	for _, f := range c.families {
+		sliceEvents += st.SliceEvents[familyIndex(f)]
+	}
+	ch <- prometheus.MustNewConstMetric(c.endpointsTotal, prometheus.CounterValue, float64(sliceEvents))
 	ch <- prometheus.MustNewConstMetric(c.servicesPending, prometheus.GaugeValue, float64(st.ServicesPending))
-	ch <- prometheus.MustNewConstMetric(c.servicesTotal, prometheus.CounterValue, float64(st.ServiceChanges))
+	ch <- prometheus.MustNewConstMetric(c.servicesTotal, prometheus.CounterValue, float64(st.ServiceEvents*uint64(len(c.families))))
 	// One tracker feeds every family, so a change is queued for all of them.
 	for _, f := range c.families {
 		ch <- prometheus.MustNewConstMetric(c.lastQueued, prometheus.GaugeValue, unixSeconds(st.LastQueued), f.String())

@@ -79,8 +79,9 @@ func noLocalView(fam model.Family) *model.NodeView {
 }
 
 func TestMetricsFromSyncReport(t *testing.T) {
-	clock := clocktesting.NewFakeClock(t0)
-	tracker := NewTracker(zap.NewNop(), clock.Now)
+	clock := clocktesting.NewFakeClock(t0.Add(-time.Minute))
+	tracker := NewTracker(zap.NewNop(), clock.Now) // made before the trigger below
+	clock.SetTime(t0)
 	reg := prometheus.NewRegistry()
 	m := NewMetrics(reg, tracker, []model.Family{model.IPv4, model.IPv6}, "iptables", clock)
 
@@ -130,7 +131,7 @@ func TestMetricsFromSyncReport(t *testing.T) {
 		"kubeproxy_sync_proxy_rules_endpoint_changes_pending{}":                                       1,
 		"kubeproxy_sync_proxy_rules_endpoint_changes_total{}":                                         2,
 		"kubeproxy_sync_proxy_rules_service_changes_pending{}":                                        0,
-		"kubeproxy_sync_proxy_rules_service_changes_total{}":                                          1,
+		"kubeproxy_sync_proxy_rules_service_changes_total{}":                                          2, // one event, two families
 		"kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds{ip_family=IPv4}":                    queued,
 		"kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds{ip_family=IPv6}":                    queued,
 		"kubeproxy_proxy_healthz_total{code=200}":                                                     1,
@@ -189,5 +190,63 @@ func TestMetricsBucketsMatchKubeProxy(t *testing.T) {
 	// 0, then 2 + 59 + 12 + 7 steps, the last at 5 minutes.
 	if len(b) != 81 || b[0] != 0 || b[1] != 0.25 || b[3] != 1 || b[62] != 60 || b[74] != 120 || b[80] != 300 {
 		t.Errorf("network programming buckets %v", b)
+	}
+}
+
+// Only changes made since svcproxy started count towards the programming
+// latency (a restart replays every slice with the time of its last
+// change), each in its slice's family, as in kube-proxy.
+func TestMetricsProgrammingLatencyOnlyOfChangesSinceStart(t *testing.T) {
+	clock := clocktesting.NewFakeClock(t0)
+	tracker := NewTracker(zap.NewNop(), clock.Now)
+	reg := prometheus.NewRegistry()
+	m := NewMetrics(reg, tracker, []model.Family{model.IPv4, model.IPv6}, "iptables", clock)
+	at := func(d time.Duration) string { return t0.Add(d).Format(time.RFC3339Nano) }
+
+	tracker.UpsertEndpointSlice(pt.Slice("ns", "old", "web", pt.SlicePort("http", "TCP", 8080),
+		pt.Endpoints(pt.Ready("10.0.0.1", "node-a")), pt.TriggerTime(at(-time.Hour))))
+	clock.Step(2 * time.Second)
+	tracker.UpsertEndpointSlice(pt.Slice("ns", "new", "web", pt.AddressType("IPv6"), pt.SlicePort("http", "TCP", 8080),
+		pt.Endpoints(pt.Ready("fd00::1", "node-a")), pt.TriggerTime(at(time.Second))))
+	snap := tracker.Snapshot()
+	clock.Step(time.Second)
+	m.Observe(&SyncReport{Snapshot: snap, Families: []FamilyReport{{Family: model.IPv4}, {Family: model.IPv6}}})
+
+	got := scrape(t, reg)
+	if n := got["kubeproxy_network_programming_duration_seconds_count{ip_family=IPv6}"]; n != 1 {
+		t.Errorf("IPv6 observations %v, want 1 (the change made after the start)", n)
+	}
+	if sum := got["kubeproxy_network_programming_duration_seconds_sum{ip_family=IPv6}"]; sum != 2 {
+		t.Errorf("IPv6 latency %vs, want 2s", sum)
+	}
+	if n, ok := got["kubeproxy_network_programming_duration_seconds_count{ip_family=IPv4}"]; ok {
+		t.Errorf("IPv4 observed %v latencies: the replayed slice's change predates the start, and the new slice is IPv6", n)
+	}
+}
+
+// kube-proxy has a change tracker per family: a dual-stack kube-proxy
+// counts each Service event once per family and each slice event in its
+// family only.
+func TestMetricsChangeTotalsPerFamilyAsKubeProxy(t *testing.T) {
+	tracker := NewTracker(zap.NewNop(), func() time.Time { return t0 })
+	tracker.UpsertService(webService())
+	tracker.UpsertService(webService()) // a resync: counted
+	tracker.UpsertEndpointSlice(webSlice("web-1", "10.0.0.1"))
+	tracker.UpsertEndpointSlice(pt.Slice("ns", "web-2", "web", pt.AddressType("IPv6"), pt.SlicePort("http", "TCP", 8080),
+		pt.Endpoints(pt.Ready("fd00::1", "node-a"))))
+	for _, c := range []struct {
+		families         []model.Family
+		services, slices float64
+	}{
+		{[]model.Family{model.IPv4, model.IPv6}, 4, 2},
+		{[]model.Family{model.IPv4}, 2, 1},
+		{[]model.Family{model.IPv6}, 2, 1},
+	} {
+		reg := prometheus.NewRegistry()
+		NewMetrics(reg, tracker, c.families, "iptables", clocktesting.NewFakeClock(t0))
+		got := scrape(t, reg)
+		if s, e := got["kubeproxy_sync_proxy_rules_service_changes_total{}"], got["kubeproxy_sync_proxy_rules_endpoint_changes_total{}"]; s != c.services || e != c.slices {
+			t.Errorf("%v: service_changes_total %v, endpoint_changes_total %v; want %v, %v", c.families, s, e, c.services, c.slices)
+		}
 	}
 }

@@ -29,6 +29,7 @@ import (
 type Tracker struct {
 	log     *zap.Logger
 	clock   func() time.Time
+	start   time.Time // when the tracker was made: older trigger times are not this process's to measure
 	changed chan struct{}
 
 	mu sync.Mutex
@@ -47,8 +48,9 @@ type Tracker struct {
 }
 
 type changeCounts struct {
-	services, endpoints uint64
-	lastQueued          time.Time
+	serviceEvents uint64
+	sliceEvents   [2]uint64 // by family: [0] IPv4, [1] IPv6
+	lastQueued    time.Time
 }
 
 type sliceKey struct{ namespace, name string }
@@ -59,7 +61,7 @@ type pendingChanges struct {
 	services     map[ServiceName]changeKinds
 	node         bool
 	oldest       time.Time // zero: nothing pending
-	triggerTimes []time.Time
+	triggerTimes map[ServiceName][]TriggerTime
 }
 
 // Snapshot is an immutable, consistent view of everything the tracker holds,
@@ -79,9 +81,13 @@ type Snapshot struct {
 	// queued; zero if none was.
 	OldestChange time.Time
 	// TriggerTimes are the last-change-trigger-time annotations of the
-	// slices updated since the previous snapshot, sorted, for the
-	// network-programming-latency metric.
-	TriggerTimes []time.Time
+	// slices updated since the previous snapshot, sorted by time, for the
+	// network-programming-latency metric. As in kube-proxy, only changes
+	// made after the tracker was made count (at a restart the informers
+	// replay every slice, with the time of its last change), and a slice
+	// removed drops the pending times of its service (the annotation of a
+	// deleted object tells when it last changed, not when it went).
+	TriggerTimes []TriggerTime
 
 	services map[ServiceName]*Service
 	slices   map[ServiceName][]*EndpointSlice
@@ -89,6 +95,12 @@ type Snapshot struct {
 	// snapshots are consecutive and ChangedServices is all that differs.
 	origin *Tracker
 	seq    uint64
+}
+
+// TriggerTime is when a change to a slice of the family was triggered.
+type TriggerTime struct {
+	Family model.Family
+	Time   time.Time
 }
 
 // follows reports whether s is the snapshot taken right after prev by the
@@ -102,11 +114,12 @@ func NewTracker(log *zap.Logger, clock func() time.Time) *Tracker {
 	return &Tracker{
 		log:        log,
 		clock:      clock,
+		start:      clock(),
 		changed:    make(chan struct{}, 1),
 		services:   map[ServiceName]*Service{},
 		slices:     map[ServiceName][]*EndpointSlice{},
 		sliceOwner: map[sliceKey]ServiceName{},
-		pending:    pendingChanges{services: map[ServiceName]changeKinds{}},
+		pending:    newPendingChanges(),
 		last:       &Snapshot{},
 	}
 }
@@ -119,6 +132,7 @@ func (t *Tracker) Changed() <-chan struct{} { return t.changed }
 // the service invalid or ignored removes the version stored before: stale
 // rules for a service that now means something else are worse than none.
 func (t *Tracker) UpsertService(svc *v1.Service) {
+	t.countServiceEvent()
 	name := ServiceName{Namespace: svc.Namespace, Name: svc.Name}
 	parsed, err := ParseService(svc)
 	if err != nil {
@@ -140,6 +154,7 @@ func (t *Tracker) UpsertService(svc *v1.Service) {
 
 // DeleteService records that a Service is gone.
 func (t *Tracker) DeleteService(namespace, name string) {
+	t.countServiceEvent()
 	t.removeService(ServiceName{Namespace: namespace, Name: name})
 }
 
@@ -165,12 +180,15 @@ func (t *Tracker) UpsertEndpointSlice(es *discoveryv1.EndpointSlice) {
 	}
 	if err != nil {
 		t.logRejected(err)
-		t.DeleteEndpointSlice(es.Namespace, es.Name)
+		t.mu.Lock()
+		defer t.mu.Unlock()
+		t.removeSlice(sliceKey{es.Namespace, es.Name})
 		return
 	}
 	key := sliceKey{es.Namespace, es.Name}
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	t.countSliceEvent(parsed.Family)
 	owner, known := t.sliceOwner[key]
 	if known && owner == parsed.Service {
 		if old := findSlice(t.slices[owner], es.Name); old != nil && old.Equal(parsed) {
@@ -185,8 +203,9 @@ func (t *Tracker) UpsertEndpointSlice(es *discoveryv1.EndpointSlice) {
 	t.sliceOwner[key] = parsed.Service
 	t.slices[parsed.Service] = withSlice(t.slices[parsed.Service], parsed)
 	t.touch(parsed.Service, endpointsChange)
-	if !parsed.TriggerTime.IsZero() {
-		t.pending.triggerTimes = append(t.pending.triggerTimes, parsed.TriggerTime)
+	if parsed.TriggerTime.After(t.start) {
+		t.pending.triggerTimes[parsed.Service] = append(t.pending.triggerTimes[parsed.Service],
+			TriggerTime{Family: parsed.Family, Time: parsed.TriggerTime})
 	}
 }
 
@@ -195,14 +214,52 @@ func (t *Tracker) DeleteEndpointSlice(namespace, name string) {
 	key := sliceKey{namespace, name}
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	// Every slice stored is one kube-proxy would count (a service label
+	// and an IP address type), so a delete of one svcproxy never stored
+	// is one kube-proxy does not count either.
+	if owner, ok := t.sliceOwner[key]; ok {
+		if s := findSlice(t.slices[owner], name); s != nil {
+			t.countSliceEvent(s.Family)
+		}
+	}
+	t.removeSlice(key)
+}
+
+// removeSlice drops a stored slice; t.mu is held.
+func (t *Tracker) removeSlice(key sliceKey) {
 	owner, ok := t.sliceOwner[key]
 	if !ok {
 		return
 	}
 	t.writable()
 	delete(t.sliceOwner, key)
-	t.unfileSlice(owner, name)
+	t.unfileSlice(owner, key.name)
 	t.touch(owner, endpointsChange)
+	delete(t.pending.triggerTimes, owner)
+}
+
+// countServiceEvent counts a Service event as kube-proxy's
+// service_changes_total does: every add, update and delete the informer
+// delivers, whatever it changes (resyncs included).
+func (t *Tracker) countServiceEvent() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.counts.serviceEvents++
+}
+
+// countSliceEvent counts an EndpointSlice event as kube-proxy's
+// endpoint_changes_total does: every add, update and delete of a slice
+// with a service label and an IP address type, whatever it changes; t.mu
+// is held.
+func (t *Tracker) countSliceEvent(f model.Family) {
+	t.counts.sliceEvents[familyIndex(f)]++
+}
+
+func familyIndex(f model.Family) int {
+	if f == model.IPv6 {
+		return 1
+	}
+	return 0
 }
 
 // SetNode records this node's name, zone, addresses and CIDRs.
@@ -226,14 +283,17 @@ func (t *Tracker) OldestPending() (time.Time, bool) {
 	return t.pending.oldest, !t.pending.oldest.IsZero()
 }
 
-// ChangeStats counts the changes a tracker accepted, for metrics.
+// ChangeStats counts the changes a tracker saw, for metrics.
 type ChangeStats struct {
 	// ServicesPending and EndpointsPending count the services whose Service,
 	// respectively EndpointSlices, changed since the last Snapshot.
 	ServicesPending, EndpointsPending int
-	// ServiceChanges and EndpointChanges count every accepted change to a
-	// Service, respectively an EndpointSlice, since the tracker was made.
-	ServiceChanges, EndpointChanges uint64
+	// ServiceEvents counts the Service events (add, update, delete, each
+	// resync) since the tracker was made, whatever they changed;
+	// SliceEvents the EndpointSlice events by family (IPv4, IPv6), those
+	// of slices without a service label or of FQDN slices left out.
+	ServiceEvents uint64
+	SliceEvents   [2]uint64
 	// LastQueued is when the latest change (node changes included) was
 	// queued; zero if none ever was.
 	LastQueued time.Time
@@ -243,7 +303,7 @@ type ChangeStats struct {
 func (t *Tracker) Stats() ChangeStats {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	st := ChangeStats{ServiceChanges: t.counts.services, EndpointChanges: t.counts.endpoints, LastQueued: t.counts.lastQueued}
+	st := ChangeStats{ServiceEvents: t.counts.serviceEvents, SliceEvents: t.counts.sliceEvents, LastQueued: t.counts.lastQueued}
 	for _, kinds := range t.pending.services {
 		if kinds&serviceChange != 0 {
 			st.ServicesPending++
@@ -263,17 +323,19 @@ func (t *Tracker) Snapshot() *Snapshot {
 		Node:         t.node,
 		NodeChanged:  t.pending.node,
 		OldestChange: t.pending.oldest,
-		TriggerTimes: t.pending.triggerTimes,
 		services:     t.services,
 		slices:       t.slices,
 		origin:       t,
 		seq:          t.last.seq + 1,
 	}
-	slices.SortFunc(snap.TriggerTimes, time.Time.Compare)
+	for _, times := range t.pending.triggerTimes {
+		snap.TriggerTimes = append(snap.TriggerTimes, times...)
+	}
+	slices.SortFunc(snap.TriggerTimes, func(a, b TriggerTime) int { return a.Time.Compare(b.Time) })
 	snap.ChangedServices = t.effectiveChanges(snap)
 	t.shared = true
 	t.last = snap
-	t.pending = pendingChanges{services: map[ServiceName]changeKinds{}}
+	t.pending = newPendingChanges()
 	// Everything signalled so far is in this snapshot; a stale signal would
 	// only cost the runner an empty sync.
 	select {
@@ -328,12 +390,11 @@ const (
 
 func (t *Tracker) touch(name ServiceName, kind changeKinds) {
 	t.pending.services[name] |= kind
-	if kind == serviceChange {
-		t.counts.services++
-	} else {
-		t.counts.endpoints++
-	}
 	t.queued()
+}
+
+func newPendingChanges() pendingChanges {
+	return pendingChanges{services: map[ServiceName]changeKinds{}, triggerTimes: map[ServiceName][]TriggerTime{}}
 }
 
 func (t *Tracker) queued() {

@@ -316,22 +316,38 @@ func TestTrackerIgnoredUpdateDropsService(t *testing.T) {
 }
 
 func TestTrackerTriggerTimes(t *testing.T) {
-	tr, _, _ := newTestTracker()
+	tr, clock, _ := newTestTracker() // made at t0
+	clock.Advance(10 * time.Second)
+	at := func(d time.Duration) string { return t0.Add(d).Format(time.RFC3339Nano) }
 	first := webSlice("web-1", "10.0.0.1")
-	pt.TriggerTime("2026-03-01T11:59:58Z")(first)
-	second := webSlice("web-2", "10.0.0.2")
-	pt.TriggerTime("2026-03-01T11:59:57Z")(second)
+	pt.TriggerTime(at(3 * time.Second))(first)
+	second := pt.Slice("ns", "web-2", "web", pt.AddressType(discoveryv1.AddressTypeIPv6),
+		pt.SlicePort("http", "TCP", 8080), pt.Endpoints(pt.Ready("fd00::2", "node-a")), pt.TriggerTime(at(2*time.Second)))
+	// A slice the informers replay at start carries the time of a change
+	// made before this process: not its latency to measure.
+	replayed := webSlice("web-3", "10.0.0.3")
+	pt.TriggerTime(at(-time.Hour))(replayed)
 	tr.UpsertEndpointSlice(first)
 	tr.UpsertEndpointSlice(second)
-	tr.UpsertEndpointSlice(webSlice("web-3", "10.0.0.3")) // no annotation
+	tr.UpsertEndpointSlice(replayed)
+	tr.UpsertEndpointSlice(webSlice("web-4", "10.0.0.4")) // no annotation
 
 	snap := tr.Snapshot()
-	want := []time.Time{t0.Add(-3 * time.Second), t0.Add(-2 * time.Second)}
-	if !slices.EqualFunc(snap.TriggerTimes, want, time.Time.Equal) {
+	want := []TriggerTime{{model.IPv6, t0.Add(2 * time.Second)}, {model.IPv4, t0.Add(3 * time.Second)}}
+	if !slices.Equal(snap.TriggerTimes, want) {
 		t.Errorf("TriggerTimes = %v, want %v", snap.TriggerTimes, want)
 	}
 	if got := tr.Snapshot().TriggerTimes; len(got) != 0 {
 		t.Errorf("trigger times reported twice: %v", got)
+	}
+
+	// As in kube-proxy, a slice removed drops its service's pending times.
+	moved := webSlice("web-1", "10.0.0.5")
+	pt.TriggerTime(at(4 * time.Second))(moved)
+	tr.UpsertEndpointSlice(moved)
+	tr.DeleteEndpointSlice("ns", "web-3")
+	if got := tr.Snapshot().TriggerTimes; len(got) != 0 {
+		t.Errorf("trigger times of a service whose slice was removed: %v", got)
 	}
 }
 
@@ -437,7 +453,11 @@ func TestTrackerConcurrent(t *testing.T) {
 	}
 }
 
-func TestTrackerStatsCountServiceAndEndpointChangesApart(t *testing.T) {
+// The totals count events as kube-proxy's trackers do: every Service
+// event and every event of a slice with a service label and an IP address
+// type, whether or not it changes anything; the pending gauges count the
+// services changed since the last snapshot.
+func TestTrackerStatsCountEventsAsKubeProxy(t *testing.T) {
 	tr, clock, _ := newTestTracker()
 	tr.UpsertService(webService())
 	clock.Advance(time.Second)
@@ -446,14 +466,25 @@ func TestTrackerStatsCountServiceAndEndpointChangesApart(t *testing.T) {
 	tr.UpsertService(pt.Service("ns", "api", []string{"10.96.0.11"}, pt.Port("http", "TCP", 80)))
 
 	got := tr.Stats()
-	want := ChangeStats{ServicesPending: 2, EndpointsPending: 1, ServiceChanges: 2, EndpointChanges: 2, LastQueued: t0.Add(time.Second)}
+	want := ChangeStats{ServicesPending: 2, EndpointsPending: 1, ServiceEvents: 2, SliceEvents: [2]uint64{2, 0}, LastQueued: t0.Add(time.Second)}
 	if got != want {
 		t.Fatalf("before a snapshot: got %+v, want %+v", got, want)
 	}
 
 	tr.Snapshot()
-	tr.UpsertService(webService()) // unchanged: not a change
-	want.ServicesPending, want.EndpointsPending = 0, 0
+	tr.UpsertService(webService())                               // unchanged (a resync): counted, not pending
+	tr.UpsertService(webService(pt.ExternalName("example.com"))) // ignored by the proxy: counted
+	tr.DeleteService("ns", "never-seen")                         // counted
+	tr.UpsertEndpointSlice(webSlice("web-1", "10.0.0.2"))        // unchanged: counted
+	tr.UpsertEndpointSlice(pt.Slice("ns", "web-6", "web", pt.AddressType(discoveryv1.AddressTypeIPv6),
+		pt.SlicePort("http", "TCP", 8080), pt.Endpoints(pt.Ready("fd00::2", "node-a"))))
+	tr.UpsertEndpointSlice(pt.Slice("ns", "web-f", "web", pt.AddressType(discoveryv1.AddressTypeFQDN))) // not counted
+	unlabelled := webSlice("orphan", "10.0.0.9")
+	delete(unlabelled.Labels, discoveryv1.LabelServiceName)
+	tr.UpsertEndpointSlice(unlabelled)     // not counted
+	tr.DeleteEndpointSlice("ns", "web-6")  // counted, IPv6
+	tr.DeleteEndpointSlice("ns", "orphan") // never stored: not counted
+	want = ChangeStats{ServicesPending: 1, EndpointsPending: 1, ServiceEvents: 5, SliceEvents: [2]uint64{3, 2}, LastQueued: t0.Add(time.Second)}
 	if got := tr.Stats(); got != want {
 		t.Fatalf("after a snapshot: got %+v, want %+v", got, want)
 	}
