@@ -125,6 +125,10 @@ var traceCases = map[string][]traceCase{
 		{name: "endpointless NodePort rejected on an allowed address", src: client, dst: nodeIP, dstLocal: true, port: 30090, verdict: "REJECT", rejectWith: "tcp-reset"},
 		{name: "endpointless NodePort elsewhere left alone", src: client, dst: otherIP, dstLocal: true, port: 30090},
 	},
+	"nodeport-addresses-other-family": {
+		{name: "NodePort on the node IP", src: client, dst: nodeIP, dstLocal: true, port: 30080, want: []string{"10.244.2.5:8080", "10.244.3.7:8080"}, masq: true},
+		{name: "NodePort on another local address too", src: client, dst: otherIP, dstLocal: true, port: 30080, want: []string{"10.244.2.5:8080", "10.244.3.7:8080"}, masq: true},
+	},
 	"udp": {
 		{name: "UDP to either endpoint", src: localPod, dst: "10.96.0.53", port: 53, proto: "udp", want: []string{"10.244.2.8:53", "10.244.3.8:53"}},
 		{name: "TCP on the UDP port untouched", src: localPod, dst: "10.96.0.53", port: 53},
