@@ -41,6 +41,53 @@ func TestUDPFailover(t *testing.T) {
 	})
 }
 
+// A UDP flow goes on as long as its endpoint serves, whatever the policies,
+// topology or termination leave to new connections, as kube-proxy keeps
+// it: a resolver pinned to an endpoint that turns terminating (while still
+// serving), that internalTrafficPolicy Local leaves out, or that zone
+// hints leave out keeps its answers; fresh flows go where new connections
+// do; once the endpoint stops serving, the pinned flow fails over.
+func TestUDPFlowToServingEndpointIsKept(t *testing.T) {
+	forEachSetup(t, func(t *testing.T, s setup) {
+		c := newCluster(t, s, 4, inZone("zone-a"))
+		c.upsertService(service("draining", []string{"10.96.0.35"}, nodePorts(30102, 30103)))
+		c.upsertSlice(endpoints("draining", local(c.Pod(1))))
+		c.upsertService(service("narrowed", []string{"10.96.0.36"}))
+		c.upsertSlice(endpoints("narrowed", remote(c.Pod(1))))
+		c.upsertService(service("zoned", []string{"10.96.0.37"}))
+		c.upsertSlice(endpoints("zoned", remote(c.Pod(1))))
+		c.sync()
+		draining := udpClient(t, c.Pod(0), udp("10.96.0.35"))
+		fromOutside := udpClient(t, c.Outside(), at(c.Node().IPv4(), 30103))
+		narrowed := udpClient(t, c.Pod(0), udp("10.96.0.36"))
+		zoned := udpClient(t, c.Pod(0), udp("10.96.0.37"))
+		for _, client := range []*netnstest.UDPClient{draining, fromOutside, narrowed, zoned} {
+			expectAsk(t, client, "pod-1")
+		}
+
+		c.upsertSlice(endpoints("draining", proxiertest.Terminating(c.Pod(1).IPv4().String(), nodeName, true), local(c.Pod(2))))
+		c.upsertService(service("narrowed", []string{"10.96.0.36"}, proxiertest.InternalLocal()))
+		c.upsertSlice(endpoints("narrowed", remote(c.Pod(1)), local(c.Pod(2))))
+		c.upsertSlice(endpoints("zoned", remote(c.Pod(1)).InZone("zone-b").HintZones("zone-b"),
+			local(c.Pod(2)).InZone("zone-a").HintZones("zone-a")))
+		c.sync()
+		for range 3 {
+			for _, client := range []*netnstest.UDPClient{draining, fromOutside, narrowed, zoned} {
+				expectAsk(t, client, "pod-1")
+			}
+		}
+		for _, dst := range []string{"10.96.0.35", "10.96.0.36", "10.96.0.37"} {
+			expectAsk(t, udpClient(t, c.Pod(0), udp(dst)), "pod-2")
+		}
+		expectAsk(t, udpClient(t, c.Outside(), at(c.Node().IPv4(), 30103)), "pod-2")
+
+		c.upsertSlice(endpoints("draining", proxiertest.Terminating(c.Pod(1).IPv4().String(), nodeName, false), local(c.Pod(2))))
+		c.sync()
+		expectAsk(t, draining, "pod-2")
+		expectAsk(t, fromOutside, "pod-2")
+	})
+}
+
 func udpClient(t *testing.T, ns *netnstest.NS, dst netip.AddrPort) *netnstest.UDPClient {
 	t.Helper()
 	client, err := ns.UDPClient(dst)

@@ -133,7 +133,7 @@ func (c *compiler) objects(rp *netfilter.Port) portObjects {
 		c.bind(&o, rp.ClusterIP)
 		entry(c.sets.clusterIP, Entry{Addr: rp.ClusterIP, Protocol: proto, Port: sp.Port})
 		if len(rp.Internal) > 0 {
-			server(rp.ClusterIP, sp.Port, c.reals(rp.Internal, sp.Serving, sp.InternalPolicyLocal))
+			server(rp.ClusterIP, sp.Port, c.reals(rp.Internal, sp.Serving))
 		}
 	}
 
@@ -143,7 +143,7 @@ func (c *compiler) objects(rp *netfilter.Port) portObjects {
 	}
 	var reals []RealServer
 	if eps := rp.ExternalEndpoints(); rp.ExternalPath() && len(eps) > 0 {
-		reals = c.reals(eps, sp.Serving, sp.ExternalPolicyLocal)
+		reals = c.reals(eps, sp.Serving)
 	}
 	for _, a := range slices.Concat(rp.External, rp.LBIPs) {
 		c.bind(&o, a)
@@ -200,10 +200,13 @@ func (c *compiler) admitted(rp *netfilter.Port, lb netip.Addr) []netip.Prefix {
 }
 
 // reals are a virtual server's real servers: weight 1 for the endpoints
-// new connections go to, weight 0 for the other serving endpoints it
-// could have sent traffic to before (local ones only, for a Local
-// policy), so their connections and UDP flows go on.
-func (c *compiler) reals(chosen, serving []model.Endpoint, localOnly bool) []RealServer {
+// new connections go to, weight 0 for every other serving endpoint, so
+// that the connections and UDP flows it has go on, as conntrack keeps
+// them in the iptables mode: whatever the policies, topology and
+// termination leave to new connections, a flow sent there before (a
+// remote endpoint before a policy turned Local, one another zone's hints
+// now claim) may still be answered.
+func (c *compiler) reals(chosen, serving []model.Endpoint) []RealServer {
 	reals := make([]RealServer, 0, len(chosen))
 	for _, ep := range chosen {
 		reals = append(reals, RealServer{Addr: ep.Addr, Weight: 1})
@@ -212,7 +215,7 @@ func (c *compiler) reals(chosen, serving []model.Endpoint, localOnly bool) []Rea
 		serving = nil // the usual case: every serving endpoint is chosen
 	}
 	for _, ep := range serving {
-		if (localOnly && !ep.Local) || !c.rules.UsableEndpoint(ep) {
+		if !c.rules.UsableEndpoint(ep) {
 			continue
 		}
 		if !slices.ContainsFunc(chosen, func(x model.Endpoint) bool { return x.Addr == ep.Addr }) {
