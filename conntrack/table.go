@@ -254,10 +254,10 @@ type Cleaner struct {
 }
 
 // Clean implements proxier.FlowCleaner.
-func (c Cleaner) Clean(_ context.Context, prev, next *model.NodeView) error {
+func (c Cleaner) Clean(_ context.Context, prev, next *model.NodeView) (int, error) {
 	n, err := Clean(c.Table, prev, next)
 	if n > 0 && c.Log != nil {
 		c.Log.Debug("deleted stale flows", zap.Stringer("family", next.Family), zap.Int("entries", n))
 	}
-	return err
+	return n, err
 }

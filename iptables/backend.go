@@ -12,6 +12,10 @@ import (
 type Backend struct {
 	cfg     netfilter.Config
 	applier *netfilter.Applier
+	// chainRules is how many rules each chain the kernel holds from
+	// svcproxy has, as of the last sync that succeeded: the totals the
+	// metrics report, which a partial plan alone does not tell.
+	chainRules map[netfilter.ChainKey]int
 }
 
 // New returns the backend of one family, programming the host through the
@@ -26,7 +30,7 @@ func New(cfg netfilter.Config, family model.Family, flavor netfilter.Flavor) (*B
 
 // NewBackend returns a backend applying through a, e.g. one built on a FakeKernel.
 func NewBackend(cfg netfilter.Config, a *netfilter.Applier) *Backend {
-	return &Backend{cfg: cfg, applier: a}
+	return &Backend{cfg: cfg, applier: a, chainRules: map[netfilter.ChainKey]int{}}
 }
 
 // Family implements proxier.Backend.
@@ -39,7 +43,41 @@ func (b *Backend) Sync(ctx context.Context, view, prev *model.NodeView) (model.S
 	}
 	plan := Compile(b.cfg, view, prev)
 	done, err := b.applier.Apply(ctx, plan)
-	return plan.Result(done, err), err
+	res := plan.Result(done, err)
+	if err == nil {
+		res.Tables = b.countRules(plan)
+	}
+	return res, err
+}
+
+// countRules brings chainRules up to date with an applied plan and counts
+// the rules by table, as kube-proxy's sync_proxy_rules_iptables_total
+// (rules owned) and _last (rules written by the sync) do. A full plan
+// writes every chain svcproxy wants and removes the rest.
+func (b *Backend) countRules(plan *netfilter.Plan) *model.TableRules {
+	if plan.Full {
+		clear(b.chainRules)
+	}
+	for _, k := range plan.Delete {
+		delete(b.chainRules, k)
+	}
+	var t model.TableRules
+	for k, rules := range plan.Write {
+		b.chainRules[k] = len(rules)
+		if k.Table == netfilter.TableFilter {
+			t.FilterWritten += len(rules)
+		} else {
+			t.NATWritten += len(rules)
+		}
+	}
+	for k, n := range b.chainRules {
+		if k.Table == netfilter.TableFilter {
+			t.FilterTotal += n
+		} else {
+			t.NATTotal += n
+		}
+	}
+	return &t
 }
 
 // TopChains are the chains every ruleset of this mode has.

@@ -201,3 +201,56 @@ func answering(t *testing.T, client *netnstest.NS, dst netip.AddrPort) []string 
 	slices.Sort(servers)
 	return servers
 }
+
+// The rule counts behind kube-proxy's sync_proxy_rules_iptables_total and
+// _last: the totals are what svcproxy's chains hold in the kernel, after a
+// full sync and after a partial one; the written counts what a sync wrote.
+func TestBackendCountsRulesByTable(t *testing.T) {
+	ctx := context.Background()
+	k := netfilter.NewFakeKernel()
+	a, err := netfilter.NewApplier(netfilter.ApplierConfig{Family: model.IPv4, Flavor: netfilter.FlavorNFT, Jumps: netfilter.JumpRules(), TopChains: TopChains(), Run: k, Rules: k})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := NewBackend(netfilter.Config{}, a)
+	inKernel := func(table netfilter.Table) int {
+		n := 0
+		for _, line := range strings.Split(k.Save(table), "\n") {
+			if strings.HasPrefix(line, "-A "+netfilter.ChainPrefix) {
+				n++
+			}
+		}
+		return n
+	}
+	check := func(what string, res model.SyncResult) {
+		t.Helper()
+		got := res.Tables
+		if got == nil {
+			t.Fatalf("%s: no rule counts", what)
+		}
+		if got.FilterTotal != inKernel(netfilter.TableFilter) || got.NATTotal != inKernel(netfilter.TableNAT) {
+			t.Errorf("%s: totals filter %d nat %d, the kernel holds %d and %d", what,
+				got.FilterTotal, got.NATTotal, inKernel(netfilter.TableFilter), inKernel(netfilter.TableNAT))
+		}
+		if got.FilterWritten+got.NATWritten != res.Rules {
+			t.Errorf("%s: written filter %d + nat %d, the sync wrote %d", what, got.FilterWritten, got.NATWritten, res.Rules)
+		}
+	}
+	ips := []netip.Addr{netip.MustParseAddr("10.244.0.11"), netip.MustParseAddr("10.244.0.12")}
+	full, err := b.Sync(ctx, backendView(model.IPv4, ips...), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("full sync", full)
+	if full.Tables.NATWritten != full.Tables.NATTotal || full.Tables.FilterWritten != full.Tables.FilterTotal {
+		t.Errorf("a full sync writes every rule: %+v", *full.Tables)
+	}
+	partial, err := b.Sync(ctx, backendView(model.IPv4, ips[0]), backendView(model.IPv4, ips...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("partial sync", partial)
+	if partial.Tables.NATWritten == 0 || partial.Tables.NATWritten >= partial.Tables.NATTotal {
+		t.Errorf("a one-endpoint change writes some nat rules, not all: %+v", *partial.Tables)
+	}
+}

@@ -274,10 +274,22 @@ type SyncResult struct {
 	// RestoreFailed: the sync failed in iptables-restore, which is what
 	// kube-proxy's restore failure metrics count.
 	RestoreFailed bool
+	// Tables counts the rules of svcproxy's own iptables chains by table,
+	// for kube-proxy's sync_proxy_rules_iptables_* metrics; only the
+	// iptables mode reports them (nil otherwise), and only after a sync
+	// that succeeded.
+	Tables *TableRules
 	// RecheckAfter, when positive, asks for another sync after that long
 	// even if nothing changes: the backend has work in progress, such as
 	// real servers draining their connections.
 	RecheckAfter time.Duration
+}
+
+// TableRules counts iptables rules in the filter and nat tables: those a
+// sync wrote, and those svcproxy's chains hold after it.
+type TableRules struct {
+	FilterWritten, NATWritten int
+	FilterTotal, NATTotal     int
 }
 
 // ChangedPorts lists, in order, the ports added, removed or changed

@@ -34,6 +34,10 @@ type Metrics struct {
 	noLocalEndpoints       *prometheus.GaugeVec
 	healthz                *prometheus.CounterVec
 	livez                  *prometheus.CounterVec
+	iptablesTotal          *prometheus.GaugeVec
+	iptablesLast           *prometheus.GaugeVec
+	conntrackDuration      *prometheus.HistogramVec
+	conntrackDeleted       *prometheus.CounterVec
 }
 
 const metricsSubsystem = "kubeproxy"
@@ -53,7 +57,16 @@ func programmingBuckets() []float64 {
 
 // NewMetrics registers the metrics with reg; the change counters and the
 // last-queued time are read from tracker when scraped. mode ("iptables",
-// "ipvs") labels svcproxy's own failure counter.
+// "ipvs") labels svcproxy's own failure counter and decides, as in
+// kube-proxy, which mode's metrics exist: the rule counts by table and
+// the nfacct packet counters only in the iptables mode.
+//
+// The two nfacct counters, iptables_ct_state_invalid_dropped_packets_total
+// and iptables_localhost_nodeports_accepted_packets_total, read 0:
+// kube-proxy counts those packets with nfacct objects its rules name
+// (-m nfacct), which svcproxy's rules do not, and a rule's own counter
+// restarts whenever a full sync rewrites its chain. They are there so
+// that queries and dashboards built for kube-proxy find them.
 func NewMetrics(reg prometheus.Registerer, tracker *Tracker, families []model.Family, mode string, clk clock.PassiveClock) *Metrics {
 	family := []string{"ip_family"}
 	histogram := func(name, help string, buckets []float64) *prometheus.HistogramVec {
@@ -83,6 +96,15 @@ func NewMetrics(reg prometheus.Registerer, tracker *Tracker, families []model.Fa
 			Name: "proxy_healthz_total", Help: "Cumulative proxy healthz HTTP status"}, []string{"code"}),
 		livez: prometheus.NewCounterVec(prometheus.CounterOpts{Subsystem: metricsSubsystem,
 			Name: "proxy_livez_total", Help: "Cumulative proxy livez HTTP status"}, []string{"code"}),
+		iptablesTotal: prometheus.NewGaugeVec(prometheus.GaugeOpts{Subsystem: metricsSubsystem,
+			Name: "sync_proxy_rules_iptables_total", Help: "Total number of iptables rules owned by kube-proxy"},
+			[]string{"table", "ip_family"}),
+		iptablesLast: prometheus.NewGaugeVec(prometheus.GaugeOpts{Subsystem: metricsSubsystem,
+			Name: "sync_proxy_rules_iptables_last", Help: "Number of iptables rules written by kube-proxy in last sync"},
+			[]string{"table", "ip_family"}),
+		conntrackDuration: histogram("conntrack_reconciler_sync_duration_seconds", "ReconcileConntrackFlowsLatency latency in seconds", syncBuckets),
+		conntrackDeleted: prometheus.NewCounterVec(prometheus.CounterOpts{Subsystem: metricsSubsystem,
+			Name: "conntrack_reconciler_deleted_entries_total", Help: "Cumulative conntrack flows deleted by conntrack reconciler"}, family),
 	}
 	// Failure counters exist from the start at 0, so a scrape (and an alert
 	// on their rate) sees them before the first failure.
@@ -90,11 +112,24 @@ func NewMetrics(reg prometheus.Registerer, tracker *Tracker, families []model.Fa
 		m.restoreFailures.WithLabelValues(f.String())
 		m.partialRestoreFailures.WithLabelValues(f.String())
 		m.syncFailures.WithLabelValues(f.String(), mode)
+		m.conntrackDeleted.WithLabelValues(f.String())
 	}
 	reg.MustRegister(m.syncDuration, m.fullSyncDuration, m.partialSyncDuration, m.programmingDuration,
 		m.lastSynced, m.restoreFailures, m.partialRestoreFailures, m.syncFailures, m.noLocalEndpoints, m.healthz, m.livez,
-		newChangeCollector(tracker, families))
+		m.conntrackDuration, m.conntrackDeleted, newChangeCollector(tracker, families))
+	if mode == "iptables" {
+		reg.MustRegister(m.iptablesTotal, m.iptablesLast,
+			zeroCounter("iptables_ct_state_invalid_dropped_packets_total", "packets dropped by iptables to work around conntrack problems"),
+			zeroCounter("iptables_localhost_nodeports_accepted_packets_total", "Number of packets accepted on nodeports of loopback interface"))
+	}
 	return m
+}
+
+// zeroCounter is one of kube-proxy's nfacct counters, which svcproxy does
+// not keep (see NewMetrics): it reads 0.
+func zeroCounter(name, help string) prometheus.Collector {
+	return prometheus.NewCounterFunc(prometheus.CounterOpts{Subsystem: metricsSubsystem, Name: name,
+		Help: help + " (svcproxy: not counted, always 0)"}, func() float64 { return 0 })
 }
 
 // Observe records one sync; register it with Syncer.Observe.
@@ -113,6 +148,16 @@ func (m *Metrics) Observe(r *SyncReport) {
 			internal, external := countNoLocalEndpoints(f.View)
 			m.noLocalEndpoints.WithLabelValues(fam, "internal").Set(float64(internal))
 			m.noLocalEndpoints.WithLabelValues(fam, "external").Set(float64(external))
+		}
+		if ct := f.Conntrack; ct != nil {
+			m.conntrackDuration.WithLabelValues(fam).Observe(ct.Duration.Seconds())
+			m.conntrackDeleted.WithLabelValues(fam).Add(float64(ct.Deleted))
+		}
+		if t := f.Result.Tables; t != nil {
+			m.iptablesTotal.WithLabelValues("filter", fam).Set(float64(t.FilterTotal))
+			m.iptablesTotal.WithLabelValues("nat", fam).Set(float64(t.NATTotal))
+			m.iptablesLast.WithLabelValues("filter", fam).Set(float64(t.FilterWritten))
+			m.iptablesLast.WithLabelValues("nat", fam).Set(float64(t.NATWritten))
 		}
 		if f.Err != nil {
 			m.syncFailures.WithLabelValues(fam, m.mode).Inc()

@@ -92,7 +92,9 @@ func TestMetricsFromSyncReport(t *testing.T) {
 	clock.Step(time.Second) // the sync ends 2.5s after the trigger
 
 	m.Observe(&SyncReport{Full: false, Snapshot: snap, Families: []FamilyReport{
-		{Family: model.IPv4, View: noLocalView(model.IPv4), Result: model.SyncResult{Full: true}, Duration: 30 * time.Millisecond},
+		{Family: model.IPv4, View: noLocalView(model.IPv4), Duration: 30 * time.Millisecond,
+			Result:    model.SyncResult{Full: true, Tables: &model.TableRules{FilterWritten: 3, NATWritten: 40, FilterTotal: 5, NATTotal: 120}},
+			Conntrack: &ConntrackReport{Duration: 5 * time.Millisecond, Deleted: 3}},
 		{Family: model.IPv6, View: noLocalView(model.IPv6), Result: model.SyncResult{RestoreFailed: true},
 			Err: errors.New("ip6tables-restore: exit status 1"), Duration: 3 * time.Millisecond},
 	}})
@@ -137,6 +139,16 @@ func TestMetricsFromSyncReport(t *testing.T) {
 		"kubeproxy_proxy_healthz_total{code=200}":                                                     1,
 		"kubeproxy_proxy_healthz_total{code=503}":                                                     1,
 		"kubeproxy_proxy_livez_total{code=200}":                                                       1,
+		"kubeproxy_sync_proxy_rules_iptables_total{ip_family=IPv4,table=filter}":                      5,
+		"kubeproxy_sync_proxy_rules_iptables_total{ip_family=IPv4,table=nat}":                         120,
+		"kubeproxy_sync_proxy_rules_iptables_last{ip_family=IPv4,table=filter}":                       3,
+		"kubeproxy_sync_proxy_rules_iptables_last{ip_family=IPv4,table=nat}":                          40,
+		"kubeproxy_conntrack_reconciler_sync_duration_seconds_count{ip_family=IPv4}":                  1,
+		"kubeproxy_conntrack_reconciler_sync_duration_seconds_sum{ip_family=IPv4}":                    0.005,
+		"kubeproxy_conntrack_reconciler_deleted_entries_total{ip_family=IPv4}":                        3,
+		"kubeproxy_conntrack_reconciler_deleted_entries_total{ip_family=IPv6}":                        0,
+		"kubeproxy_iptables_ct_state_invalid_dropped_packets_total{}":                                 0,
+		"kubeproxy_iptables_localhost_nodeports_accepted_packets_total{}":                             0,
 	}
 	var wrong []string
 	for k, v := range want {
@@ -150,6 +162,8 @@ func TestMetricsFromSyncReport(t *testing.T) {
 		"kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family=IPv6}",
 		"kubeproxy_network_programming_duration_seconds_count{ip_family=IPv6}",
 		"kubeproxy_sync_partial_proxy_rules_duration_seconds_count{ip_family=IPv4}",
+		"kubeproxy_sync_proxy_rules_iptables_total{ip_family=IPv6,table=nat}",
+		"kubeproxy_conntrack_reconciler_sync_duration_seconds_count{ip_family=IPv6}",
 	} {
 		if _, ok := got[absent]; ok {
 			wrong = append(wrong, absent+" is present")
@@ -247,6 +261,36 @@ func TestMetricsChangeTotalsPerFamilyAsKubeProxy(t *testing.T) {
 		got := scrape(t, reg)
 		if s, e := got["kubeproxy_sync_proxy_rules_service_changes_total{}"], got["kubeproxy_sync_proxy_rules_endpoint_changes_total{}"]; s != c.services || e != c.slices {
 			t.Errorf("%v: service_changes_total %v, endpoint_changes_total %v; want %v, %v", c.families, s, e, c.services, c.slices)
+		}
+	}
+}
+
+// As in kube-proxy, the rule counts and the nfacct counters are iptables
+// mode metrics; the conntrack reconciler's are in both modes.
+func TestMetricsOfEachMode(t *testing.T) {
+	for _, c := range []struct {
+		mode    string
+		present bool
+	}{{"iptables", true}, {"ipvs", false}} {
+		reg := prometheus.NewRegistry()
+		m := NewMetrics(reg, NewTracker(zap.NewNop(), time.Now), []model.Family{model.IPv4}, c.mode, clocktesting.NewFakeClock(t0))
+		tables := &model.TableRules{NATTotal: 1}
+		if c.mode != "iptables" {
+			tables = nil
+		}
+		m.Observe(&SyncReport{Snapshot: &Snapshot{}, Families: []FamilyReport{{Family: model.IPv4, Result: model.SyncResult{Tables: tables}}}})
+		got := scrape(t, reg)
+		for _, name := range []string{
+			"kubeproxy_sync_proxy_rules_iptables_total{ip_family=IPv4,table=nat}",
+			"kubeproxy_iptables_ct_state_invalid_dropped_packets_total{}",
+			"kubeproxy_iptables_localhost_nodeports_accepted_packets_total{}",
+		} {
+			if _, ok := got[name]; ok != c.present {
+				t.Errorf("%s mode: %s present %v, want %v", c.mode, name, ok, c.present)
+			}
+		}
+		if _, ok := got["kubeproxy_conntrack_reconciler_deleted_entries_total{ip_family=IPv4}"]; !ok {
+			t.Errorf("%s mode: no conntrack_reconciler_deleted_entries_total", c.mode)
 		}
 	}
 }

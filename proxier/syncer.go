@@ -15,8 +15,10 @@ import (
 // (UDP and SCTP flows pinned to endpoints that are gone). prev is nil on
 // the first sync of a process: the cleaner must then judge the entries it
 // finds against next, deleting only those next makes stale (never a flush).
+// It returns how many entries it deleted, which it may do in part when it
+// fails.
 type FlowCleaner interface {
-	Clean(ctx context.Context, prev, next *model.NodeView) error
+	Clean(ctx context.Context, prev, next *model.NodeView) (int, error)
 }
 
 // SyncReport tells what one sync did, for metrics, health and logs.
@@ -48,6 +50,17 @@ type FamilyReport struct {
 	Result   model.SyncResult
 	Err      error
 	Duration time.Duration // this family's compute, apply and conntrack cleanup
+	// Conntrack is what the stale-flow cleanup did after the family
+	// synced; nil when none ran (no conntrack, or the sync failed).
+	Conntrack *ConntrackReport
+}
+
+// ConntrackReport is one stale-flow cleanup, for kube-proxy's
+// conntrack_reconciler_* metrics.
+type ConntrackReport struct {
+	Duration time.Duration
+	Deleted  int // entries deleted, failed or not
+	Err      error
 }
 
 // Syncer is one sync, end to end: snapshot the tracker, compute each
@@ -137,8 +150,7 @@ func (s *Syncer) syncFamily(ctx context.Context, b Backend, snap *Snapshot, full
 		return FamilyReport{Family: fam, View: view, Result: res, Err: fmt.Errorf("%v: %w", fam, err)}
 	}
 	s.applied[fam] = view
-	s.cleanFlows(ctx, fam, view)
-	return FamilyReport{Family: fam, View: view, Result: res}
+	return FamilyReport{Family: fam, View: view, Result: res, Conntrack: s.cleanFlows(ctx, fam, view)}
 }
 
 // cleanFlows deletes the flows made stale since the last view whose stale
@@ -146,17 +158,21 @@ func (s *Syncer) syncFamily(ctx context.Context, b Backend, snap *Snapshot, full
 // rules, but it keeps its baseline, so the next sync deletes what this one
 // could not: a UDP client that keeps a flow alive would otherwise stay
 // pinned to a dead endpoint for good.
-func (s *Syncer) cleanFlows(ctx context.Context, fam model.Family, view *model.NodeView) {
+func (s *Syncer) cleanFlows(ctx context.Context, fam model.Family, view *model.NodeView) *ConntrackReport {
 	if s.flows == nil {
-		return
+		return nil
 	}
+	start := s.clock.Now()
 	// With no baseline yet (the first sync of this process) the cleaner
 	// judges what the table holds, which an earlier run may have left.
-	if err := s.flows.Clean(ctx, s.cleaned[fam], view); err != nil {
+	n, err := s.flows.Clean(ctx, s.cleaned[fam], view)
+	report := &ConntrackReport{Duration: s.clock.Since(start), Deleted: n, Err: err}
+	if err != nil {
 		s.log.Warn("conntrack cleanup failed; retrying after the next sync", zap.Stringer("family", fam), zap.Error(err))
-		return
+		return report
 	}
 	s.cleaned[fam] = view
+	return report
 }
 
 func (s *Syncer) logReport(r *SyncReport) {

@@ -43,12 +43,12 @@ type recordingCleaner struct {
 	fail  bool
 }
 
-func (c *recordingCleaner) Clean(_ context.Context, prev, next *model.NodeView) error {
+func (c *recordingCleaner) Clean(_ context.Context, prev, next *model.NodeView) (int, error) {
 	c.calls = append(c.calls, backendCall{next, prev})
 	if c.fail {
-		return errors.New("conntrack dump interrupted")
+		return 0, errors.New("conntrack dump interrupted")
 	}
-	return nil
+	return 1, nil
 }
 
 func clusterIPService(name, ip string) *v1.Service {
@@ -195,5 +195,27 @@ func TestSyncerPassesRechecksAndAppliedViews(t *testing.T) {
 	}
 	if !f.s.Intact(context.Background()) || len(b4.checked) != 1 || b4.checked[0] != b4.calls[0].view {
 		t.Fatal("Intact must be given the view the backend last applied")
+	}
+}
+
+// Each family's report tells what its conntrack cleanup did (kube-proxy's
+// conntrack_reconciler_* metrics); a family that failed ran none.
+func TestSyncerReportsConntrackCleanup(t *testing.T) {
+	b4 := &recordingBackend{family: model.IPv4}
+	b6 := &recordingBackend{family: model.IPv6, fail: true}
+	f := newSyncerFixture(t, b4, b6)
+	var got *SyncReport
+	f.s.Observe(func(r *SyncReport) { got = r })
+	_ = f.addAndSync("a", "10.96.0.1", true)
+	if ct := got.Families[0].Conntrack; ct == nil || ct.Deleted != 1 || ct.Err != nil {
+		t.Errorf("IPv4 cleanup report %+v, want 1 entry deleted", ct)
+	}
+	if ct := got.Families[1].Conntrack; ct != nil {
+		t.Errorf("IPv6 failed, yet reports a cleanup %+v", ct)
+	}
+	f.flows.fail = true
+	_ = f.addAndSync("b", "10.96.0.2", false)
+	if ct := got.Families[0].Conntrack; ct == nil || ct.Err == nil {
+		t.Errorf("a failed cleanup reports %+v, want its error", ct)
 	}
 }
