@@ -23,7 +23,7 @@ import (
 // traffic to nodes that can keep its client addresses. The servers follow
 // the synced views; the map of running servers is all the state there is.
 type HealthCheckServers struct {
-	host    string // listen address; "" for every address of the node
+	hosts   []string // listen addresses, as listenNetwork reads them
 	healthy func() bool
 	log     *zap.Logger
 
@@ -31,10 +31,13 @@ type HealthCheckServers struct {
 	running map[ServiceName]*healthCheckServer
 }
 
-// NewHealthCheckServers returns a set with no server running. healthy
-// reports the proxy's own health (Health.Healthy).
-func NewHealthCheckServers(host string, healthy func() bool, log *zap.Logger) *HealthCheckServers {
-	return &HealthCheckServers{host: host, healthy: healthy, log: log, running: map[ServiceName]*healthCheckServer{}}
+// NewHealthCheckServers returns a set with no server running. Each
+// service's server listens on every one of hosts (netfilter.NodePortHosts:
+// "" for every address of the node, "0.0.0.0" or "::" for every address
+// of one family, else an address). healthy reports the proxy's own health
+// (Health.Healthy).
+func NewHealthCheckServers(hosts []string, healthy func() bool, log *zap.Logger) *HealthCheckServers {
+	return &HealthCheckServers{hosts: hosts, healthy: healthy, log: log, running: map[ServiceName]*healthCheckServer{}}
 }
 
 // healthCheck is what a service's server must answer.
@@ -119,20 +122,45 @@ func (s *HealthCheckServers) reconcile(wanted map[ServiceName]healthCheck) {
 	}
 }
 
+// start listens on every host, or on none if one fails (as kube-proxy
+// does, so that a later sync may try again), and serves.
 func (s *HealthCheckServers) start(name ServiceName, port uint16) (*healthCheckServer, error) {
-	l, err := net.Listen("tcp", net.JoinHostPort(s.host, strconv.Itoa(int(port))))
-	if err != nil {
-		return nil, err
+	listeners := make([]net.Listener, 0, len(s.hosts))
+	for _, host := range s.hosts {
+		l, err := net.Listen(listenNetwork(host), net.JoinHostPort(host, strconv.Itoa(int(port))))
+		if err != nil {
+			for _, l := range listeners {
+				_ = l.Close()
+			}
+			return nil, err
+		}
+		listeners = append(listeners, l)
 	}
 	srv := &healthCheckServer{name: name, port: port, healthy: s.healthy}
 	srv.http = &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second}
-	go func() {
-		if err := srv.http.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			s.log.Warn("health check server stopped", zap.Stringer("service", name), zap.Error(err))
-		}
-	}()
-	s.log.Info("serving health check node port", zap.Stringer("service", name), zap.Uint16("port", port))
+	for _, l := range listeners {
+		go func() {
+			if err := srv.http.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				s.log.Warn("health check server stopped", zap.Stringer("service", name), zap.Error(err))
+			}
+		}()
+	}
+	s.log.Info("serving health check node port", zap.Stringer("service", name), zap.Uint16("port", port),
+		zap.Strings("hosts", s.hosts))
 	return srv, nil
+}
+
+// listenNetwork: a family's unspecified address stands for every address
+// of that family only ("tcp" would make "0.0.0.0" a dual-stack socket);
+// "" and an address need no family.
+func listenNetwork(host string) string {
+	switch host {
+	case "0.0.0.0":
+		return "tcp4"
+	case "::":
+		return "tcp6"
+	}
+	return "tcp"
 }
 
 // Close stops every server.

@@ -70,9 +70,11 @@ type hcAnswer struct {
 	err    error
 }
 
-func askHealthCheck(port uint16) hcAnswer {
+func askHealthCheck(port uint16) hcAnswer { return askHealthCheckAt("127.0.0.1", port) }
+
+func askHealthCheckAt(host string, port uint16) hcAnswer {
 	c := http.Client{Timeout: 2 * time.Second}
-	resp, err := c.Get(fmt.Sprintf("http://127.0.0.1:%d/", port))
+	resp, err := c.Get("http://" + net.JoinHostPort(host, fmt.Sprint(port)) + "/")
 	if err != nil {
 		return hcAnswer{err: err}
 	}
@@ -107,7 +109,7 @@ func expectClosed(t *testing.T, what string, port uint16) {
 func TestHealthCheckServersFollowViews(t *testing.T) {
 	var proxyHealthy atomic.Bool
 	proxyHealthy.Store(true)
-	s := NewHealthCheckServers("127.0.0.1", proxyHealthy.Load, zap.NewNop())
+	s := NewHealthCheckServers([]string{"127.0.0.1"}, proxyHealthy.Load, zap.NewNop())
 	t.Cleanup(s.Close)
 	web, api := freePort(t), freePort(t)
 
@@ -164,7 +166,7 @@ func TestHealthCheckPortInUseIsLoggedNotFatal(t *testing.T) {
 	defer taken.Close()
 	busy := uint16(taken.Addr().(*net.TCPAddr).Port)
 	core, logs := observer.New(zapcore.InfoLevel)
-	s := NewHealthCheckServers("127.0.0.1", func() bool { return true }, zap.New(core))
+	s := NewHealthCheckServers([]string{"127.0.0.1"}, func() bool { return true }, zap.New(core))
 	t.Cleanup(s.Close)
 	free := freePort(t)
 
@@ -181,7 +183,7 @@ func TestHealthCheckPortInUseIsLoggedNotFatal(t *testing.T) {
 // kube-proxy counts a service's local endpoints by IP: a pod behind two
 // ports of the service (or two target ports) is one endpoint.
 func TestHealthCheckCountsLocalEndpointsByIP(t *testing.T) {
-	s := NewHealthCheckServers("127.0.0.1", func() bool { return true }, zap.NewNop())
+	s := NewHealthCheckServers([]string{"127.0.0.1"}, func() bool { return true }, zap.NewNop())
 	t.Cleanup(s.Close)
 	port := freePort(t)
 	s.Observe(synced(viewOf(model.IPv4,
@@ -190,4 +192,41 @@ func TestHealthCheckCountsLocalEndpointsByIP(t *testing.T) {
 		lbPort("web", port, "metrics", endpointAt("10.0.0.1:9090", true), endpointAt("10.0.0.1:9091", true)),
 	)))
 	expectAnswer(t, "two pods behind three ports", port, http.StatusOK, 2, true)
+}
+
+// A service's server listens on every host given and nowhere else; if one
+// host cannot be bound, on none of them.
+func TestHealthCheckServersListenOnEveryHost(t *testing.T) {
+	s := NewHealthCheckServers([]string{"127.0.0.2", "127.0.0.3"}, func() bool { return true }, zap.NewNop())
+	t.Cleanup(s.Close)
+	port := freePort(t)
+	local := endpointAt("10.0.0.1:8080", true)
+	s.Observe(synced(viewOf(model.IPv4, lbPort("web", port, "", local))))
+	for _, host := range []string{"127.0.0.2", "127.0.0.3"} {
+		if a := askHealthCheckAt(host, port); a.err != nil || a.code != http.StatusOK {
+			t.Errorf("%s:%d: %d, %v; want 200", host, port, a.code, a.err)
+		}
+	}
+	if a := askHealthCheckAt("127.0.0.1", port); !errors.Is(a.err, syscall.ECONNREFUSED) {
+		t.Errorf("127.0.0.1:%d, a host not given: %d, %v; want the connection refused", port, a.code, a.err)
+	}
+
+	taken, err := net.Listen("tcp", "127.0.0.3:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	busy := uint16(taken.Addr().(*net.TCPAddr).Port)
+	s.Observe(synced(viewOf(model.IPv4, lbPort("web", port, "", local), lbPort("busy", busy, "", local))))
+	if a := askHealthCheckAt("127.0.0.2", busy); !errors.Is(a.err, syscall.ECONNREFUSED) {
+		t.Errorf("127.0.0.2:%d, whose other host is taken: %d, %v; want the connection refused", busy, a.code, a.err)
+	}
+}
+
+func TestListenNetwork(t *testing.T) {
+	for host, want := range map[string]string{"": "tcp", "0.0.0.0": "tcp4", "::": "tcp6", "10.0.0.1": "tcp", "fd00::1": "tcp"} {
+		if got := listenNetwork(host); got != want {
+			t.Errorf("listenNetwork(%q) = %q, want %q", host, got, want)
+		}
+	}
 }

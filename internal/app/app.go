@@ -57,6 +57,7 @@ type proxy struct {
 	node     model.NodeInfo
 	families []model.Family
 	flavor   netfilter.Flavor
+	rules    netfilter.Config // what the backends were made with
 	backends []proxier.Backend
 }
 
@@ -95,7 +96,7 @@ func (d *daemon) run(ctx context.Context) error {
 	syncer := proxier.NewSyncer(p.tracker, p.backends, flows, clk, d.log.Named("sync"))
 	metrics := proxier.NewMetrics(registry, p.tracker, p.families, d.cfg.Mode, clk)
 	health.countWith(metrics)
-	checks := proxier.NewHealthCheckServers("", p.health.Healthy, d.log.Named("healthcheck"))
+	checks := proxier.NewHealthCheckServers(healthCheckHosts(p.rules, p.families, d.log), p.health.Healthy, d.log.Named("healthcheck"))
 	defer checks.Close()
 	syncer.Observe(metrics.Observe)
 	syncer.Observe(p.health.Observe)
@@ -239,6 +240,7 @@ func (d *daemon) makeBackends(ctx context.Context, p *proxy) error {
 		return err
 	}
 	rules := d.iptablesConfig(p.node)
+	p.rules = rules
 	for _, fam := range p.families {
 		b, err := d.kernel.newBackend(d.cfg, rules, fam, p.flavor)
 		if err != nil {

@@ -212,17 +212,15 @@ func primaryNodeIPs(node model.NodeInfo) []netip.Addr {
 }
 
 // primaryNodePortAddresses is kube-proxy's --nodeport-addresses=primary:
-// the node's primary IP of each family, loopback left out.
+// the node's primary IP of each family (primaryNodeIPs), a loopback one
+// left out. A family left without one serves its node ports on every
+// address, as in kube-proxy (a single-stack Node's other family, too).
 func primaryNodePortAddresses(node model.NodeInfo) []netip.Prefix {
 	var out []netip.Prefix
-	seen := map[model.Family]bool{}
-	for _, a := range node.Addresses {
-		fam := model.FamilyOf(a)
-		if seen[fam] || a.IsLoopback() {
-			continue
+	for _, a := range primaryNodeIPs(node) {
+		if !a.IsLoopback() {
+			out = append(out, netip.PrefixFrom(a, a.BitLen()))
 		}
-		seen[fam] = true
-		out = append(out, netip.PrefixFrom(a, a.BitLen()))
 	}
 	return out
 }
