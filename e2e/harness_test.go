@@ -29,6 +29,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/svcproxy/svcproxy/conntrack"
+	"github.com/svcproxy/svcproxy/internal/app"
 	"github.com/svcproxy/svcproxy/internal/netnstest"
 	"github.com/svcproxy/svcproxy/iptables"
 	"github.com/svcproxy/svcproxy/ipvs"
@@ -126,10 +127,26 @@ type settings struct {
 	cfg          netfilter.Config
 	zone         string
 	drainTimeout time.Duration // IPVS mode; 0: the default
+	// podTraffic, if set, sets how the rules tell pods, from the Node.
+	podTraffic func(model.NodeInfo)
 }
 
 // masqueradeAll is --masquerade-all.
 func masqueradeAll() option { return func(s *settings) { s.cfg.MasqueradeAll = true } }
+
+// detectLocal tells pods as svcproxy does when started with args (its
+// --detect-local-mode flags), for the bed's node, without a cluster CIDR.
+func detectLocal(t *testing.T, args ...string) option {
+	opts, err := app.Parse(args, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return func(s *settings) {
+		s.podTraffic = func(node model.NodeInfo) {
+			s.cfg.ClusterCIDRs, s.cfg.PodInterface = app.PodTraffic(opts.Config, node, zaptest.NewLogger(t))
+		}
+	}
+}
 
 // drainAfter bounds how long the IPVS mode's real servers drain.
 func drainAfter(d time.Duration) option { return func(s *settings) { s.drainTimeout = d } }
@@ -198,6 +215,9 @@ func newCluster(t *testing.T, s setup, pods int, opts ...option) *cluster {
 	c.settings.cfg.NodeIPs = c.nodeInfo().Addresses
 	for _, o := range opts {
 		o(&c.settings)
+	}
+	if c.settings.podTraffic != nil {
+		c.settings.podTraffic(c.nodeInfo())
 	}
 	for _, ns := range append([]*netnstest.NS{c.Node(), c.Outside()}, c.Pods()...) {
 		ns.Timeout = defaultTimeout()

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/svcproxy/svcproxy/internal/netnstest"
@@ -93,6 +94,37 @@ func TestExternalTrafficPolicyLocal(t *testing.T) {
 		// load balancer and come back.
 		expectServers(t, c.Pod(0), "tcp", tcp("203.0.113.22"), 30, c.Pod(0).IPv4(), "pod-2", "pod-3")
 	})
+}
+
+// --detect-local-mode, from svcproxy's own flags to real traffic, with no
+// cluster CIDR: under NodeCIDR the Node's podCIDRs tell pods, under the
+// interface modes the interface they come in on (pod0 stands for a bridge
+// here; every pod comes in on a "pod" interface). A pod reaching an
+// externalTrafficPolicy Local LB IP on a node without a local endpoint is
+// sent to the endpoints elsewhere, keeping its source, and to a ClusterIP
+// it keeps its source too; the outside client is still dropped.
+func TestDetectLocalModes(t *testing.T) {
+	for _, args := range [][]string{
+		{"--detect-local-mode=NodeCIDR"},
+		{"--detect-local-mode=BridgeInterface", "--pod-bridge-interface=pod0"},
+		{"--detect-local-mode=InterfaceNamePrefix", "--pod-interface-name-prefix=pod"},
+	} {
+		t.Run(strings.TrimPrefix(args[0], "--detect-local-mode="), func(t *testing.T) {
+			forEachSetup(t, func(t *testing.T, s setup) {
+				c := newCluster(t, s, 3, detectLocal(t, args...))
+				lb := tcp("203.0.113.26")
+				c.upsertService(service("local", []string{"10.96.0.26"}, proxiertest.LoadBalancer(lb.Addr().String()),
+					proxiertest.ExternalLocal(32026)))
+				c.upsertSlice(endpoints("local", remote(c.Pod(1)), remote(c.Pod(2))))
+				c.sync()
+
+				expectServers(t, c.Pod(0), "tcp", lb, 30, c.Pod(0).IPv4(), "pod-1", "pod-2")
+				expectServers(t, c.Pod(0), "tcp", tcp("10.96.0.26"), 30, c.Pod(0).IPv4(), "pod-1", "pod-2")
+				c.Outside().Timeout = shortTimeout
+				expectFailure(t, c.Outside(), "tcp", lb, netnstest.ErrTimeout)
+			})
+		})
+	}
 }
 
 // internalTrafficPolicy Local: ClusterIP traffic stays on this node.

@@ -81,6 +81,12 @@ func scenarios() []scenario {
 			mt.Port("default", "edge", "", model.TCP, "10.96.0.40", 443, mt.LoadBalancer("198.51.100.40"), mt.ExternalLocal(32001),
 				mt.Eps("local 10.244.1.5:8443", "10.244.2.5:8443")),
 		)},
+		// --detect-local-mode: NodeCIDR tells pods by the node's own range
+		// (the remote pod's range is another node's), BridgeInterface and
+		// InterfaceNamePrefix by the interface a packet comes in on.
+		{name: "detect-local-node-cidr", cfg: netfilter.Config{ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24")}, NodeIPs: nodeIPs}, view: v4(detectLocalPorts()...)},
+		{name: "detect-local-bridge", cfg: netfilter.Config{ClusterCIDRs: mt.PodCIDRs, PodInterface: "cbr0", NodeIPs: nodeIPs}, view: v4(detectLocalPorts()...)},
+		{name: "detect-local-prefix", cfg: netfilter.Config{PodInterface: "veth+", NodeIPs: nodeIPs}, view: v4(detectLocalPorts()...)},
 		{name: "nodeport-addresses", cfg: netfilter.Config{
 			ClusterCIDRs:      mt.PodCIDRs,
 			NodePortAddresses: []netip.Prefix{netip.MustParsePrefix("192.168.1.0/24"), netip.MustParsePrefix("fd00::/8")},
@@ -103,6 +109,17 @@ func scenarios() []scenario {
 			mt.Port("kube-system", "dns", "dns", model.UDP, "fd00:96::53", 53),
 		)},
 		partialScenario(),
+	}
+}
+
+// detectLocalPorts tell pods from the rest: a ClusterIP masquerades the
+// rest; an externalTrafficPolicy Local LB IP with no endpoint here sends
+// pods to the endpoints elsewhere and drops the rest.
+func detectLocalPorts() []*model.ServicePort {
+	return []*model.ServicePort{
+		web(twoRemote),
+		mt.Port("default", "edge", "", model.TCP, "10.96.0.40", 443, mt.LoadBalancer("198.51.100.40"), mt.ExternalLocal(32001),
+			mt.Eps("10.244.2.5:8443", "10.244.3.5:8443")),
 	}
 }
 

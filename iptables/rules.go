@@ -117,10 +117,10 @@ func (c *compiler) externalTargets(rp *netfilter.Port) []string {
 func (c *compiler) localPolicyRules(rp *netfilter.Port) []string {
 	label, svc := netfilter.PortLabel(rp.Name()), chainOf(rp, prefixSVC)
 	var rules []string
-	if len(rp.Cluster) > 0 && c.ClusterCIDR.IsValid() {
+	if len(rp.Cluster) > 0 && c.PodTraffic != "" {
 		// A pod reaching an external address is not subject to the policy,
 		// as if it had gone out to the load balancer and come back in.
-		rules = append(rules, "-s "+c.ClusterCIDR.String()+" -m comment --comment "+
+		rules = append(rules, c.PodTraffic+"-m comment --comment "+
 			netfilter.QuoteComment("pod traffic for "+label+" external destinations")+" -j "+svc)
 	}
 	// The node itself picks the external address as its source, which no

@@ -31,6 +31,7 @@ type traceCase struct {
 	port               uint16
 	proto              string // "" is tcp
 	srcLocal, dstLocal bool
+	iface              string // the interface it comes in on, if not from the node
 	// want lists every endpoint the connection may be DNATed to; empty:
 	// it must not be DNATed.
 	want []string
@@ -119,6 +120,26 @@ var traceCases = map[string][]traceCase{
 		{name: "node still masqueraded on the way to external local", src: nodeIP, srcLocal: true, dst: "198.51.100.40", port: 443, want: []string{"10.244.1.5:8443", "10.244.2.5:8443"}, masq: true},
 		{name: "pods cannot be told apart: local endpoint only", src: localPod, dst: "198.51.100.40", port: 443, want: []string{"10.244.1.5:8443"}},
 	},
+	"detect-local-node-cidr": {
+		{name: "pod of this node to ClusterIP keeps its source", src: localPod, dst: "10.96.0.10", port: 80, want: []string{"10.244.2.5:8080", "10.244.3.7:8080"}},
+		{name: "other sources to ClusterIP masqueraded", src: remotePod, dst: "10.96.0.10", port: 80, want: []string{"10.244.2.5:8080", "10.244.3.7:8080"}, masq: true},
+		{name: "pod to Local LB IP without a local endpoint reaches the others", src: localPod, dst: "198.51.100.40", port: 443, want: []string{"10.244.2.5:8443", "10.244.3.5:8443"}},
+		{name: "outside client to it dropped", src: client, dst: "198.51.100.40", port: 443, verdict: "DROP"},
+	},
+	"detect-local-bridge": {
+		{name: "pod from the bridge keeps its source", src: localPod, iface: "cbr0", dst: "10.96.0.10", port: 80, want: []string{"10.244.2.5:8080", "10.244.3.7:8080"}},
+		{name: "pod range from elsewhere masqueraded (the bridge wins)", src: localPod, iface: "eth0", dst: "10.96.0.10", port: 80, want: []string{"10.244.2.5:8080", "10.244.3.7:8080"}, masq: true},
+		{name: "node masqueraded", src: nodeIP, srcLocal: true, dst: "10.96.0.10", port: 80, want: []string{"10.244.2.5:8080", "10.244.3.7:8080"}, masq: true},
+		{name: "pod to Local LB IP without a local endpoint reaches the others", src: localPod, iface: "cbr0", dst: "198.51.100.40", port: 443, want: []string{"10.244.2.5:8443", "10.244.3.5:8443"}},
+		{name: "outside client to it dropped", src: client, iface: "eth0", dst: "198.51.100.40", port: 443, verdict: "DROP"},
+	},
+	"detect-local-prefix": {
+		{name: "pod from a veth keeps its source", src: localPod, iface: "veth1a2b", dst: "10.96.0.10", port: 80, want: []string{"10.244.2.5:8080", "10.244.3.7:8080"}},
+		{name: "client from eth0 masqueraded", src: client, iface: "eth0", dst: "10.96.0.10", port: 80, want: []string{"10.244.2.5:8080", "10.244.3.7:8080"}, masq: true},
+		{name: "pod to Local LB IP without a local endpoint reaches the others", src: localPod, iface: "veth1a2b", dst: "198.51.100.40", port: 443, want: []string{"10.244.2.5:8443", "10.244.3.5:8443"}},
+		{name: "outside client to it dropped", src: client, iface: "eth0", dst: "198.51.100.40", port: 443, verdict: "DROP"},
+		{name: "node to it masqueraded, to the others", src: nodeIP, srcLocal: true, dst: "198.51.100.40", port: 443, want: []string{"10.244.2.5:8443", "10.244.3.5:8443"}, masq: true},
+	},
 	"nodeport-addresses": {
 		{name: "NodePort on an allowed address", src: client, dst: nodeIP, dstLocal: true, port: 30080, want: []string{"10.244.2.5:8080", "10.244.3.7:8080"}, masq: true},
 		{name: "NodePort on another local address untouched", src: client, dst: otherIP, dstLocal: true, port: 30080},
@@ -200,7 +221,7 @@ func checkTrace(t *testing.T, rs *tracer.Ruleset, tc traceCase) {
 	pkt := tracer.Packet{
 		Src: netip.MustParseAddr(tc.src), Dst: netip.MustParseAddr(tc.dst),
 		Proto: cmp.Or(tc.proto, "tcp"), DPort: tc.port,
-		SrcLocal: tc.srcLocal, DstLocal: tc.dstLocal,
+		SrcLocal: tc.srcLocal, DstLocal: tc.dstLocal, InIface: tc.iface,
 	}
 	outcomes, err := rs.Trace(pkt)
 	if err != nil {

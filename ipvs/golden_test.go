@@ -90,6 +90,13 @@ func scenarios() []scenario {
 		{name: "external-local-none-here", cfg: testCfg, view: v4(web(
 			mt.NodePort(30080), mt.LoadBalancer("198.51.100.10"), mt.ExternalLocal(32000), twoRemote,
 		))},
+		// --detect-local-mode=InterfaceNamePrefix: pods are told by the
+		// interface they come in on, for the masquerade and Local policy.
+		{name: "detect-local-prefix", cfg: withRules(func(c *ipvs.Config) {
+			c.Rules.ClusterCIDRs, c.Rules.PodInterface = nil, "veth+"
+		}), view: v4(web(
+			mt.NodePort(30080), mt.LoadBalancer("198.51.100.10"), mt.ExternalLocal(32000), twoRemote,
+		))},
 		{name: "internal-local", cfg: testCfg, view: v4(
 			web(mt.InternalLocal(), mt.Eps("local 10.244.1.5:8080", "10.244.2.5:8080")),
 			mt.Port("default", "api", "", model.TCP, "10.96.0.20", 443, mt.InternalLocal(), mt.NodePort(30443), mt.Eps("10.244.2.6:6443")),

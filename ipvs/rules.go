@@ -62,8 +62,8 @@ func (c *compiler) localPolicyRules(rp *netfilter.Port) []string {
 	}
 	var rules []string
 	for _, dst := range dsts {
-		if c.rules.ClusterCIDR.IsValid() {
-			rules = append(rules, "-s "+c.rules.ClusterCIDR.String()+" "+dst+toClusterIP[1:])
+		if c.rules.PodTraffic != "" {
+			rules = append(rules, c.rules.PodTraffic+dst+toClusterIP[1:])
 		}
 		local := "-m addrtype --src-type LOCAL " + dst
 		rules = append(rules, local+masq[1:], local+toClusterIP[1:])

@@ -12,10 +12,18 @@ import (
 // Config is what the rules depend on besides the view. It must not change
 // between the view a partial plan starts from and the view it goes to.
 type Config struct {
-	// ClusterCIDRs are the pod ranges (--cluster-cidr), at most one per
-	// family; traffic from outside them to a ClusterIP is masqueraded.
-	// Empty: nothing is masqueraded on the way to a ClusterIP, as in kube-proxy.
+	// ClusterCIDRs tell traffic from pods by its source, at most one range
+	// per family (the first counts): the cluster's pod ranges
+	// (--detect-local-mode=ClusterCIDR, --cluster-cidr) or the node's own
+	// (NodeCIDR). Traffic from outside them to a ClusterIP is masqueraded.
+	// Empty, and no PodInterface: pod traffic cannot be told, and nothing
+	// is masqueraded on the way to a ClusterIP, as in kube-proxy.
 	ClusterCIDRs []netip.Prefix
+	// PodInterface tells traffic from pods by the interface it comes in
+	// on instead, as iptables' -i matches it: a bridge's name
+	// (BridgeInterface), or a name prefix followed by "+"
+	// (InterfaceNamePrefix). It wins over ClusterCIDRs.
+	PodInterface string
 	// MasqueradeAll masquerades all traffic to ClusterIPs.
 	MasqueradeAll bool
 	// NodePortAddresses limits the node addresses node ports answer on
@@ -39,9 +47,11 @@ const DefaultMasqueradeBit = 14
 // that does not depend on a service.
 type Rules struct {
 	Family model.Family
-	// ClusterCIDR is the pod range of the family; invalid when none is set.
-	ClusterCIDR   netip.Prefix
-	MasqueradeAll bool
+	// PodTraffic matches packets from pods and NotPodTraffic the rest
+	// ("-s range " or "-i name "; "! " before either); both "" when pod
+	// traffic cannot be told.
+	PodTraffic, NotPodTraffic string
+	MasqueradeAll             bool
 	// NodePortDsts are the destinations node ports answer on: a "-d
 	// prefix " match per prefix, or one match for every local address but
 	// loopback.
@@ -70,14 +80,7 @@ func NewRules(cfg Config, family model.Family) *Rules {
 	if family == model.IPv6 {
 		r.hostBits, r.loopback, r.unreachable = 128, netip.IPv6Loopback(), "icmp6-port-unreachable"
 	}
-	// kube-proxy takes one pod range per family; a second one of the same
-	// family could not be expressed by the single "! -s" masquerade rule.
-	for _, p := range cfg.ClusterCIDRs {
-		if p.IsValid() && model.FamilyOf(p.Addr()) == family {
-			r.ClusterCIDR = p.Masked()
-			break
-		}
-	}
+	r.PodTraffic, r.NotPodTraffic = podTraffic(cfg, family)
 	r.NodeIP = r.loopback
 	for _, a := range cfg.NodeIPs {
 		if a.IsValid() && model.FamilyOf(a) == family {
@@ -88,6 +91,21 @@ func NewRules(cfg Config, family model.Family) *Rules {
 	r.NodePortPrefixes = nodePortPrefixes(cfg.NodePortAddresses, family)
 	r.NodePortDsts = nodePortDsts(r.NodePortPrefixes, family)
 	return r
+}
+
+// podTraffic renders kube-proxy's local traffic detector of the family.
+// kube-proxy takes one pod range per family; a second one of the same
+// family could not be expressed by a single "! -s" masquerade rule.
+func podTraffic(cfg Config, family model.Family) (pods, notPods string) {
+	if cfg.PodInterface != "" {
+		return "-i " + cfg.PodInterface + " ", "! -i " + cfg.PodInterface + " "
+	}
+	for _, p := range cfg.ClusterCIDRs {
+		if p.IsValid() && model.FamilyOf(p.Addr()) == family {
+			return "-s " + p.Masked().String() + " ", "! -s " + p.Masked().String() + " "
+		}
+	}
+	return "", ""
 }
 
 func masqueradeMark(bit int) string {
@@ -151,8 +169,8 @@ func (r *Rules) Reject(p *Port) string {
 	return "-j REJECT --reject-with " + r.unreachable
 }
 
-// MasqueradeRules open what ClusterIP traffic reaches first. Traffic from
-// outside the pod range (a node, or a client routed to the service range)
+// MasqueradeRules open what ClusterIP traffic reaches first. Traffic not
+// from a pod (a node, or a client routed to the service range)
 // is masqueraded so the reply comes back through this node to be
 // un-DNATed. External traffic reaching the same rules is either already
 // marked or comes from a pod, so they need no destination match.
@@ -160,8 +178,8 @@ func (r *Rules) MasqueradeRules() []string {
 	switch {
 	case r.MasqueradeAll:
 		return []string{"-j " + ChainMarkMasq}
-	case r.ClusterCIDR.IsValid():
-		return []string{"! -s " + r.ClusterCIDR.String() + " -j " + ChainMarkMasq}
+	case r.NotPodTraffic != "":
+		return []string{r.NotPodTraffic + "-j " + ChainMarkMasq}
 	}
 	return nil
 }

@@ -260,6 +260,7 @@ func (d *daemon) makeBackends(ctx context.Context, p *proxy) error {
 func (d *daemon) iptablesConfig(node model.NodeInfo) netfilter.Config {
 	cfg := netfilter.Config{ClusterCIDRs: d.cfg.ClusterCIDRs, MasqueradeAll: d.cfg.MasqueradeAll,
 		NodePortAddresses: d.cfg.NodePortAddresses, MasqueradeBit: d.cfg.MasqueradeBit, NodeIPs: primaryNodeIPs(node)}
+	cfg.ClusterCIDRs, cfg.PodInterface = PodTraffic(d.cfg, node, d.log)
 	if d.cfg.MasqueradeBit == 0 {
 		d.log.Warn("masquerade bit 0 is not supported by the iptables backend; using 14")
 	}

@@ -40,9 +40,16 @@ type Config struct {
 	// the host name, lowercased).
 	NodeName string
 
-	ClusterCIDRs  []netip.Prefix // at most one per family
-	MasqueradeAll bool
-	MasqueradeBit int
+	ClusterCIDRs []netip.Prefix // at most one per family
+	// DetectLocalMode is how pod traffic is told from the rest
+	// (detectLocalMode; ClusterCIDR when unset): by ClusterCIDRs, by the
+	// Node's podCIDRs (NodeCIDR), or by the interface it comes in on
+	// (BridgeInterface, InterfaceNamePrefix), which PodInterface holds as
+	// iptables matches it.
+	DetectLocalMode string
+	PodInterface    string
+	MasqueradeAll   bool
+	MasqueradeBit   int
 	// NodePortAddresses limits the addresses node ports answer on; empty
 	// means every local address. NodePortPrimary asks for the node's
 	// primary IP of each family instead, known once the Node is read.
@@ -253,10 +260,12 @@ func resolve(kp *kubeproxy.KubeProxyConfiguration) (Config, error) {
 	}
 	var cidrErr, nodePortErr, ipvsErr, conntrackErr error
 	c.ClusterCIDRs, cidrErr = parseClusterCIDRs(kp.ClusterCIDR)
+	var detectErr error
+	c.DetectLocalMode, c.PodInterface, detectErr = resolveDetectLocal(kp)
 	c.NodePortAddresses, c.NodePortPrimary, nodePortErr = parseNodePortAddresses(kp.NodePortAddresses)
 	c.IPVS, ipvsErr = resolveIPVS(&kp.IPVS)
 	c.Conntrack, conntrackErr = resolveConntrack(&kp.Conntrack)
-	return c, joinErrors(checkMode(string(kp.Mode)), cidrErr, nodePortErr, ipvsErr, conntrackErr, c.validate())
+	return c, joinErrors(checkMode(string(kp.Mode)), cidrErr, detectErr, nodePortErr, ipvsErr, conntrackErr, c.validate())
 }
 
 // effectiveMode is the mode a configuration runs: kube-proxy's default
@@ -432,6 +441,36 @@ func parseClusterCIDRs(s string) ([]netip.Prefix, error) {
 		return nil, fmt.Errorf("cluster CIDR %q: want one CIDR or one of each IP family", s)
 	}
 	return out, nil
+}
+
+// The ways of telling pod traffic from the rest (kube-proxy's LocalMode).
+const (
+	localModeClusterCIDR         = "ClusterCIDR"
+	localModeNodeCIDR            = "NodeCIDR"
+	localModeBridgeInterface     = "BridgeInterface"
+	localModeInterfaceNamePrefix = "InterfaceNamePrefix"
+)
+
+// resolveDetectLocal reads detectLocalMode and detectLocal, validated as
+// kube-proxy does: a known mode, and the interface it names not empty.
+func resolveDetectLocal(kp *kubeproxy.KubeProxyConfiguration) (mode, podInterface string, err error) {
+	switch mode = string(kp.DetectLocalMode); mode {
+	case "", localModeClusterCIDR:
+		return localModeClusterCIDR, "", nil
+	case localModeNodeCIDR:
+		return mode, "", nil
+	case localModeBridgeInterface:
+		if kp.DetectLocal.BridgeInterface == "" {
+			return "", "", errors.New("detectLocalMode BridgeInterface: detectLocal.bridgeInterface (--pod-bridge-interface) must not be empty")
+		}
+		return mode, kp.DetectLocal.BridgeInterface, nil
+	case localModeInterfaceNamePrefix:
+		if kp.DetectLocal.InterfaceNamePrefix == "" {
+			return "", "", errors.New("detectLocalMode InterfaceNamePrefix: detectLocal.interfaceNamePrefix (--pod-interface-name-prefix) must not be empty")
+		}
+		return mode, kp.DetectLocal.InterfaceNamePrefix + "+", nil
+	}
+	return "", "", fmt.Errorf("detectLocalMode %q: want ClusterCIDR, NodeCIDR, BridgeInterface or InterfaceNamePrefix", mode)
 }
 
 // parseNodePortAddresses reads --nodeport-addresses: CIDRs, or "primary".

@@ -101,9 +101,12 @@ func (c *commandLine) addKubeProxyFlags() {
 	fs.StringVar(&kp.MetricsBindAddress, "metrics-bind-address", kp.MetricsBindAddress, "The IP address and port for the metrics server (/metrics); empty to disable.")
 	fs.Int32Var(&c.healthzPort, "healthz-port", defaultHealthzPort, "Deprecated: 0 disables the health server; use --healthz-bind-address.")
 	fs.Int32Var(&c.metricsPort, "metrics-port", defaultMetricsPort, "Deprecated: 0 disables the metrics server; use --metrics-bind-address.")
-	fs.StringVar(&kp.ClusterCIDR, "cluster-cidr", "", "The CIDR range of the pods in the cluster, or a comma-separated dual-stack pair. Traffic to a ClusterIP from outside it is masqueraded.")
+	fs.StringVar(&kp.ClusterCIDR, "cluster-cidr", "", "The CIDR range of the pods in the cluster, or a comma-separated dual-stack pair. With --detect-local-mode=ClusterCIDR, traffic to a ClusterIP from outside it is masqueraded.")
 	fs.BoolVar(&kp.IPTables.MasqueradeAll, "masquerade-all", false, "SNAT all traffic sent via Service cluster IPs.")
 	fs.Int32Var(kp.IPTables.MasqueradeBit, "iptables-masquerade-bit", *kp.IPTables.MasqueradeBit, "The bit of the fwmark space that marks packets to SNAT, within [0, 31].")
+	fs.StringVar((*string)(&kp.DetectLocalMode), "detect-local-mode", "", "How traffic from pods is told from the rest: ClusterCIDR (the default: by --cluster-cidr), NodeCIDR (by the Node's pod CIDRs), BridgeInterface or InterfaceNamePrefix (by the interface it comes in on).")
+	fs.StringVar(&kp.DetectLocal.BridgeInterface, "pod-bridge-interface", "", "With --detect-local-mode=BridgeInterface, the bridge traffic from pods comes in on.")
+	fs.StringVar(&kp.DetectLocal.InterfaceNamePrefix, "pod-interface-name-prefix", "", "With --detect-local-mode=InterfaceNamePrefix, the prefix of the names of the interfaces traffic from pods comes in on.")
 	fs.StringSliceVar(&kp.NodePortAddresses, "nodeport-addresses", nil, "CIDR ranges of the node IPs NodePorts accept connections on, or 'primary' for the Node's primary IPs; default every local IP.")
 	fs.DurationVar(&kp.IPTables.SyncPeriod.Duration, "iptables-sync-period", kp.IPTables.SyncPeriod.Duration, "In iptables mode, the longest a failed sync waits for its retry; a change waiting twice as long fails /healthz. Full syncs come hourly, and after a failure or drift.")
 	fs.DurationVar(&kp.IPTables.MinSyncPeriod.Duration, "iptables-min-sync-period", kp.IPTables.MinSyncPeriod.Duration, "In iptables mode, syncs start at most once per this period on average (two back to back after a quiet one); 0 syncs on every change.")
@@ -129,6 +132,7 @@ func (c *commandLine) addKubeProxyFlags() {
 	fs.StringVar(&kp.Logging.Format, "logging-format", kp.Logging.Format, "Log format: text or json.")
 	c.config("kubeconfig", "kube-api-content-type", "kube-api-burst", "kube-api-qps", "proxy-mode", "mode",
 		"healthz-bind-address", "metrics-bind-address", "healthz-port", "metrics-port", "cluster-cidr",
+		"detect-local-mode", "pod-bridge-interface", "pod-interface-name-prefix",
 		"masquerade-all", "iptables-masquerade-bit", "nodeport-addresses", "iptables-sync-period", "sync-period",
 		"iptables-min-sync-period", "min-sync-period", "ipvs-sync-period", "ipvs-min-sync-period", "ipvs-scheduler",
 		"ipvs-exclude-cidrs", "ipvs-strict-arp", "ipvs-tcp-timeout", "ipvs-tcpfin-timeout", "ipvs-udp-timeout",
@@ -143,8 +147,7 @@ func (c *commandLine) addIgnoredKubeProxyFlags() {
 	bools := []string{"bind-address-hard-fail", "profiling", "iptables-localhost-nodeports",
 		"log-json-split-stream", "log-text-split-stream", "logtostderr", "alsologtostderr", "add-dir-header",
 		"skip-headers", "skip-log-headers", "one-output"}
-	values := []string{"feature-gates", "bind-address", "show-hidden-metrics-for-version", "detect-local-mode",
-		"pod-bridge-interface", "pod-interface-name-prefix", "oom-score-adj", "log-flush-frequency", "vmodule", "log-json-info-buffer-size", "log-text-info-buffer-size",
+	values := []string{"feature-gates", "bind-address", "show-hidden-metrics-for-version", "oom-score-adj", "log-flush-frequency", "vmodule", "log-json-info-buffer-size", "log-text-info-buffer-size",
 		"proxy-port-range", "udp-timeout", "boot-id-file", "machine-id-file", "log-dir", "log-file",
 		"log-file-max-size", "stderrthreshold", "log-backtrace-at"}
 	for _, name := range bools {

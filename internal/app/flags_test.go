@@ -64,7 +64,7 @@ func TestParseDefaultsAreKubeProxys(t *testing.T) {
 	want := Config{
 		Mode:        "iptables",
 		ContentType: "application/vnd.kubernetes.protobuf", QPS: 5, Burst: 10,
-		MasqueradeBit: 14, SyncPeriod: 30 * time.Second, MinSyncPeriod: time.Second,
+		DetectLocalMode: "ClusterCIDR", MasqueradeBit: 14, SyncPeriod: 30 * time.Second, MinSyncPeriod: time.Second,
 		ConfigSyncPeriod: 15 * time.Minute, HealthzBindAddress: "0.0.0.0:10256",
 		MetricsBindAddress: "127.0.0.1:10249", Flavor: "auto", APITimeout: 30 * time.Second,
 		NodeTimeout: 30 * time.Second, LogFormat: "text",
@@ -87,7 +87,7 @@ func TestParseKubeProxyFlags(t *testing.T) {
 		Mode:       "iptables",
 		Kubeconfig: "/etc/kube/config", Master: "https://10.0.0.1:6443",
 		ContentType: "application/vnd.kubernetes.protobuf", QPS: 5, Burst: 10, NodeName: "node-a",
-		ClusterCIDRs: prefixes("10.244.0.0/16", "fd00:244::/56"), MasqueradeAll: true, MasqueradeBit: 15,
+		ClusterCIDRs: prefixes("10.244.0.0/16", "fd00:244::/56"), DetectLocalMode: "ClusterCIDR", MasqueradeAll: true, MasqueradeBit: 15,
 		NodePortAddresses: prefixes("192.168.50.0/24", "fd00:50::/64"),
 		SyncPeriod:        10 * time.Second, MinSyncPeriod: 0, ConfigSyncPeriod: 15 * time.Minute,
 		HealthzBindAddress: "[::]:10256", MetricsBindAddress: "0.0.0.0:9249",
@@ -112,11 +112,11 @@ func TestParseKubeProxyFlags(t *testing.T) {
 func TestParseWarnsOnceForEachUnusedKubeProxyFlag(t *testing.T) {
 	// Arguments of a typical kube-proxy DaemonSet.
 	opts := parse(t, "--conntrack-max-per-core=0", "--profiling", "--feature-gates=A=true,B=false",
-		"--oom-score-adj", "-999", "--v=2", "--detect-local-mode=ClusterCIDR", "--cluster-cidr=10.244.0.0/16")
+		"--oom-score-adj", "-999", "--v=2", "--proxy-port-range=30000-32767", "--cluster-cidr=10.244.0.0/16")
 	want := []string{
 		"flag --profiling is a kube-proxy flag svcproxy does not use; ignored",
 		"flag --feature-gates is a kube-proxy flag svcproxy does not use; ignored",
-		"flag --detect-local-mode is a kube-proxy flag svcproxy does not use; ignored",
+		"flag --proxy-port-range is a kube-proxy flag svcproxy does not use; ignored",
 		"flag --oom-score-adj is a kube-proxy flag svcproxy does not use; ignored",
 	}
 	if !slices.Equal(sorted(opts.Warnings), sorted(want)) {

@@ -28,3 +28,25 @@ func TestRulesConfigTakesTheNodesPrimaryIPs(t *testing.T) {
 		t.Errorf("node IPs of an unknown node %v, want none (the rules take loopback)", got)
 	}
 }
+
+// Each detect-local mode reaches the rules as kube-proxy's detectors:
+// NodeCIDR by the Node's podCIDRs, the interface modes by the interface.
+func TestRulesConfigTellsPodsByTheDetectLocalMode(t *testing.T) {
+	cluster := []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}
+	node := model.NodeInfo{PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.3.0/24"), netip.MustParsePrefix("fd00:244:3::/64")}}
+	for _, tc := range []struct {
+		mode, iface string
+		ranges      []netip.Prefix
+	}{
+		{"ClusterCIDR", "", cluster},
+		{"NodeCIDR", "", node.PodCIDRs},
+		{"BridgeInterface", "cbr0", nil},
+		{"InterfaceNamePrefix", "veth+", nil},
+	} {
+		d := &daemon{cfg: Config{MasqueradeBit: 14, ClusterCIDRs: cluster, DetectLocalMode: tc.mode, PodInterface: tc.iface}, log: zap.NewNop()}
+		got := d.iptablesConfig(node)
+		if !slices.Equal(got.ClusterCIDRs, tc.ranges) || got.PodInterface != tc.iface {
+			t.Errorf("%s: ranges %v, interface %q; want %v, %q", tc.mode, got.ClusterCIDRs, got.PodInterface, tc.ranges, tc.iface)
+		}
+	}
+}

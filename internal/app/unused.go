@@ -69,12 +69,6 @@ func unusedFields() []unusedField {
 		{"winkernel.rootHnsEndpointName", func(c *kp) string { return value(c.Winkernel.RootHnsEndpointName, "") }, windowsOnly},
 		{"winkernel.forwardHealthCheckVip", func(c *kp) string { return value(c.Winkernel.ForwardHealthCheckVip, false) }, windowsOnly},
 		{"windowsRunAsService", func(c *kp) string { return value(c.WindowsRunAsService, false) }, windowsOnly},
-		{"detectLocalMode", func(c *kp) string { return value(string(c.DetectLocalMode), "", "ClusterCIDR") },
-			"svcproxy tells pod traffic by clusterCIDR only"},
-		{"detectLocal.bridgeInterface", func(c *kp) string { return value(c.DetectLocal.BridgeInterface, "") },
-			"svcproxy tells pod traffic by clusterCIDR only"},
-		{"detectLocal.interfaceNamePrefix", func(c *kp) string { return value(c.DetectLocal.InterfaceNamePrefix, "") },
-			"svcproxy tells pod traffic by clusterCIDR only"},
 		{"oomScoreAdj", func(c *kp) string { return pointer(c.OOMScoreAdj, -999) }, "svcproxy keeps the OOM score its container gets"},
 		{"portRange", func(c *kp) string { return value(c.PortRange, "") }, "kube-proxy does not use it either"},
 	}

@@ -17,9 +17,9 @@ func configWarnings(t *testing.T, body string) []string {
 }
 
 func TestConfigFieldSvcproxyIgnoresIsNamedOnce(t *testing.T) {
-	got := configWarnings(t, configHead+"clusterCIDR: 10.244.0.0/16\ndetectLocalMode: NodeCIDR\n")
-	want := "config field detectLocalMode: NodeCIDR is a kube-proxy setting svcproxy does not use; ignored " +
-		"(svcproxy tells pod traffic by clusterCIDR only)"
+	got := configWarnings(t, configHead+"clusterCIDR: 10.244.0.0/16\noomScoreAdj: -500\n")
+	want := "config field oomScoreAdj: -500 is a kube-proxy setting svcproxy does not use; ignored " +
+		"(svcproxy keeps the OOM score its container gets)"
 	if len(got) != 1 || got[0] != want {
 		t.Errorf("warnings %q, want exactly %q", got, want)
 	}
@@ -49,9 +49,6 @@ nftables:
   masqueradeBit: 15
 winkernel:
   enableDSR: true
-detectLocalMode: InterfaceNamePrefix
-detectLocal:
-  interfaceNamePrefix: veth
 oomScoreAdj: -500
 portRange: 30000-32767
 `)
@@ -61,7 +58,7 @@ portRange: 30000-32767
 		"logging.options.text.infoBufferSize: 1048576", "bindAddress: 192.168.50.1", "bindAddressHardFail: true",
 		"enableProfiling: true", "showHiddenMetricsForVersion: 1.34", "iptables.localhostNodePorts: true",
 		"nftables.masqueradeBit: 15",
-		"winkernel.enableDSR: true", "detectLocalMode: InterfaceNamePrefix", "detectLocal.interfaceNamePrefix: veth",
+		"winkernel.enableDSR: true",
 		"oomScoreAdj: -500", "portRange: 30000-32767",
 	}
 	if len(got) != len(want) {

@@ -30,6 +30,7 @@ const (
 	matchMark
 	matchStatistic
 	matchRecent
+	matchInIface
 )
 
 // match is one condition. Fields are used according to kind.
@@ -43,6 +44,7 @@ type match struct {
 	value, mask uint32       // mark
 	probability float64      // statistic
 	recentMode  string       // recent: "--set", "--rcheck" or "--update"
+	iface       string       // in interface: a name, or a prefix and "+"
 }
 
 type target struct {
@@ -119,6 +121,13 @@ func (p *ruleParser) next() error {
 		return nil
 	case "-s", "-d":
 		return p.address(tok)
+	case "-i":
+		iface, err := p.arg()
+		if err != nil {
+			return err
+		}
+		p.add(match{kind: matchInIface, iface: iface})
+		return nil
 	case "-p":
 		proto, err := p.arg()
 		if err != nil {

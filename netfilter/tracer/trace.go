@@ -18,6 +18,9 @@ type Packet struct {
 	// DstLocal: the destination is one of the node's addresses. A DNATed
 	// packet is taken to be going to a pod, not to a node address.
 	DstLocal bool
+	// InIface is the interface a packet from elsewhere comes in on; ""
+	// for one the node sends, which "-i" never matches.
+	InIface string
 }
 
 // Outcome is one way a packet can go. A packet meeting "-m statistic" has
@@ -228,6 +231,8 @@ func (w *walk) match(m match) bool {
 		return m.prefix.Contains(w.pkt.Src)
 	case matchDst:
 		return m.prefix.Contains(w.dst.Addr())
+	case matchInIface:
+		return ifaceMatches(m.iface, w.pkt.InIface)
 	case matchProto:
 		return m.proto == w.pkt.Proto
 	case matchDport:
@@ -265,4 +270,16 @@ func (w *walk) choose() bool {
 	}
 	w.chosen++
 	return w.choices[w.chosen-1]
+}
+
+// ifaceMatches is iptables' interface match: a name, or a prefix
+// followed by "+".
+func ifaceMatches(pattern, iface string) bool {
+	if iface == "" {
+		return false
+	}
+	if prefix, ok := strings.CutSuffix(pattern, "+"); ok {
+		return strings.HasPrefix(iface, prefix)
+	}
+	return pattern == iface
 }

@@ -152,3 +152,32 @@ func TestTraceFailsOnJumpLoops(t *testing.T) {
 		t.Fatal("a jump loop traced without error")
 	}
 }
+
+func TestInInterfaceMatchesNameOrPrefix(t *testing.T) {
+	rs := restored(t, "*nat\n:PREROUTING - [0:0]\n:OUTPUT - [0:0]\n:POSTROUTING - [0:0]\n"+
+		"-A PREROUTING -i cbr0 -p tcp -j DNAT --to-destination 10.0.0.1:80\n"+
+		"-A PREROUTING ! -i veth+ -p tcp -j DNAT --to-destination 10.0.0.2:80\n"+
+		"-A OUTPUT ! -i veth+ -p tcp -j DNAT --to-destination 10.0.0.3:80\n"+
+		"COMMIT\n")
+	for _, tc := range []struct {
+		iface string
+		local bool
+		want  string
+	}{
+		{"cbr0", false, "10.0.0.1:80"},
+		{"cbr01", false, "10.0.0.2:80"},
+		{"veth12ab", false, "192.0.2.1:80"},
+		{"veth", false, "192.0.2.1:80"},
+		{"eth0", false, "10.0.0.2:80"},
+		{"", true, "10.0.0.3:80"}, // the node's own packets come in on no interface
+	} {
+		out, err := rs.Trace(Packet{Src: netip.MustParseAddr("10.244.0.5"), Dst: netip.MustParseAddr("192.0.2.1"),
+			Proto: "tcp", DPort: 80, InIface: tc.iface, SrcLocal: tc.local})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(out) != 1 || out[0].Dst.String() != tc.want {
+			t.Errorf("in on %q: got %v, want %s", tc.iface, out, tc.want)
+		}
+	}
+}
