@@ -294,6 +294,7 @@ func openConntrack(log *zap.Logger) (proxier.FlowCleaner, func()) {
 func newRegistry() *prometheus.Registry {
 	r := prometheus.NewRegistry()
 	r.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	r.MustRegister(restClient().collectors()...)
 	return r
 }
 
