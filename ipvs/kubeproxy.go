@@ -19,8 +19,12 @@ import (
 // takes over what a service still wants and removes the rest, and the
 // iptables mode's retirement of IPVS state removes them all, gently.
 
+// maxSetName is the longest name ipset takes.
+const maxSetName = 31
+
 // kubeProxySetNames are kube-proxy's sets of a family (v1.35 and older),
-// by the name its IPv4 sets have; its IPv6 ones are "KUBE-6-...".
+// by the name its IPv4 sets have; its IPv6 ones are "KUBE-6-...", cut to
+// 31 characters.
 var kubeProxySetNames = []string{
 	"KUBE-LOOP-BACK", "KUBE-CLUSTER-IP", "KUBE-EXTERNAL-IP", "KUBE-EXTERNAL-IP-LOCAL",
 	"KUBE-LOAD-BALANCER", "KUBE-LOAD-BALANCER-LOCAL", "KUBE-LOAD-BALANCER-FW",
@@ -40,7 +44,9 @@ type kubeProxySets struct {
 func newKubeProxySets(family model.Family) kubeProxySets {
 	name := func(n string) string {
 		if family == model.IPv6 {
-			return strings.Replace(n, "KUBE-", "KUBE-6-", 1)
+			// kube-proxy cuts its IPv6 names to ipset's 31 characters.
+			n = strings.Replace(n, "KUBE-", "KUBE-6-", 1)
+			return n[:min(len(n), maxSetName)]
 		}
 		return n
 	}

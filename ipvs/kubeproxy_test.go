@@ -112,3 +112,23 @@ func TestRetireTakesKubeProxysIPVSStateGently(t *testing.T) {
 		t.Fatalf("want only someone else's virtual server left:\n%s", s.Dump())
 	}
 }
+
+// kube-proxy's IPv6 sets carry "KUBE-6-" and are cut to ipset's 31
+// characters: those are the names to destroy.
+func TestRemoveKubeProxySetsKnowsTheCutIPv6Names(t *testing.T) {
+	b := newBed(t, testCfg)
+	names := []string{"KUBE-6-LOAD-BALANCER-SOURCE-CID", "KUBE-6-NODE-PORT-LOCAL-SCTP-HAS", "KUBE-6-CLUSTER-IP"}
+	for _, n := range names {
+		if err := b.k.CreateSet(ipvs.Set{Name: n, Type: ipvs.HashIPPort, Family: model.IPv6}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	destroyed, err := b.backends[model.IPv6].RemoveKubeProxySets(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(names)
+	if !slices.Equal(destroyed, names) {
+		t.Errorf("destroyed %v, want %v", destroyed, names)
+	}
+}
