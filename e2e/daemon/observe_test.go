@@ -14,6 +14,9 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/svcproxy/svcproxy/internal/sandbox"
 )
 
 // failingRestores puts stand-ins for every iptables-restore first on
@@ -143,10 +146,42 @@ func TestMetricsUseKubeProxyNames(t *testing.T) {
 		"kubeproxy_sync_proxy_rules_service_changes_pending",
 		"kubeproxy_sync_proxy_rules_service_changes_total",
 		"kubeproxy_sync_proxy_rules_no_local_endpoints_total",
+		"kubeproxy_conntrack_reconciler_sync_duration_seconds",
+		"kubeproxy_conntrack_reconciler_deleted_entries_total",
+		"kubeproxy_proxy_healthz_total",
+		"rest_client_requests_total", // the informers' watches (their latency is observed only for requests that end)
 	} {
 		if _, ok := families[name]; !ok {
 			t.Errorf("metric %s missing", name)
 		}
+	}
+	// As in kube-proxy, these are the iptables mode's.
+	iptablesOnly := []string{
+		"kubeproxy_sync_proxy_rules_iptables_total",
+		"kubeproxy_sync_proxy_rules_iptables_last",
+		"kubeproxy_iptables_ct_state_invalid_dropped_packets_total",
+		"kubeproxy_iptables_localhost_nodeports_accepted_packets_total",
+	}
+	for _, name := range iptablesOnly {
+		if _, ok := families[name]; ok != (*modeFlag == "iptables") {
+			t.Errorf("metric %s present %v in the %s mode", name, ok, *modeFlag)
+		}
+	}
+	if *modeFlag == "iptables" {
+		tables := map[string]float64{}
+		for _, m := range families["kubeproxy_sync_proxy_rules_iptables_total"].GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "table" {
+					tables[l.GetValue()] += m.GetGauge().GetValue()
+				}
+			}
+		}
+		if tables["nat"] == 0 || tables["filter"] == 0 {
+			t.Errorf("sync_proxy_rules_iptables_total by table %v, want rules in nat and filter", tables)
+		}
+	}
+	if total := counterSum(families["rest_client_requests_total"]); total < 1 {
+		t.Errorf("rest_client_requests_total = %v, want the informers' lists and watches", total)
 	}
 	if histogramCount(families["kubeproxy_sync_full_proxy_rules_duration_seconds"]) == 0 {
 		t.Error("the first (full) sync was not recorded")
@@ -189,4 +224,43 @@ func sumSeries(f *dto.MetricFamily, value func(*dto.Metric) float64) float64 {
 		n += value(m)
 	}
 	return n
+}
+
+// /healthz follows the Node as kube-proxy's does: 503 with nodeEligible
+// false once the Node is gone, 200 again once it is back; /livez stays 200.
+func TestHealthzFollowsTheNode(t *testing.T) {
+	n := newNode(t, 1)
+	const healthz, livez = "http://127.0.0.1:10256/healthz", "http://127.0.0.1:10256/livez"
+	if err := n.expectBody(healthz, 200, `"nodeEligible":true`)(); err != nil {
+		t.Fatal(err)
+	}
+	deleted := time.Now()
+	if err := n.cs.CoreV1().Nodes().Delete(n.ctx, n.ns, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	n.eventually("healthz not eligible once the Node is deleted", deleted, n.expectBody(healthz, http.StatusServiceUnavailable, `"nodeEligible":false`))
+	if err := n.expectStatus(livez, 200)(); err != nil {
+		t.Fatal(err)
+	}
+	back := time.Now()
+	if err := sandbox.RegisterNode(n.ctx, n.cs, n.ns, n.sb.Bed, ""); err != nil {
+		t.Fatal(err)
+	}
+	n.eventually("healthz eligible once the Node is back", back, n.expectBody(healthz, 200, `"nodeEligible":true`))
+}
+
+// expectBody checks url's status and that its body contains want.
+func (n *node) expectBody(url string, code int, want string) func() error {
+	return func() error {
+		resp, err := client(n.sb.Bed.Node()).Get(url)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != code || !strings.Contains(string(body), want) {
+			return fmt.Errorf("%s: HTTP %d %s, want %d with %s", url, resp.StatusCode, body, code, want)
+		}
+		return nil
+	}
 }
