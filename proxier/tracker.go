@@ -62,6 +62,9 @@ type pendingChanges struct {
 	node         bool
 	oldest       time.Time // zero: nothing pending
 	triggerTimes map[ServiceName][]TriggerTime
+	// sliceChanges counts the slice events that changed something, as
+	// kube-proxy's endpoint_changes_pending does.
+	sliceChanges int
 }
 
 // Snapshot is an immutable, consistent view of everything the tracker holds,
@@ -196,6 +199,7 @@ func (t *Tracker) UpsertEndpointSlice(es *discoveryv1.EndpointSlice) {
 		}
 	}
 	t.writable()
+	t.pending.sliceChanges++
 	if known && owner != parsed.Service {
 		t.unfileSlice(owner, es.Name)
 		t.touch(owner, endpointsChange)
@@ -221,6 +225,7 @@ func (t *Tracker) DeleteEndpointSlice(namespace, name string) {
 		if s := findSlice(t.slices[owner], name); s != nil {
 			t.countSliceEvent(s.Family)
 		}
+		t.pending.sliceChanges++
 	}
 	t.removeSlice(key)
 }
@@ -285,8 +290,10 @@ func (t *Tracker) OldestPending() (time.Time, bool) {
 
 // ChangeStats counts the changes a tracker saw, for metrics.
 type ChangeStats struct {
-	// ServicesPending and EndpointsPending count the services whose Service,
-	// respectively EndpointSlices, changed since the last Snapshot.
+	// ServicesPending counts the services whose Service changed since the
+	// last Snapshot; EndpointsPending the EndpointSlice events since then
+	// that changed a slice (kube-proxy's endpoint_changes_pending counts
+	// events, its service_changes_pending services).
 	ServicesPending, EndpointsPending int
 	// ServiceEvents counts the Service events (add, update, delete, each
 	// resync) since the tracker was made, whatever they changed;
@@ -303,13 +310,11 @@ type ChangeStats struct {
 func (t *Tracker) Stats() ChangeStats {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	st := ChangeStats{ServiceEvents: t.counts.serviceEvents, SliceEvents: t.counts.sliceEvents, LastQueued: t.counts.lastQueued}
+	st := ChangeStats{EndpointsPending: t.pending.sliceChanges, ServiceEvents: t.counts.serviceEvents,
+		SliceEvents: t.counts.sliceEvents, LastQueued: t.counts.lastQueued}
 	for _, kinds := range t.pending.services {
 		if kinds&serviceChange != 0 {
 			st.ServicesPending++
-		}
-		if kinds&endpointsChange != 0 {
-			st.EndpointsPending++
 		}
 	}
 	return st

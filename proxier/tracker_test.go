@@ -455,8 +455,9 @@ func TestTrackerConcurrent(t *testing.T) {
 
 // The totals count events as kube-proxy's trackers do: every Service
 // event and every event of a slice with a service label and an IP address
-// type, whether or not it changes anything; the pending gauges count the
-// services changed since the last snapshot.
+// type, whether or not it changes anything; since the last snapshot, the
+// pending gauges count the services whose Service changed and the slice
+// events that changed a slice.
 func TestTrackerStatsCountEventsAsKubeProxy(t *testing.T) {
 	tr, clock, _ := newTestTracker()
 	tr.UpsertService(webService())
@@ -466,7 +467,7 @@ func TestTrackerStatsCountEventsAsKubeProxy(t *testing.T) {
 	tr.UpsertService(pt.Service("ns", "api", []string{"10.96.0.11"}, pt.Port("http", "TCP", 80)))
 
 	got := tr.Stats()
-	want := ChangeStats{ServicesPending: 2, EndpointsPending: 1, ServiceEvents: 2, SliceEvents: [2]uint64{2, 0}, LastQueued: t0.Add(time.Second)}
+	want := ChangeStats{ServicesPending: 2, EndpointsPending: 2, ServiceEvents: 2, SliceEvents: [2]uint64{2, 0}, LastQueued: t0.Add(time.Second)}
 	if got != want {
 		t.Fatalf("before a snapshot: got %+v, want %+v", got, want)
 	}
@@ -484,7 +485,7 @@ func TestTrackerStatsCountEventsAsKubeProxy(t *testing.T) {
 	tr.UpsertEndpointSlice(unlabelled)     // not counted
 	tr.DeleteEndpointSlice("ns", "web-6")  // counted, IPv6
 	tr.DeleteEndpointSlice("ns", "orphan") // never stored: not counted
-	want = ChangeStats{ServicesPending: 1, EndpointsPending: 1, ServiceEvents: 5, SliceEvents: [2]uint64{3, 2}, LastQueued: t0.Add(time.Second)}
+	want = ChangeStats{ServicesPending: 1, EndpointsPending: 2, ServiceEvents: 5, SliceEvents: [2]uint64{3, 2}, LastQueued: t0.Add(time.Second)}
 	if got := tr.Stats(); got != want {
 		t.Fatalf("after a snapshot: got %+v, want %+v", got, want)
 	}
