@@ -66,7 +66,10 @@ func newIdleNode(t *testing.T, pods int) *node {
 
 func (n *node) startProxy(kubeconfig string, extra ...string) {
 	n.t.Helper()
-	p, err := n.sb.StartProxyAs(kubeconfig, append(modeArgs(), extra...)...)
+	// The API wait is stretched too: in the VM a loaded apiserver may
+	// take longer than svcproxy's 30 s to list everything.
+	args := append(modeArgs(), "--api-timeout="+scaled(30*time.Second).String())
+	p, err := n.sb.StartProxyAs(kubeconfig, append(args, extra...)...)
 	if err != nil {
 		n.t.Fatal(err)
 	}

@@ -30,11 +30,15 @@ func NewLogger(format string, verbosity int, w zapcore.WriteSyncer) *zap.Logger 
 }
 
 // RouteKlog sends klog's output, which is client-go's (reflector errors,
-// retries), through log, and lets klog's verbosity follow svcproxy's so
+// retries), and the standard library's log through log, and lets klog's verbosity follow svcproxy's so
 // klog.V(n) messages reach log exactly when log would show them.
 func RouteKlog(log *zap.Logger, verbosity int) {
 	fs := flag.NewFlagSet("klog", flag.ContinueOnError)
 	klog.InitFlags(fs)
 	_ = fs.Set("v", strconv.Itoa(verbosity))
 	klog.SetLogger(zapr.NewLogger(log.Named("client-go")))
+	// The standard library's log is netlink's: a line for each ipset
+	// attribute it does not know (the comments on kube-proxy's sets, say),
+	// worth a debug line at most.
+	_, _ = zap.RedirectStdLogAt(log.Named("netlink"), zapcore.DebugLevel)
 }
