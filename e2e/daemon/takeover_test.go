@@ -28,8 +28,10 @@ type takeOverCase struct {
 	svcproxyMode  string
 }
 
+// name is short: it names the test's API namespace and Node, cut to 50
+// characters.
 func (c takeOverCase) name() string {
-	return fmt.Sprintf("kube-proxy-%s-%s/to-%s", c.kubeProxyMode, c.flavor, c.svcproxyMode)
+	return fmt.Sprintf("%s-%s-to-%s", c.kubeProxyMode, c.flavor, c.svcproxyMode)
 }
 
 // takeOverCases are the hand-overs the kernel under test can run: on this
