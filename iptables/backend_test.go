@@ -3,6 +3,7 @@ package iptables
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -144,6 +145,10 @@ func testBackendTraffic(t *testing.T, flavor netfilter.Flavor, family model.Fami
 	if !intact() {
 		t.Fatal("not Intact right after a full sync")
 	}
+	// The INVALID drop rule's counter reads from the real tables.
+	if err := bed.Node().Do(func() error { _, err := b.InvalidDropped(context.Background()); return err }); err != nil {
+		t.Errorf("InvalidDropped: %v", err)
+	}
 	web := two.Services[webName()]
 	clusterIP := netip.AddrPortFrom(web.ClusterIP, web.Port)
 	nodePort := netip.AddrPortFrom(addr(bed.Node()), web.NodePort)
@@ -253,4 +258,70 @@ func TestBackendCountsRulesByTable(t *testing.T) {
 	if partial.Tables.NATWritten == 0 || partial.Tables.NATWritten >= partial.Tables.NATTotal {
 		t.Errorf("a one-endpoint change writes some nat rules, not all: %+v", *partial.Tables)
 	}
+}
+
+// counterKernel is the fake kernel with a packet counter on the INVALID
+// drop rule, which a restore of the forward chain sets back to 0.
+type counterKernel struct {
+	*netfilter.FakeKernel
+	invalid uint64
+}
+
+func (k *counterKernel) Run(ctx context.Context, name string, args []string, stdin []byte) ([]byte, error) {
+	if slices.Contains(args, "-S") {
+		if !strings.Contains(k.Save(netfilter.TableFilter), "-A "+netfilter.ChainForward+" ") {
+			return nil, errors.New("iptables: No chain/target/match by that name")
+		}
+		return []byte(fmt.Sprintf("-N %[1]s\n-A %[1]s -m conntrack --ctstate INVALID -c %d 0 -j DROP\n", netfilter.ChainForward, k.invalid)), nil
+	}
+	if strings.HasSuffix(name, "-restore") && strings.Contains(string(stdin), ":"+netfilter.ChainForward+" ") {
+		k.invalid = 0
+	}
+	return k.FakeKernel.Run(ctx, name, args, stdin)
+}
+
+// kube-proxy's ct_state_invalid counter lives in an nfacct object that
+// rule rewrites leave alone; svcproxy reads its rule's own counter and
+// carries it over the full syncs that restart it.
+func TestBackendCountsInvalidDroppedAcrossFullSyncs(t *testing.T) {
+	ctx := context.Background()
+	k := &counterKernel{FakeKernel: netfilter.NewFakeKernel()}
+	a, err := netfilter.NewApplier(netfilter.ApplierConfig{Family: model.IPv4, Flavor: netfilter.FlavorNFT, Jumps: netfilter.JumpRules(), TopChains: TopChains(), Run: k, Rules: k.FakeKernel})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := NewBackend(netfilter.Config{}, a)
+	if _, err := b.InvalidDropped(ctx); err == nil {
+		t.Error("no error reading a chain that does not exist yet")
+	}
+	ips := []netip.Addr{netip.MustParseAddr("10.244.0.11"), netip.MustParseAddr("10.244.0.12")}
+	two, one := backendView(model.IPv4, ips...), backendView(model.IPv4, ips[0])
+	if _, err := b.Sync(ctx, two, nil); err != nil {
+		t.Fatal(err)
+	}
+	expect := func(what string, want uint64) {
+		t.Helper()
+		if got, err := b.InvalidDropped(ctx); got != want || err != nil {
+			t.Errorf("%s: %d, %v; want %d", what, got, err, want)
+		}
+	}
+	k.invalid = 5
+	expect("after 5 drops", 5)
+	if _, err := b.Sync(ctx, one, two); err != nil { // partial: the chain stays
+		t.Fatal(err)
+	}
+	k.invalid = 7
+	expect("after a partial sync and 2 more drops", 7)
+	k.invalid = 9
+	if _, err := b.Sync(ctx, two, nil); err != nil { // full: the chain is rewritten, its counter restarts
+		t.Fatal(err)
+	}
+	if k.invalid != 0 {
+		t.Fatal("the fake kernel did not restart the counter")
+	}
+	expect("right after a full sync", 9)
+	k.invalid = 3
+	expect("3 drops after the full sync", 12)
+	k.invalid = 1 // restarted by someone else
+	expect("after a flush by another program", 13)
 }

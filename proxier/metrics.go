@@ -1,8 +1,10 @@
 package proxier
 
 import (
+	"context"
 	"net/http"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -38,6 +40,13 @@ type Metrics struct {
 	iptablesLast           *prometheus.GaugeVec
 	conntrackDuration      *prometheus.HistogramVec
 	conntrackDeleted       *prometheus.CounterVec
+	invalidDropped         atomic.Pointer[[]InvalidDroppedCounter]
+}
+
+// InvalidDroppedCounter is a backend that counts the packets its rules
+// drop because conntrack finds them INVALID (the iptables mode's).
+type InvalidDroppedCounter interface {
+	InvalidDropped(context.Context) (uint64, error)
 }
 
 const metricsSubsystem = "kubeproxy"
@@ -61,12 +70,12 @@ func programmingBuckets() []float64 {
 // kube-proxy, which mode's metrics exist: the rule counts by table and
 // the nfacct packet counters only in the iptables mode.
 //
-// The two nfacct counters, iptables_ct_state_invalid_dropped_packets_total
-// and iptables_localhost_nodeports_accepted_packets_total, read 0:
-// kube-proxy counts those packets with nfacct objects its rules name
-// (-m nfacct), which svcproxy's rules do not, and a rule's own counter
-// restarts whenever a full sync rewrites its chain. They are there so
-// that queries and dashboards built for kube-proxy find them.
+// kube-proxy counts two kinds of packets with nfacct objects its rules
+// name (-m nfacct). svcproxy's rules name none: it reads
+// iptables_ct_state_invalid_dropped_packets_total from its INVALID drop
+// rules' own counters (see CountInvalidDropped), and
+// iptables_localhost_nodeports_accepted_packets_total reads 0, there so
+// that queries and dashboards built for kube-proxy find it.
 func NewMetrics(reg prometheus.Registerer, tracker *Tracker, families []model.Family, mode string, clk clock.PassiveClock) *Metrics {
 	family := []string{"ip_family"}
 	histogram := func(name, help string, buckets []float64) *prometheus.HistogramVec {
@@ -119,10 +128,43 @@ func NewMetrics(reg prometheus.Registerer, tracker *Tracker, families []model.Fa
 		m.conntrackDuration, m.conntrackDeleted, newChangeCollector(tracker, families))
 	if mode == "iptables" {
 		reg.MustRegister(m.iptablesTotal, m.iptablesLast,
-			zeroCounter("iptables_ct_state_invalid_dropped_packets_total", "packets dropped by iptables to work around conntrack problems"),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Subsystem: metricsSubsystem,
+				Name: "iptables_ct_state_invalid_dropped_packets_total",
+				Help: "packets dropped by iptables to work around conntrack problems"}, m.countInvalidDropped),
 			zeroCounter("iptables_localhost_nodeports_accepted_packets_total", "Number of packets accepted on nodeports of loopback interface"))
 	}
 	return m
+}
+
+// CountInvalidDropped has iptables_ct_state_invalid_dropped_packets_total
+// read the backends that count such packets (one per family, summed as
+// kube-proxy's one nfacct object counts both families); until then, and
+// without such backends, it reads 0.
+func (m *Metrics) CountInvalidDropped(backends []Backend) {
+	var counters []InvalidDroppedCounter
+	for _, b := range backends {
+		if c, ok := b.(InvalidDroppedCounter); ok {
+			counters = append(counters, c)
+		}
+	}
+	m.invalidDropped.Store(&counters)
+}
+
+// countInvalidDropped reads the counters at scrape time; a counter that
+// cannot be read gives its last count.
+func (m *Metrics) countInvalidDropped() float64 {
+	counters := m.invalidDropped.Load()
+	if counters == nil {
+		return 0
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var n uint64
+	for _, c := range *counters {
+		v, _ := c.InvalidDropped(ctx)
+		n += v
+	}
+	return float64(n)
 }
 
 // zeroCounter is one of kube-proxy's nfacct counters, which svcproxy does

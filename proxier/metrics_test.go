@@ -1,6 +1,7 @@
 package proxier
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -292,5 +293,34 @@ func TestMetricsOfEachMode(t *testing.T) {
 		if _, ok := got["kubeproxy_conntrack_reconciler_deleted_entries_total{ip_family=IPv4}"]; !ok {
 			t.Errorf("%s mode: no conntrack_reconciler_deleted_entries_total", c.mode)
 		}
+	}
+}
+
+type fakeInvalidCounter struct {
+	recordingBackend
+	n uint64
+}
+
+func (c *fakeInvalidCounter) InvalidDropped(context.Context) (uint64, error) { return c.n, nil }
+
+// iptables_ct_state_invalid_dropped_packets_total sums the families'
+// counts of packets dropped as INVALID (kube-proxy's one nfacct object
+// counts both).
+func TestMetricsInvalidDroppedSumsTheBackends(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := NewMetrics(reg, NewTracker(zap.NewNop(), time.Now), []model.Family{model.IPv4, model.IPv6}, "iptables", clocktesting.NewFakeClock(t0))
+	const name = "kubeproxy_iptables_ct_state_invalid_dropped_packets_total{}"
+	if got := scrape(t, reg)[name]; got != 0 {
+		t.Errorf("before the backends are known: %v, want 0", got)
+	}
+	v4 := &fakeInvalidCounter{recordingBackend: recordingBackend{family: model.IPv4}, n: 4}
+	v6 := &fakeInvalidCounter{recordingBackend: recordingBackend{family: model.IPv6}, n: 3}
+	m.CountInvalidDropped([]Backend{v4, v6, &recordingBackend{family: model.IPv4}})
+	if got := scrape(t, reg)[name]; got != 7 {
+		t.Errorf("%v, want 4 + 3", got)
+	}
+	v4.n = 10
+	if got := scrape(t, reg)[name]; got != 13 {
+		t.Errorf("%v after more drops, want 10 + 3", got)
 	}
 }

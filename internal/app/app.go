@@ -95,6 +95,7 @@ func (d *daemon) run(ctx context.Context) error {
 	clk := clock.RealClock{}
 	syncer := proxier.NewSyncer(p.tracker, p.backends, flows, clk, d.log.Named("sync"))
 	metrics := proxier.NewMetrics(registry, p.tracker, p.families, d.cfg.Mode, clk)
+	metrics.CountInvalidDropped(p.backends)
 	health.countWith(metrics)
 	checks := proxier.NewHealthCheckServers(healthCheckHosts(p.rules, p.families, d.log), p.health.Healthy, d.log.Named("healthcheck"))
 	defer checks.Close()
