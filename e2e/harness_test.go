@@ -148,6 +148,9 @@ func detectLocal(t *testing.T, args ...string) option {
 	}
 }
 
+// noLocalhostNodePorts is --iptables-localhost-nodeports=false.
+func noLocalhostNodePorts() option { return func(s *settings) { s.cfg.LocalhostNodePorts = false } }
+
 // drainAfter bounds how long the IPVS mode's real servers drain.
 func drainAfter(d time.Duration) option { return func(s *settings) { s.drainTimeout = d } }
 
@@ -207,7 +210,7 @@ func newCluster(t *testing.T, s setup, pods int, opts ...option) *cluster {
 		t:        t,
 		setup:    s,
 		flavor:   s.flavor,
-		settings: settings{cfg: netfilter.Config{ClusterCIDRs: clusterCIDRs()}},
+		settings: settings{cfg: netfilter.Config{ClusterCIDRs: clusterCIDRs(), LocalhostNodePorts: true}}, // the daemon's default
 		services: map[string]*v1.Service{},
 		slices:   map[string]*discoveryv1.EndpointSlice{},
 	}
@@ -218,6 +221,13 @@ func newCluster(t *testing.T, s setup, pods int, opts ...option) *cluster {
 	}
 	if c.settings.podTraffic != nil {
 		c.settings.podTraffic(c.nodeInfo())
+	}
+	// As the daemon does in iptables mode for node ports on localhost: in
+	// the node's network namespace, never the host's.
+	if !s.ipvs() && c.settings.cfg.LocalhostNodePorts {
+		if err := c.Node().Sysctl("net.ipv4.conf.all.route_localnet", "1"); err != nil {
+			t.Fatal(err)
+		}
 	}
 	for _, ns := range append([]*netnstest.NS{c.Node(), c.Outside()}, c.Pods()...) {
 		ns.Timeout = defaultTimeout()

@@ -86,6 +86,37 @@ func TestNoEndpointsRejectPromptly(t *testing.T) {
 	})
 }
 
+// Node ports on localhost: in iptables mode, as kube-proxy's default, the
+// node reaches 127.0.0.1:<nodePort> (masqueraded on the way to the pod);
+// with --iptables-localhost-nodeports=false, and in the IPVS mode (as in
+// kube-proxy's), it is refused at once, never DNATed into a hang. The
+// other addresses' node ports are served either way.
+func TestLocalhostNodePorts(t *testing.T) {
+	forEachSetup(t, func(t *testing.T, s setup) {
+		for _, optOut := range []bool{false, true} {
+			var opts []option
+			if optOut {
+				opts = append(opts, noLocalhostNodePorts())
+			}
+			c := newCluster(t, s, 3, opts...)
+			c.upsertService(service("web", []string{"10.96.0.13"}, nodePorts(30082, 30055)))
+			c.upsertSlice(endpoints("web", local(c.Pod(1)), remote(c.Pod(2))))
+			c.sync()
+
+			loopback := at(mustAddr("127.0.0.1"), 30082)
+			if optOut || s.ipvs() {
+				expectPromptRefusal(t, c.Node(), "tcp", loopback.String())
+			} else {
+				expectServers(t, c.Node(), "tcp", loopback, 20, c.PodGateway(loopback.Addr()), "pod-1", "pod-2")
+				expectServers(t, c.Node(), "udp", at(mustAddr("127.0.0.1"), 30055), 20, c.PodGateway(loopback.Addr()), "pod-1", "pod-2")
+			}
+			expectServers(t, c.Outside(), "tcp", at(c.Node().IPv4(), 30082), 20, c.PodGateway(loopback.Addr()), "pod-1", "pod-2")
+			// Never on ::1, as in kube-proxy.
+			expectPromptRefusal(t, c.Node(), "tcp", "[::1]:30082")
+		}
+	})
+}
+
 func expectPromptRefusal(t *testing.T, client *netnstest.NS, network, dst string) {
 	t.Helper()
 	start := time.Now()

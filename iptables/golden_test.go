@@ -100,6 +100,19 @@ func scenarios() []scenario {
 			ClusterCIDRs:      mt.PodCIDRs,
 			NodePortAddresses: []netip.Prefix{netip.MustParsePrefix("fd00::/8")},
 		}, view: v4(web(mt.NodePort(30080), twoRemote))},
+		// --iptables-localhost-nodeports (kube-proxy's default): IPv4 node
+		// ports answer on 127.0.0.0/8 as well, behind the martian filter;
+		// unless --nodeport-addresses leaves loopback out.
+		{name: "localhost-nodeports", cfg: withLocalhost(testCfg), view: v4(
+			web(mt.NodePort(30080), twoRemote),
+			mt.Port("default", "idle", "", model.TCP, "10.96.0.50", 80, mt.NodePort(30090)),
+		)},
+		{name: "localhost-nodeports-not-in-nodeport-addresses", cfg: withLocalhost(netfilter.Config{
+			ClusterCIDRs: mt.PodCIDRs, NodeIPs: nodeIPs, NodePortAddresses: []netip.Prefix{netip.MustParsePrefix("192.168.1.0/24")},
+		}), view: v4(web(mt.NodePort(30080), twoRemote))},
+		{name: "localhost-nodeports-ipv6", cfg: withLocalhost(testCfg), view: mt.View(model.IPv6,
+			mt.Port("default", "web", "http", model.TCP, "fd00:96::10", 80, mt.NodePort(30080), mt.Eps("[fd00:10:244:2::5]:8080")),
+		)},
 		{name: "udp", cfg: testCfg, view: v4(mt.Port("kube-system", "dns", "dns", model.UDP, "10.96.0.53", 53, mt.Eps("10.244.2.8:53", "10.244.3.8:53")))},
 		{name: "sctp", cfg: testCfg, view: v4(mt.Port("default", "signal", "", model.SCTP, "10.96.0.60", 3868, mt.NodePort(30868), mt.Eps("10.244.2.9:3868")))},
 		{name: "ipv6", cfg: testCfg, view: mt.View(model.IPv6,
@@ -121,6 +134,11 @@ func detectLocalPorts() []*model.ServicePort {
 		mt.Port("default", "edge", "", model.TCP, "10.96.0.40", 443, mt.LoadBalancer("198.51.100.40"), mt.ExternalLocal(32001),
 			mt.Eps("10.244.2.5:8443", "10.244.3.5:8443")),
 	}
+}
+
+func withLocalhost(cfg netfilter.Config) netfilter.Config {
+	cfg.LocalhostNodePorts = true
+	return cfg
 }
 
 // partialScenario changes one endpoint of one of three services.

@@ -150,6 +150,22 @@ var traceCases = map[string][]traceCase{
 		{name: "NodePort on the node IP", src: client, dst: nodeIP, dstLocal: true, port: 30080, want: []string{"10.244.2.5:8080", "10.244.3.7:8080"}, masq: true},
 		{name: "NodePort on another local address too", src: client, dst: otherIP, dstLocal: true, port: 30080, want: []string{"10.244.2.5:8080", "10.244.3.7:8080"}, masq: true},
 	},
+	"localhost-nodeports": {
+		{name: "node to 127.0.0.1:NodePort is served, masqueraded", src: "127.0.0.1", srcLocal: true, dst: "127.0.0.1", dstLocal: true, port: 30080, want: []string{"10.244.2.5:8080", "10.244.3.7:8080"}, masq: true},
+		{name: "node to another loopback address too", src: "127.0.0.1", srcLocal: true, dst: "127.0.0.2", dstLocal: true, port: 30080, want: []string{"10.244.2.5:8080", "10.244.3.7:8080"}, masq: true},
+		{name: "node IP still served", src: client, dst: nodeIP, dstLocal: true, port: 30080, want: []string{"10.244.2.5:8080", "10.244.3.7:8080"}, masq: true},
+		{name: "endpointless NodePort on loopback rejected", src: "127.0.0.1", srcLocal: true, dst: "127.0.0.1", dstLocal: true, port: 30090, verdict: "REJECT", rejectWith: "tcp-reset"},
+		{name: "other loopback ports left to the node", src: "127.0.0.1", srcLocal: true, dst: "127.0.0.1", dstLocal: true, port: 22},
+		{name: "outside to a loopback service dropped (martian filter)", src: client, iface: "eth0", dst: "127.0.0.1", dstLocal: true, port: 22, verdict: "DROP"},
+	},
+	"localhost-nodeports-not-in-nodeport-addresses": {
+		{name: "loopback not served", src: "127.0.0.1", srcLocal: true, dst: "127.0.0.1", dstLocal: true, port: 30080},
+		{name: "allowed address served", src: client, dst: nodeIP, dstLocal: true, port: 30080, want: []string{"10.244.2.5:8080", "10.244.3.7:8080"}, masq: true},
+	},
+	"localhost-nodeports-ipv6": {
+		{name: "never on ::1", src: "::1", srcLocal: true, dst: "::1", dstLocal: true, port: 30080},
+		{name: "node address served", src: "2001:db8:2::7", dst: "fd00:192::10", dstLocal: true, port: 30080, want: []string{"[fd00:10:244:2::5]:8080"}, masq: true},
+	},
 	"udp": {
 		{name: "UDP to either endpoint", src: localPod, dst: "10.96.0.53", port: 53, proto: "udp", want: []string{"10.244.2.8:53", "10.244.3.8:53"}},
 		{name: "TCP on the UDP port untouched", src: localPod, dst: "10.96.0.53", port: 53},

@@ -136,6 +136,8 @@ type compiler struct {
 }
 
 func newCompiler(cfg Config, family model.Family, nodeAddrs []netip.Addr) *compiler {
+	// As kube-proxy's IPVS mode, never on loopback: no route_localnet.
+	cfg.Rules.LocalhostNodePorts = false
 	c := &compiler{
 		cfg:       cfg,
 		rules:     netfilter.NewRules(cfg.Rules, family),

@@ -69,6 +69,10 @@ func scenarios() []scenario {
 		{name: "nodeport-addresses-other-family", cfg: withRules(func(c *ipvs.Config) {
 			c.Rules.NodePortAddresses = []netip.Prefix{netip.MustParsePrefix("fd00::/8")}
 		}), view: v4(web(mt.NodePort(30080), twoRemote))},
+		// --iptables-localhost-nodeports is the iptables mode's: as in
+		// kube-proxy's IPVS mode, no node port answers on loopback.
+		{name: "localhost-nodeports", cfg: withRules(func(c *ipvs.Config) { c.Rules.LocalhostNodePorts = true }),
+			view: v4(web(mt.NodePort(30080), twoRemote))},
 		{name: "loadbalancer-source-ranges", cfg: testCfg, view: v4(web(
 			mt.NodePort(30080), mt.LoadBalancer("198.51.100.10"), mt.SourceRanges("203.0.113.0/24", "127.0.0.0/8"), twoRemote,
 		))},

@@ -34,6 +34,14 @@ type Config struct {
 	// MasqueradeBit is the packet mark bit that asks for masquerade, 1..31;
 	// 0 (or out of range) means 14, kube-proxy's default, mark 0x4000.
 	MasqueradeBit int
+	// LocalhostNodePorts serves IPv4 node ports on 127.0.0.0/8 too, as
+	// kube-proxy's iptables mode does by default
+	// (--iptables-localhost-nodeports), when --nodeport-addresses lets
+	// loopback in (no IPv4 CIDR, or one holding 127.0.0.0). It needs
+	// route_localnet, which lets in packets to 127.0.0.0/8 from outside
+	// too: FILTER drops those (kube-proxy's martian filter). Never IPv6,
+	// never the IPVS mode.
+	LocalhostNodePorts bool
 	// NodeIPs are the node's primary IPs, at most one per family (its
 	// Node's first InternalIP, else ExternalIP, of the family). A family
 	// without one takes loopback, as kube-proxy does.
@@ -59,6 +67,8 @@ type Rules struct {
 	// NodePortPrefixes are the prefixes of --nodeport-addresses in this
 	// family; empty when node ports answer on every local address.
 	NodePortPrefixes []netip.Prefix
+	// LocalhostNodePorts: node ports answer on 127.0.0.0/8 in this family.
+	LocalhostNodePorts bool
 	// NodeIP is the node's primary IP of the family, loopback if unknown.
 	NodeIP      netip.Addr
 	Mark        string // "0x4000"
@@ -89,7 +99,8 @@ func NewRules(cfg Config, family model.Family) *Rules {
 		}
 	}
 	r.NodePortPrefixes = nodePortPrefixes(cfg.NodePortAddresses, family)
-	r.NodePortDsts = nodePortDsts(r.NodePortPrefixes, family)
+	r.LocalhostNodePorts = cfg.LocalhostNodePorts && LoopbackNodePorts(cfg.NodePortAddresses)
+	r.NodePortDsts = nodePortDsts(r.NodePortPrefixes, family, r.LocalhostNodePorts)
 	return r
 }
 
@@ -126,22 +137,53 @@ func nodePortPrefixes(prefixes []netip.Prefix, family model.Family) []netip.Pref
 	return slices.Compact(out)
 }
 
-func nodePortDsts(ofFamily []netip.Prefix, family model.Family) []string {
+// ipv4Loopback is 127.0.0.0/8.
+var ipv4Loopback = netip.PrefixFrom(netip.AddrFrom4([4]byte{127, 0, 0, 0}), 8)
+
+// LoopbackNodePorts reports whether --nodeport-addresses lets IPv4 node
+// ports answer on loopback, as kube-proxy reads it: no IPv4 CIDR (every
+// address), or one holding 127.0.0.0 or within 127.0.0.0/8.
+func LoopbackNodePorts(nodePortAddresses []netip.Prefix) bool {
+	v4 := nodePortPrefixes(nodePortAddresses, model.IPv4)
+	return len(v4) == 0 || slices.ContainsFunc(v4, func(p netip.Prefix) bool {
+		return p.Contains(ipv4Loopback.Addr()) || ipv4Loopback.Contains(p.Addr())
+	})
+}
+
+// nodePortDsts: without route_localnet (localhost false), a packet DNATed
+// from loopback to a pod cannot be routed, so it would hang where an
+// unserved port answers at once: loopback is left out. IPv6 never has it.
+func nodePortDsts(ofFamily []netip.Prefix, family model.Family, localhost bool) []string {
 	if len(ofFamily) == 0 {
-		// Every local address but loopback: a packet DNATed from loopback
-		// to a pod cannot be routed (svcproxy does not set route_localnet),
-		// so it would hang where an unserved port answers at once.
-		if family == model.IPv6 {
+		switch {
+		case family == model.IPv6:
 			return []string{"! -d ::1/128 "}
+		case localhost:
+			return []string{""}
 		}
 		return []string{"! -d 127.0.0.0/8 "}
 	}
-	dsts := make([]string, len(ofFamily))
-	for i, p := range ofFamily {
-		dsts[i] = "-d " + p.String() + " "
+	var dsts []string
+	for _, p := range ofFamily {
+		if family == model.IPv4 && !localhost && ipv4Loopback.Contains(p.Addr()) {
+			continue // as kube-proxy skips the loopback node IPs then
+		}
+		dsts = append(dsts, "-d "+p.String()+" ")
 	}
 	slices.Sort(dsts)
 	return dsts
+}
+
+// LocalnetFilterRules drop what route_localnet lets in that it must not:
+// a new connection to 127.0.0.0/8 from elsewhere, not DNATed (kube-proxy's
+// and kubelet's KUBE-FIREWALL rule, CVE-2020-8558). Only when node ports
+// answer on loopback, for which svcproxy sets route_localnet.
+func (r *Rules) LocalnetFilterRules() []string {
+	if !r.LocalhostNodePorts || r.Family != model.IPv4 {
+		return nil
+	}
+	return []string{"! -s 127.0.0.0/8 -d 127.0.0.0/8 -m comment --comment " + QuoteComment("block incoming localnet connections") +
+		" -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP"}
 }
 
 // Host renders an address as a host prefix ("10.0.0.1/32").

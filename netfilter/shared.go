@@ -21,8 +21,9 @@ type Shared struct {
 	// Hairpin lists the port's node-local endpoint addresses some traffic
 	// reaches, sorted.
 	Hairpin func(*Port) []netip.Addr
-	// FilterTail are the mode's rules after every port's in FILTER, the
-	// same for every view.
+	// FilterHead and FilterTail are the mode's rules before and after
+	// every port's in FILTER, the same for every view.
+	FilterHead []string
 	FilterTail []string
 	// Balanced matches the packets the mode balanced to an endpoint, the
 	// only ones that can hairpin: "-m conntrack --ctstate DNAT" when
@@ -68,7 +69,7 @@ func (s Shared) WriteChanged(plan *Plan, c SharedChanges, before, after func() [
 }
 
 func (s Shared) filterRules(ports []Port) []string {
-	return append(SharedRules(ports, s.Filter), s.FilterTail...)
+	return slices.Concat(s.FilterHead, SharedRules(ports, s.Filter), s.FilterTail)
 }
 
 func (s Shared) hairpin(p *Port) []netip.Addr {

@@ -271,6 +271,7 @@ func (d *daemon) iptablesConfig(node model.NodeInfo) netfilter.Config {
 			d.log.Warn("--nodeport-addresses=primary: the Node has no address; node ports answer on every local address")
 		}
 	}
+	cfg.LocalhostNodePorts = d.localhostNodePorts(cfg.NodePortAddresses)
 	return cfg
 }
 

@@ -50,6 +50,9 @@ type Config struct {
 	PodInterface    string
 	MasqueradeAll   bool
 	MasqueradeBit   int
+	// LocalhostNodePorts is iptables.localhostNodePorts: in iptables mode,
+	// IPv4 node ports answer on 127.0.0.0/8 too (route_localnet).
+	LocalhostNodePorts bool
 	// NodePortAddresses limits the addresses node ports answer on; empty
 	// means every local address. NodePortPrimary asks for the node's
 	// primary IP of each family instead, known once the Node is read.
@@ -134,6 +137,9 @@ func setDefaults(c *kubeproxy.KubeProxyConfiguration) {
 	c.MetricsBindAddress = withDefaultPort(c.MetricsBindAddress, "127.0.0.1", defaultMetricsPort)
 	if c.BindAddress == "" {
 		c.BindAddress = "0.0.0.0"
+	}
+	if c.IPTables.LocalhostNodePorts == nil {
+		c.IPTables.LocalhostNodePorts = ptr.To(true)
 	}
 	if c.IPTables.MasqueradeBit == nil {
 		bit := int32(defaultMasqueradeBit)
@@ -247,6 +253,7 @@ func resolve(kp *kubeproxy.KubeProxyConfiguration) (Config, error) {
 		NodeName:           kp.HostnameOverride,
 		MasqueradeAll:      kp.IPTables.MasqueradeAll,
 		MasqueradeBit:      int(*kp.IPTables.MasqueradeBit),
+		LocalhostNodePorts: *kp.IPTables.LocalhostNodePorts,
 		SyncPeriod:         kp.IPTables.SyncPeriod.Duration,
 		MinSyncPeriod:      kp.IPTables.MinSyncPeriod.Duration,
 		ConfigSyncPeriod:   kp.ConfigSyncPeriod.Duration,

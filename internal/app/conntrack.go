@@ -27,7 +27,8 @@ func tuneConntrack(t conntrack.Tuning, files conntrack.Files, log *zap.Logger) [
 }
 
 // InitOnly is --init-only, as in kube-proxy: it makes the settings that
-// need a writable /proc/sys (the conntrack ones), so that svcproxy itself
+// need a writable /proc/sys (the conntrack ones, and route_localnet for
+// node ports on localhost), so that svcproxy itself
 // can then run with NET_ADMIN and NET_RAW only, and finds them made. As in
 // the daemon, and unlike kube-proxy, which exits, a setting it cannot make
 // is a warning: run as an init container, a failure would keep the proxy
@@ -40,10 +41,18 @@ func InitOnly(cfg Config, log *zap.Logger) {
 
 func initOnly(cfg Config, files conntrack.Files, log *zap.Logger) []error {
 	errs := tuneConntrack(cfg.Conntrack, files, log.Named("conntrack"))
+	// As kube-proxy's --init-only, route_localnet too, where node ports
+	// are to answer on loopback (the daemon then finds it set).
+	if wantsRouteLocalnet(cfg, cfg.NodePortAddresses) && !cfg.NodePortPrimary {
+		if err := ensureRouteLocalnet(files, log); err != nil {
+			log.Warn("--init-only: route_localnet cannot be set; node ports will not be served on 127.0.0.1", zap.Error(err))
+			errs = append(errs, err)
+		}
+	}
 	if len(errs) == 0 {
-		log.Info("--init-only: the conntrack settings are made; exiting")
+		log.Info("--init-only: the settings are made; exiting")
 	} else {
-		log.Warn("--init-only: some conntrack settings could not be made; exiting", zap.Int("failed", len(errs)))
+		log.Warn("--init-only: some settings could not be made; exiting", zap.Int("failed", len(errs)))
 	}
 	return errs
 }

@@ -25,6 +25,8 @@ func conntrackFiles() *conntrack.FakeFiles {
 		"/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_established": "432000",
 		"/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_close_wait":  "60",
 		"/sys/module/nf_conntrack/parameters/hashsize":                 "262144",
+		// Set already, for node ports on localhost (localnet_test.go).
+		"/proc/sys/net/ipv4/conf/all/route_localnet": "1",
 	}}
 }
 

@@ -107,6 +107,7 @@ func (c *commandLine) addKubeProxyFlags() {
 	fs.StringVar((*string)(&kp.DetectLocalMode), "detect-local-mode", "", "How traffic from pods is told from the rest: ClusterCIDR (the default: by --cluster-cidr), NodeCIDR (by the Node's pod CIDRs), BridgeInterface or InterfaceNamePrefix (by the interface it comes in on).")
 	fs.StringVar(&kp.DetectLocal.BridgeInterface, "pod-bridge-interface", "", "With --detect-local-mode=BridgeInterface, the bridge traffic from pods comes in on.")
 	fs.StringVar(&kp.DetectLocal.InterfaceNamePrefix, "pod-interface-name-prefix", "", "With --detect-local-mode=InterfaceNamePrefix, the prefix of the names of the interfaces traffic from pods comes in on.")
+	fs.BoolVar(kp.IPTables.LocalhostNodePorts, "iptables-localhost-nodeports", true, "In iptables mode, IPv4 node ports answer on 127.0.0.0/8 too (svcproxy sets route_localnet, and drops what that would let in from outside); false turns that off.")
 	fs.StringSliceVar(&kp.NodePortAddresses, "nodeport-addresses", nil, "CIDR ranges of the node IPs NodePorts accept connections on, or 'primary' for the Node's primary IPs; default every local IP.")
 	fs.DurationVar(&kp.IPTables.SyncPeriod.Duration, "iptables-sync-period", kp.IPTables.SyncPeriod.Duration, "In iptables mode, the longest a failed sync waits for its retry; a change waiting twice as long fails /healthz. Full syncs come hourly, and after a failure or drift.")
 	fs.DurationVar(&kp.IPTables.MinSyncPeriod.Duration, "iptables-min-sync-period", kp.IPTables.MinSyncPeriod.Duration, "In iptables mode, syncs start at most once per this period on average (two back to back after a quiet one); 0 syncs on every change.")
@@ -132,7 +133,7 @@ func (c *commandLine) addKubeProxyFlags() {
 	fs.StringVar(&kp.Logging.Format, "logging-format", kp.Logging.Format, "Log format: text or json.")
 	c.config("kubeconfig", "kube-api-content-type", "kube-api-burst", "kube-api-qps", "proxy-mode", "mode",
 		"healthz-bind-address", "metrics-bind-address", "healthz-port", "metrics-port", "cluster-cidr",
-		"detect-local-mode", "pod-bridge-interface", "pod-interface-name-prefix",
+		"detect-local-mode", "pod-bridge-interface", "pod-interface-name-prefix", "iptables-localhost-nodeports",
 		"masquerade-all", "iptables-masquerade-bit", "nodeport-addresses", "iptables-sync-period", "sync-period",
 		"iptables-min-sync-period", "min-sync-period", "ipvs-sync-period", "ipvs-min-sync-period", "ipvs-scheduler",
 		"ipvs-exclude-cidrs", "ipvs-strict-arp", "ipvs-tcp-timeout", "ipvs-tcpfin-timeout", "ipvs-udp-timeout",
@@ -144,7 +145,7 @@ func (c *commandLine) addKubeProxyFlags() {
 // Kubernetes 1.35, the logging ones, and a few older ones still found in
 // manifests), so a kube-proxy DaemonSet's arguments work unchanged.
 func (c *commandLine) addIgnoredKubeProxyFlags() {
-	bools := []string{"bind-address-hard-fail", "profiling", "iptables-localhost-nodeports",
+	bools := []string{"bind-address-hard-fail", "profiling",
 		"log-json-split-stream", "log-text-split-stream", "logtostderr", "alsologtostderr", "add-dir-header",
 		"skip-headers", "skip-log-headers", "one-output"}
 	values := []string{"feature-gates", "bind-address", "show-hidden-metrics-for-version", "oom-score-adj", "log-flush-frequency", "vmodule", "log-json-info-buffer-size", "log-text-info-buffer-size",

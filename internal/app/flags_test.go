@@ -64,7 +64,7 @@ func TestParseDefaultsAreKubeProxys(t *testing.T) {
 	want := Config{
 		Mode:        "iptables",
 		ContentType: "application/vnd.kubernetes.protobuf", QPS: 5, Burst: 10,
-		DetectLocalMode: "ClusterCIDR", MasqueradeBit: 14, SyncPeriod: 30 * time.Second, MinSyncPeriod: time.Second,
+		DetectLocalMode: "ClusterCIDR", MasqueradeBit: 14, LocalhostNodePorts: true, SyncPeriod: 30 * time.Second, MinSyncPeriod: time.Second,
 		ConfigSyncPeriod: 15 * time.Minute, HealthzBindAddress: "0.0.0.0:10256",
 		MetricsBindAddress: "127.0.0.1:10249", Flavor: "auto", APITimeout: 30 * time.Second,
 		NodeTimeout: 30 * time.Second, LogFormat: "text",
@@ -87,7 +87,7 @@ func TestParseKubeProxyFlags(t *testing.T) {
 		Mode:       "iptables",
 		Kubeconfig: "/etc/kube/config", Master: "https://10.0.0.1:6443",
 		ContentType: "application/vnd.kubernetes.protobuf", QPS: 5, Burst: 10, NodeName: "node-a",
-		ClusterCIDRs: prefixes("10.244.0.0/16", "fd00:244::/56"), DetectLocalMode: "ClusterCIDR", MasqueradeAll: true, MasqueradeBit: 15,
+		ClusterCIDRs: prefixes("10.244.0.0/16", "fd00:244::/56"), DetectLocalMode: "ClusterCIDR", MasqueradeAll: true, MasqueradeBit: 15, LocalhostNodePorts: true,
 		NodePortAddresses: prefixes("192.168.50.0/24", "fd00:50::/64"),
 		SyncPeriod:        10 * time.Second, MinSyncPeriod: 0, ConfigSyncPeriod: 15 * time.Minute,
 		HealthzBindAddress: "[::]:10256", MetricsBindAddress: "0.0.0.0:9249",

@@ -57,8 +57,6 @@ func unusedFields() []unusedField {
 			"svcproxy always exits when it cannot bind its health or metrics address"},
 		{"enableProfiling", func(c *kp) string { return value(c.EnableProfiling, false) }, "svcproxy serves no /debug/pprof"},
 		{"showHiddenMetricsForVersion", func(c *kp) string { return value(c.ShowHiddenMetricsForVersion, "") }, "svcproxy has no hidden metrics"},
-		{"iptables.localhostNodePorts", func(c *kp) string { return pointer(c.IPTables.LocalhostNodePorts, false) },
-			"svcproxy does not serve NodePorts on 127.0.0.1"},
 		{"nftables.masqueradeBit", func(c *kp) string { return pointer(c.NFTables.MasqueradeBit, 14) }, nftablesMode},
 		{"nftables.masqueradeAll", func(c *kp) string { return value(c.NFTables.MasqueradeAll, false) }, nftablesMode},
 		{"nftables.syncPeriod", func(c *kp) string { return value(c.NFTables.SyncPeriod.Duration, 0, 30*time.Second) }, nftablesMode},
@@ -131,6 +129,8 @@ func modeSettings() []modeSetting {
 		{modeIPTables, "iptables.minSyncPeriod", func(c *kp) string {
 			return value(c.IPTables.MinSyncPeriod.Duration, 0, defaultMinSyncPeriod)
 		}, "iptables-min-sync-period"},
+		{modeIPTables, "iptables.localhostNodePorts", func(c *kp) string { return pointer(c.IPTables.LocalhostNodePorts, true) },
+			"iptables-localhost-nodeports"},
 	}
 }
 

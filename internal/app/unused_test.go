@@ -43,8 +43,6 @@ bindAddress: 192.168.50.1
 bindAddressHardFail: true
 enableProfiling: true
 showHiddenMetricsForVersion: "1.34"
-iptables:
-  localhostNodePorts: true
 nftables:
   masqueradeBit: 15
 winkernel:
@@ -56,7 +54,7 @@ portRange: 30000-32767
 		"featureGates: NFTablesProxyMode=true", "clientConnection.acceptContentTypes: application/json",
 		"logging.flushFrequency: 1s", "logging.vmodule: proxier=4", "logging.options.text.splitStream: true",
 		"logging.options.text.infoBufferSize: 1048576", "bindAddress: 192.168.50.1", "bindAddressHardFail: true",
-		"enableProfiling: true", "showHiddenMetricsForVersion: 1.34", "iptables.localhostNodePorts: true",
+		"enableProfiling: true", "showHiddenMetricsForVersion: 1.34",
 		"nftables.masqueradeBit: 15",
 		"winkernel.enableDSR: true",
 		"oomScoreAdj: -500", "portRange: 30000-32767",
