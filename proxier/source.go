@@ -39,7 +39,11 @@ type SourceConfig struct {
 	// OnNode, if set, is called with this node on every change and with
 	// nil when it is deleted (Health.SetNode).
 	OnNode func(*v1.Node)
-	Log    *zap.Logger
+	// WaitForPodCIDRs: WaitForNode waits for the Node's podCIDRs too, as
+	// kube-proxy does under detectLocalMode NodeCIDR, which tells pods by
+	// them.
+	WaitForPodCIDRs bool
+	Log             *zap.Logger
 }
 
 // Source runs the client-go shared informers for Services, EndpointSlices
@@ -184,15 +188,16 @@ func (s *Source) notSynced() error {
 }
 
 // WaitForNode waits, until ctx ends, for this node's Node object to exist
-// with an address, as kube-proxy does before it decides the node's IP
-// families. It returns what it last saw and whether that has addresses.
+// with an address (and podCIDRs, with WaitForPodCIDRs), as kube-proxy does
+// before it decides the node's IP families. It returns what it last saw
+// and whether that has them.
 func (s *Source) WaitForNode(ctx context.Context) (model.NodeInfo, bool) {
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		if n, err := s.nodes.Get(s.cfg.NodeName); err == nil {
 			info := NodeInfoFromNode(n)
-			if len(info.Addresses) > 0 {
+			if len(info.Addresses) > 0 && (!s.cfg.WaitForPodCIDRs || len(info.PodCIDRs) > 0) {
 				return info, true
 			}
 		}

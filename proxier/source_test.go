@@ -163,6 +163,36 @@ func TestSourceWaitForNodeGivesUpWithoutAddresses(t *testing.T) {
 	}
 }
 
+// Under detectLocalMode NodeCIDR the wait is for the podCIDRs too.
+func TestSourceWaitForNodeWaitsForPodCIDRsIfAsked(t *testing.T) {
+	node := sourceTestNode()
+	node.Spec.PodCIDRs = nil
+	client := fake.NewClientset(node)
+	src, err := NewSource(SourceConfig{Client: client, NodeName: "node-a", Tracker: NewTracker(zap.NewNop(), time.Now),
+		WaitForPodCIDRs: true, Log: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	src.Start(ctx)
+	if err := src.WaitForSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	short, stop := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer stop()
+	if _, ok := src.WaitForNode(short); ok {
+		t.Fatal("WaitForNode returned a Node without podCIDRs")
+	}
+	node.Spec.PodCIDRs = []string{"10.244.1.0/24"}
+	if _, err := client.CoreV1().Nodes().Update(ctx, node, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if info, ok := src.WaitForNode(ctx); !ok || len(info.PodCIDRs) != 1 {
+		t.Fatalf("WaitForNode = %+v, %v; want the podCIDR", info, ok)
+	}
+}
+
 func TestNodeInfoFromNodeSkipsBadValues(t *testing.T) {
 	n := &v1.Node{
 		ObjectMeta: metav1.ObjectMeta{Name: "n"},

@@ -130,7 +130,8 @@ func (d *daemon) newProxy() (*proxy, error) {
 		Timeout: 2 * d.cfg.SyncPeriod, Pending: p.tracker.OldestPending, Clock: clock.RealClock{},
 	})
 	p.source, err = proxier.NewSource(proxier.SourceConfig{Client: client, NodeName: p.nodeName,
-		Resync: d.cfg.ConfigSyncPeriod, Tracker: p.tracker, OnNode: p.health.SetNode, Log: d.log.Named("source")})
+		Resync: d.cfg.ConfigSyncPeriod, Tracker: p.tracker, OnNode: p.health.SetNode, Log: d.log.Named("source"),
+		WaitForPodCIDRs: d.cfg.DetectLocalMode == localModeNodeCIDR})
 	if err != nil {
 		return nil, err
 	}
