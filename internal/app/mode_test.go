@@ -156,7 +156,9 @@ func TestIPTablesModeRemovesIPVSLeftovers(t *testing.T) {
 	td.start(t)
 	waitFor(t, "the IPVS leftovers removed", func() bool {
 		state := host.ipvsState(model.IPv4)
-		return !strings.Contains(state, webVS) && !strings.Contains(state, "kube-ipvs0") && !strings.Contains(state, "set ")
+		v6 := host.ipvsState(model.IPv6)
+		return !strings.Contains(state, webVS) && !strings.Contains(state, "kube-ipvs0") && !strings.Contains(state, "set ") &&
+			!strings.Contains(v6, "set ") && !strings.Contains(v6, "kube-ipvs0")
 	})
 	if nat := host.save("nft/IPv4", netfilter.TableNAT); !strings.Contains(nat, "10.244.0.11:8080") || strings.Contains(nat, "--match-set") {
 		t.Errorf("iptables mode's rules, without the IPVS mode's:\n%s", nat)
