@@ -140,7 +140,7 @@ func PlanTable(t SavedTable) TablePlan {
 			continue
 		}
 		for _, r := range t.Rules[c] {
-			if removed[jumpTarget(r)] {
+			if removed[netfilter.JumpTarget(r)] {
 				p.Unhook[c] = append(p.Unhook[c], r)
 			}
 		}
@@ -159,7 +159,7 @@ func (t SavedTable) keptChains() map[string]bool {
 		}
 		kept[chain] = true
 		for _, r := range t.Rules[chain] {
-			keep(jumpTarget(r))
+			keep(netfilter.JumpTarget(r))
 		}
 	}
 	for _, c := range t.Chains {
@@ -167,21 +167,10 @@ func (t SavedTable) keptChains() map[string]bool {
 			continue
 		}
 		for _, r := range t.Rules[c] {
-			keep(jumpTarget(r))
+			keep(netfilter.JumpTarget(r))
 		}
 	}
 	return kept
-}
-
-// jumpTarget is the chain or target a rule jumps or goes to; "" if none.
-func jumpTarget(rule string) string {
-	fields := strings.Fields(rule)
-	for i := 0; i+1 < len(fields); i++ {
-		if fields[i] == "-j" || fields[i] == "-g" {
-			return fields[i+1]
-		}
-	}
-	return ""
 }
 
 // Render returns the iptables-restore --noflush input that removes the

@@ -96,7 +96,7 @@ func TestRemoveIPTablesChangesOnlyKubeProxys(t *testing.T) {
 			}
 			var want []string
 			for _, r := range before[table].Rules[c] {
-				if !IsKubeProxyChain(table, jumpTarget(r)) || slices.Contains(after.Chains, jumpTarget(r)) {
+				if !IsKubeProxyChain(table, netfilter.JumpTarget(r)) || slices.Contains(after.Chains, netfilter.JumpTarget(r)) {
 					want = append(want, r)
 				}
 			}

@@ -103,7 +103,7 @@ func chainsAndRules(save string) string {
 			lines = append(lines, ":"+name)
 		case strings.HasPrefix(l, "-A "):
 			chain, rule, _ := strings.Cut(l[3:], " ")
-			lines = append(lines, "-A "+chain+" -> "+jumpTarget(rule))
+			lines = append(lines, "-A "+chain+" -> "+netfilter.JumpTarget(rule))
 		}
 	}
 	slices.Sort(lines)

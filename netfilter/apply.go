@@ -260,7 +260,7 @@ func (a *Applier) Intact(ctx context.Context) (bool, error) {
 		if err != nil || !ok {
 			return false, err
 		}
-		if target := jumpTarget(strings.Join(j.Rule, " ")); target != "" {
+		if target := JumpTarget(strings.Join(j.Rule, " ")); target != "" {
 			targets[ChainKey{Table: j.Table, Name: target}] = true
 		}
 	}

@@ -176,7 +176,7 @@ func (t fakeTable) apply(table Table, line string) error {
 		if _, ok := t[chain]; !ok {
 			return fmt.Errorf("chain %s does not exist", chain)
 		}
-		if target := jumpTarget(rule); target != "" && IsOwned(target) {
+		if target := JumpTarget(rule); target != "" && IsOwned(target) {
 			if _, ok := t[target]; !ok {
 				return fmt.Errorf("no chain/target/match by the name %s", target)
 			}
@@ -206,23 +206,12 @@ func (t fakeTable) apply(table Table, line string) error {
 func (t fakeTable) referenced(chain string) bool {
 	for _, rules := range t {
 		for _, r := range rules {
-			if jumpTarget(r) == chain {
+			if JumpTarget(r) == chain {
 				return true
 			}
 		}
 	}
 	return false
-}
-
-// jumpTarget returns the chain or target a rule jumps or goes to.
-func jumpTarget(rule string) string {
-	fields := strings.Fields(rule)
-	for i := 0; i+1 < len(fields); i++ {
-		if fields[i] == "-j" || fields[i] == "-g" {
-			return fields[i+1]
-		}
-	}
-	return ""
 }
 
 // saveText renders rule arguments the way iptables-save prints them:
@@ -255,7 +244,7 @@ func (k *FakeKernel) Insert(table, chain string, pos int, rule ...string) error 
 	if _, ok := t[chain]; !ok {
 		return fmt.Errorf("fake kernel: chain %s does not exist", chain)
 	}
-	if target := jumpTarget(saveText(rule)); IsOwned(target) {
+	if target := JumpTarget(saveText(rule)); IsOwned(target) {
 		if _, ok := t[target]; !ok {
 			return fmt.Errorf("fake kernel: no chain/target/match by the name %s", target)
 		}

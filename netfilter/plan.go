@@ -171,3 +171,15 @@ func sortedKeys[V any](m map[ChainKey]V, table Table) []ChainKey {
 
 // IsOwned reports whether a chain name belongs to svcproxy.
 func IsOwned(chain string) bool { return strings.HasPrefix(chain, ChainPrefix) }
+
+// JumpTarget returns the chain or target a rule (the text after
+// "-A CHAIN ") jumps or goes to; "" if none.
+func JumpTarget(rule string) string {
+	fields := strings.Fields(rule)
+	for i := 0; i+1 < len(fields); i++ {
+		if fields[i] == "-j" || fields[i] == "-g" {
+			return fields[i+1]
+		}
+	}
+	return ""
+}

@@ -104,57 +104,56 @@ func ipvsConfig(cfg Config, rules netfilter.Config, connReuseFixed bool) ipvs.Co
 
 // removeIPVSState removes the IPVS state svcproxy made (virtual servers,
 // kube-ipvs0 and its addresses, ipsets) and nothing else, in each family
-// of flavors (which names the iptables that works for it: an IPVS backend
-// is made with one, though this touches no rule), where IPVS is loaded:
-// a kernel without it holds none, and the iptables mode must not load it.
-// The iptables rules naming the sets must be gone already. Gently, a
-// virtual server some connection still uses stays (see
-// ipvs.Backend.RetireIPVSState). It reports whether IPVS was loaded and
-// how many virtual servers stay.
+// of flavors, where IPVS is loaded (see eachIPVSFamily). The iptables
+// rules naming the sets must be gone already. Gently, a virtual server
+// some connection still uses stays (see ipvs.Backend.RetireIPVSState). It
+// reports whether IPVS was loaded and how many virtual servers stay.
 func (k kernelAccess) removeIPVSState(ctx context.Context, cfg Config, flavors map[model.Family]netfilter.Flavor, log *zap.Logger, gently bool) (loaded bool, inUse int, err error) {
-	if !k.ipvsLoaded() {
-		return false, 0, nil
-	}
-	var errs []error
-	for _, family := range []model.Family{model.IPv4, model.IPv6} {
-		flavor, ok := flavors[family]
-		if !ok {
-			continue
-		}
-		b, err := k.ipvs(ipvsConfig(cfg, netfilter.Config{}, false), family, flavor)
-		left := 0
-		switch {
-		case err != nil:
-		case gently:
+	loaded, err = k.eachIPVSFamily(cfg, flavors, func(family model.Family, b *ipvs.Backend) error {
+		left, err := 0, error(nil)
+		if gently {
 			left, err = b.RetireIPVSState(ctx)
-		default:
+		} else {
 			err = b.RemoveIPVSState(ctx)
 		}
 		if err != nil {
-			// One line: the applier joins an error per object it could not remove.
-			errs = append(errs, fmt.Errorf("removing the %s IPVS state: %s", family, strings.ReplaceAll(err.Error(), "\n", "; ")))
-			continue
+			return err
 		}
 		inUse += left
 		if left > 0 {
 			log.Info("removed the IPVS state no connection uses; virtual servers with connections stay until those end",
 				zap.Stringer("family", family), zap.Int("inUse", left))
-			continue
+			return nil
 		}
 		log.Info("removed svcproxy's IPVS state (virtual servers, kube-ipvs0 addresses, ipsets), if there was any",
 			zap.Stringer("family", family))
-	}
-	return true, inUse, joinErrors(errs...)
+		return nil
+	})
+	return loaded, inUse, err
 }
 
 // removeKubeProxySets destroys the ipsets kube-proxy's ipvs mode left in
 // each family of flavors, where IPVS is loaded (kube-proxy's ipvs mode
 // loads it; without it there are none), and says which it destroyed.
 func (k kernelAccess) removeKubeProxySets(ctx context.Context, cfg Config, flavors map[model.Family]netfilter.Flavor) ([]string, error) {
-	if !k.ipvsLoaded() {
-		return nil, nil
-	}
 	var destroyed []string
+	_, err := k.eachIPVSFamily(cfg, flavors, func(_ model.Family, b *ipvs.Backend) error {
+		sets, err := b.RemoveKubeProxySets(ctx)
+		destroyed = append(destroyed, sets...)
+		return err
+	})
+	return destroyed, err
+}
+
+// eachIPVSFamily runs f with an IPVS backend of each family of flavors
+// (which names the iptables that works for it: a backend is made with
+// one, though f touches no rule), where IPVS is loaded: a kernel without
+// it holds no IPVS state, and the iptables mode must not load it. It
+// reports whether IPVS was loaded, and the failures, a line each.
+func (k kernelAccess) eachIPVSFamily(cfg Config, flavors map[model.Family]netfilter.Flavor, f func(model.Family, *ipvs.Backend) error) (bool, error) {
+	if !k.ipvsLoaded() {
+		return false, nil
+	}
 	var errs []error
 	for _, family := range []model.Family{model.IPv4, model.IPv6} {
 		flavor, ok := flavors[family]
@@ -163,15 +162,14 @@ func (k kernelAccess) removeKubeProxySets(ctx context.Context, cfg Config, flavo
 		}
 		b, err := k.ipvs(ipvsConfig(cfg, netfilter.Config{}, false), family, flavor)
 		if err == nil {
-			var sets []string
-			sets, err = b.RemoveKubeProxySets(ctx)
-			destroyed = append(destroyed, sets...)
+			err = f(family, b)
 		}
 		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: %s", family, strings.ReplaceAll(err.Error(), "\n", "; ")))
+			// One line: the applier joins an error per object it could not remove.
+			errs = append(errs, fmt.Errorf("%s IPVS state: %s", family, strings.ReplaceAll(err.Error(), "\n", "; ")))
 		}
 	}
-	return destroyed, joinErrors(errs...)
+	return true, joinErrors(errs...)
 }
 
 // chooseFamilies follows kube-proxy. The primary family is that of the
