@@ -82,8 +82,17 @@ func testTakeOver(t *testing.T, c takeOverCase) {
 	web := n.createService(n.service("web", v1.ServiceTypeClusterIP, 80))
 	gone := n.createService(n.service("gone", v1.ServiceTypeClusterIP, 80))
 	webURL, goneURL := "http://"+web.Spec.ClusterIP+"/", "http://"+gone.Spec.ClusterIP+"/"
-	n.eventually("web through kube-proxy", n.createSlice(n.slice("web", n.ns, 0, 1)), answers(from, webURL, "pod-0", "pod-1"))
-	n.eventually("gone through kube-proxy", n.createSlice(n.slice("gone", n.ns, 2)), answers(from, goneURL, "pod-2"))
+	// kube-proxy's ipvs mode in the emulated VM takes a minute or more
+	// to program a service: its waits get longer bounds than svcproxy's.
+	kubeProxyWait := func(what string, since time.Time, f func() error) {
+		t.Helper()
+		if _, err := sandbox.WaitFor(scaled(90*time.Second), f); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		t.Logf("%s: working %v after the API write", what, time.Since(since).Round(time.Millisecond))
+	}
+	kubeProxyWait("web through kube-proxy", n.createSlice(n.slice("web", n.ns, 0, 1)), answers(from, webURL, "pod-0", "pod-1"))
+	kubeProxyWait("gone through kube-proxy", n.createSlice(n.slice("gone", n.ns, 2)), answers(from, goneURL, "pod-2"))
 	established := dialKeepAlive(t, from, web.Spec.ClusterIP+":80")
 
 	kp.stop()
