@@ -41,7 +41,7 @@ func TestKernelSeamWithIPVS(t *testing.T) {
 var ipvsMode = []string{"-svcproxy.mode=ipvs", "-svcproxy.time-scale=" + timeScale}
 
 func TestDaemonInIPVSMode(t *testing.T) {
-	runSuite(t, suite{pkg: "./e2e/daemon", args: ipvsMode, memoryMiB: 4096, timeout: 40 * time.Minute, prebuilt: true})
+	runSuite(t, suite{pkg: "./e2e/daemon", args: ipvsMode, memoryMiB: 4096, timeout: 45 * time.Minute, prebuilt: true})
 }
 
 // timeScale is how much slower than this machine the emulated VM is, for
