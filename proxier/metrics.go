@@ -41,7 +41,14 @@ type Metrics struct {
 	conntrackDuration      *prometheus.HistogramVec
 	conntrackDeleted       *prometheus.CounterVec
 	invalidDropped         atomic.Pointer[[]InvalidDroppedCounter]
+	// invalidDroppedCount is the last reading of invalidDropped, at
+	// invalidDroppedRead: what a scrape reports.
+	invalidDroppedCount atomic.Uint64
+	invalidDroppedRead  time.Time
 }
+
+// invalidDroppedPeriod is how often the INVALID drop counters are read.
+const invalidDroppedPeriod = 15 * time.Second
 
 // InvalidDroppedCounter is a backend that counts the packets its rules
 // drop because conntrack finds them INVALID (the iptables mode's).
@@ -150,22 +157,28 @@ func (m *Metrics) CountInvalidDropped(backends []Backend) {
 	m.invalidDropped.Store(&counters)
 }
 
-// countInvalidDropped reads the counters at scrape time; a counter that
-// cannot be read gives its last count.
-func (m *Metrics) countInvalidDropped() float64 {
+// RefreshInvalidDropped reads the backends' INVALID drop counters for the
+// scrapes to report, at most once every invalidDroppedPeriod; call it
+// from the runner's goroutine (with the integrity check). A scrape never
+// runs iptables itself: on a busy node, or in an emulated VM, that could
+// outlast the scrape's timeout. A counter that cannot be read gives its
+// last count.
+func (m *Metrics) RefreshInvalidDropped(ctx context.Context) {
 	counters := m.invalidDropped.Load()
-	if counters == nil {
-		return 0
+	now := m.clock.Now()
+	if counters == nil || (!m.invalidDroppedRead.IsZero() && now.Sub(m.invalidDroppedRead) < invalidDroppedPeriod) {
+		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+	m.invalidDroppedRead = now
 	var n uint64
 	for _, c := range *counters {
 		v, _ := c.InvalidDropped(ctx)
 		n += v
 	}
-	return float64(n)
+	m.invalidDroppedCount.Store(n)
 }
+
+func (m *Metrics) countInvalidDropped() float64 { return float64(m.invalidDroppedCount.Load()) }
 
 // zeroCounter is one of kube-proxy's nfacct counters, which svcproxy does
 // not keep (see NewMetrics): it reads 0.

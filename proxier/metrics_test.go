@@ -308,7 +308,8 @@ func (c *fakeInvalidCounter) InvalidDropped(context.Context) (uint64, error) { r
 // counts both).
 func TestMetricsInvalidDroppedSumsTheBackends(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	m := NewMetrics(reg, NewTracker(zap.NewNop(), time.Now), []model.Family{model.IPv4, model.IPv6}, "iptables", clocktesting.NewFakeClock(t0))
+	clk := clocktesting.NewFakeClock(t0)
+	m := NewMetrics(reg, NewTracker(zap.NewNop(), time.Now), []model.Family{model.IPv4, model.IPv6}, "iptables", clk)
 	const name = "kubeproxy_iptables_ct_state_invalid_dropped_packets_total{}"
 	if got := scrape(t, reg)[name]; got != 0 {
 		t.Errorf("before the backends are known: %v, want 0", got)
@@ -316,10 +317,18 @@ func TestMetricsInvalidDroppedSumsTheBackends(t *testing.T) {
 	v4 := &fakeInvalidCounter{recordingBackend: recordingBackend{family: model.IPv4}, n: 4}
 	v6 := &fakeInvalidCounter{recordingBackend: recordingBackend{family: model.IPv6}, n: 3}
 	m.CountInvalidDropped([]Backend{v4, v6, &recordingBackend{family: model.IPv4}})
+	m.RefreshInvalidDropped(context.Background())
 	if got := scrape(t, reg)[name]; got != 7 {
 		t.Errorf("%v, want 4 + 3", got)
 	}
+	// Scrapes report the last reading; readings come at most every 15 s.
 	v4.n = 10
+	m.RefreshInvalidDropped(context.Background())
+	if got := scrape(t, reg)[name]; got != 7 {
+		t.Errorf("%v read again within 15 s, want the last reading, 7", got)
+	}
+	clk.Step(15 * time.Second)
+	m.RefreshInvalidDropped(context.Background())
 	if got := scrape(t, reg)[name]; got != 13 {
 		t.Errorf("%v after more drops, want 10 + 3", got)
 	}

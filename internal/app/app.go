@@ -106,7 +106,13 @@ func (d *daemon) run(ctx context.Context) error {
 	syncer.Observe(func(r *proxier.SyncReport) { takeOver.Observe(ctx, r) })
 
 	p.health.Start(p.families)
-	runner := proxier.NewRunner(d.runnerConfig(), clk, p.health.Track(syncer.Sync), syncer.Intact, d.log.Named("runner"))
+	// The integrity check's turns read the INVALID drop counters too, so
+	// that a scrape never runs iptables.
+	check := func(ctx context.Context) bool {
+		metrics.RefreshInvalidDropped(ctx)
+		return syncer.Intact(ctx)
+	}
+	runner := proxier.NewRunner(d.runnerConfig(), clk, p.health.Track(syncer.Sync), check, d.log.Named("runner"))
 	d.log.Info("svcproxy running", zap.String("mode", d.cfg.Mode), zap.String("node", p.node.Name), zap.Stringers("families", p.families))
 	runner.Run(ctx, p.tracker.Changed())
 	d.log.Info("svcproxy stopping; the rules stay in place")
