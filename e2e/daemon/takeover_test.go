@@ -98,13 +98,24 @@ func testTakeOver(t *testing.T, c takeOverCase) {
 	kp.stop()
 	probe := startProbe(from, webURL)
 	n.startProxy(n.sb.Kubeconfig, "--proxy-mode="+c.svcproxyMode)
-	n.eventually("kube-proxy's state gone", time.Now(), func() error { return kubeProxyLeft(n.sb.Bed.Node(), c) })
+	n.eventually("kube-proxy's rules and sets gone", time.Now(), func() error { return kubeProxyLeft(n.sb.Bed.Node(), c, false) })
 	if failures := probe.stop(); len(failures) > 0 {
 		t.Errorf("%d of %d requests to web failed during the take-over, the first: %v", len(failures), probe.count(), failures[0])
 	}
 	t.Logf("%d requests to web during the take-over, all answered", probe.count())
 	if err := established.ask(); err != nil {
 		t.Errorf("the connection established through kube-proxy, after the take-over: %v", err)
+	}
+	if c.svcproxyMode == "iptables" {
+		// The iptables mode retires kube-proxy's virtual servers once
+		// their connections end: the one kept open, and those IPVS holds
+		// in TIME_WAIT for two minutes after each probe went through it.
+		established.conn.Close()
+		began := time.Now()
+		if _, err := sandbox.WaitFor(scaled(30*time.Second)+3*time.Minute, func() error { return kubeProxyLeft(n.sb.Bed.Node(), c, true) }); err != nil {
+			t.Fatalf("kube-proxy's virtual servers once their connections ended: %v", err)
+		}
+		t.Logf("kube-proxy's virtual servers gone %v after the last connection closed", time.Since(began).Round(time.Second))
 	}
 	if c.kubeProxyMode == "iptables" {
 		expectKubeletChains(t, n.sb.Bed.Node(), c.flavor)
@@ -121,10 +132,10 @@ func testTakeOver(t *testing.T, c takeOverCase) {
 }
 
 // kubeProxyLeft describes what of kube-proxy's state the node still
-// holds: chains in either flavor, nftables tables, ipsets, virtual
-// servers on its kube-ipvs0 (in svcproxy's iptables mode, any at all);
-// nil when none.
-func kubeProxyLeft(node *netnstest.NS, c takeOverCase) error {
+// holds: chains in either flavor, nftables tables, ipsets, and with
+// virtualServers, in svcproxy's iptables mode, any virtual server or
+// kube-ipvs0 (and only then the sets); nil when none.
+func kubeProxyLeft(node *netnstest.NS, c takeOverCase, virtualServers bool) error {
 	var left []string
 	for _, flavor := range netfilter.Flavors() {
 		for _, family := range []model.Family{model.IPv4, model.IPv6} {
@@ -146,14 +157,16 @@ func kubeProxyLeft(node *netnstest.NS, c takeOverCase) error {
 			left = append(left, "nftables table "+t.String())
 		}
 	}
-	if sets, err := node.Run("ipset", "list", "-n"); err == nil {
+	// The iptables mode destroys kube-proxy's sets once their virtual
+	// servers are gone.
+	if sets, err := node.Run("ipset", "list", "-n"); err == nil && (virtualServers || c.svcproxyMode != "iptables") {
 		for _, s := range strings.Fields(sets) {
 			if strings.HasPrefix(s, "KUBE-") {
 				left = append(left, "ipset "+s)
 			}
 		}
 	}
-	if c.svcproxyMode == "iptables" {
+	if virtualServers && c.svcproxyMode == "iptables" {
 		if vs, err := node.Run("cat", "/proc/net/ip_vs"); err == nil && strings.Contains(vs, "->") {
 			left = append(left, "IPVS virtual servers:\n"+vs)
 		}

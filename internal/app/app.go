@@ -46,6 +46,9 @@ type daemon struct {
 	flows  func(*zap.Logger) (proxier.FlowCleaner, func())
 	// sysctls is where the conntrack tuning reads and writes; nil: none.
 	sysctls conntrack.Files
+	// takeOverRetry is how soon the take-over looks again at work left
+	// (0: retryAfter).
+	takeOverRetry time.Duration
 }
 
 // proxy is what the startup steps build for the sync loop.
@@ -112,7 +115,7 @@ func (d *daemon) run(ctx context.Context) error {
 		metrics.RefreshInvalidDropped(ctx)
 		return syncer.Intact(ctx)
 	}
-	runner := proxier.NewRunner(d.runnerConfig(), clk, p.health.Track(syncer.Sync), check, d.log.Named("runner"))
+	runner := proxier.NewRunner(d.runnerConfig(), clk, takeOver.Recheck(p.health.Track(syncer.Sync)), check, d.log.Named("runner"))
 	d.log.Info("svcproxy running", zap.String("mode", d.cfg.Mode), zap.String("node", p.node.Name), zap.Stringers("families", p.families))
 	runner.Run(ctx, p.tracker.Changed())
 	d.log.Info("svcproxy stopping; the rules stay in place")

@@ -31,7 +31,7 @@ import (
 //     servers they tell are gone.
 //
 // A step that must wait is tried again after each later successful sync
-// (at least every sync period); one that failed, no sooner than
+// (Recheck asks for one every retryAfter); one that failed, no sooner than
 // retryAfter later, and one that keeps failing is given
 // up after maxAttempts with a warning: the leftovers then stay, as they
 // would without svcproxy. It runs on the runner's goroutine, between
@@ -46,6 +46,8 @@ type takeOver struct {
 	// drainUntil bounds the wait for IPVS connections; next is the
 	// earliest retry.
 	drainUntil, next time.Time
+	// retry is retryAfter, shorter in tests.
+	retry time.Duration
 }
 
 const (
@@ -55,7 +57,26 @@ const (
 
 func (d *daemon) takeOver(p *proxy) *takeOver {
 	// The IPVS mode's own sync takes kube-proxy's virtual servers over.
-	return &takeOver{d: d, p: p, ipvsDone: d.cfg.Mode == modeIPVS}
+	retry := retryAfter
+	if d.takeOverRetry > 0 {
+		retry = d.takeOverRetry
+	}
+	return &takeOver{d: d, p: p, ipvsDone: d.cfg.Mode == modeIPVS, retry: retry}
+}
+
+// Recheck wraps a sync so that, while the take-over has work left
+// (connections to drain, a step to retry), the runner syncs again within
+// retryAfter even if nothing changes: the take-over runs after syncs, and
+// an idle node has none for an hour. Such a sync of an unchanged view
+// writes nothing.
+func (t *takeOver) Recheck(sync proxier.SyncFunc) proxier.SyncFunc {
+	return func(ctx context.Context, full bool) (time.Duration, error) {
+		recheck, err := sync(ctx, full)
+		if !t.done() && (recheck <= 0 || recheck > t.retry) {
+			recheck = t.retry
+		}
+		return recheck, err
+	}
 }
 
 // done reports whether nothing is left to do.
@@ -90,7 +111,7 @@ func (t *takeOver) Observe(ctx context.Context, r *proxier.SyncReport) {
 	if !failed {
 		return
 	}
-	t.next = r.Start.Add(retryAfter)
+	t.next = r.Start.Add(t.retry)
 	if t.attempts++; t.attempts >= maxAttempts {
 		t.d.log.Warn("giving up on removing what another proxy left on this node; it stays", zap.Int("attempts", t.attempts))
 		t.rulesDone, t.nftDone, t.ipvsDone, t.setsDone = true, true, true, true
