@@ -14,6 +14,7 @@ declare -A need=(
   [socat]=socat
   [nft]=nftables # kube-proxy's nftables mode, run beside svcproxy in the daemon tests
   [curl]=curl    # the requests make run suggests
+  [ipvsadm]=ipvsadm # the IPVS kernel seam's tests read the table as an operator would
   [gcc]=gcc
 )
 
