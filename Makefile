@@ -42,7 +42,7 @@ vet:
 test: deps controlplane vmkernel fmt-check vet
 	$(GO) test -count=1 -timeout 30m $$($(GO) list ./... | grep -v /e2e/vm)
 	$(GO) test -count=1 -timeout 10m -race ./proxier/...
-	$(GO) test -count=1 -timeout 75m -v ./e2e/vm/
+	$(GO) test -count=1 -timeout 85m -v ./e2e/vm/
 
 # Rule-sync figures at 10,000 services x 10 endpoints, in each iptables
 # flavour, each run in a network namespace of its own (unshare --net) so the

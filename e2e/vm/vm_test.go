@@ -27,7 +27,7 @@ import (
 )
 
 func TestDatapathInIPVSMode(t *testing.T) {
-	runSuite(t, suite{pkg: "./e2e", args: ipvsMode, memoryMiB: 2048, timeout: 30 * time.Minute})
+	runSuite(t, suite{pkg: "./e2e", args: ipvsMode, memoryMiB: 2048, timeout: 35 * time.Minute})
 }
 
 // The IPVS mode's kernel seam against the real IPVS, links, ipsets and
@@ -41,7 +41,7 @@ func TestKernelSeamWithIPVS(t *testing.T) {
 var ipvsMode = []string{"-svcproxy.mode=ipvs", "-svcproxy.time-scale=" + timeScale}
 
 func TestDaemonInIPVSMode(t *testing.T) {
-	runSuite(t, suite{pkg: "./e2e/daemon", args: ipvsMode, memoryMiB: 4096, timeout: 45 * time.Minute, prebuilt: true})
+	runSuite(t, suite{pkg: "./e2e/daemon", args: ipvsMode, memoryMiB: 4096, timeout: 50 * time.Minute, prebuilt: true})
 }
 
 // timeScale is how much slower than this machine the emulated VM is, for
