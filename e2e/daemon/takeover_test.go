@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"os/exec"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -171,7 +172,7 @@ func kubeProxyLeft(node *netnstest.NS, c takeOverCase, virtualServers bool) erro
 		}
 	}
 	if virtualServers && c.svcproxyMode == "iptables" {
-		if vs, err := node.Run("cat", "/proc/net/ip_vs"); err == nil && strings.Contains(vs, "->") {
+		if vs, err := node.Run("cat", "/proc/net/ip_vs"); err == nil && virtualServerLine.MatchString(vs) {
 			left = append(left, "IPVS virtual servers:\n"+vs)
 		}
 		if _, err := node.Run("ip", "link", "show", "kube-ipvs0"); err == nil {
@@ -183,6 +184,10 @@ func kubeProxyLeft(node *netnstest.NS, c takeOverCase, virtualServers bool) erro
 	}
 	return nil
 }
+
+// virtualServerLine is a virtual server in /proc/net/ip_vs (its header
+// lines start with "IP", "Prot" and "  ->").
+var virtualServerLine = regexp.MustCompile(`(?m)^(TCP|UDP|SCTP)\s`)
 
 // kubeletChains are what kubelet keeps in a node's iptables, which a
 // take-over must leave.
