@@ -38,14 +38,20 @@ func backendView(family model.Family, endpoints ...netip.Addr) *model.NodeView {
 	return &model.NodeView{Family: family, Services: map[model.ServicePortName]*model.ServicePort{web.Name: web, dns.Name: dns}}
 }
 
-func TestBackendSyncsThroughTheApplier(t *testing.T) {
-	ctx := context.Background()
+// fakeBackend is an IPv4 backend on a fake kernel.
+func fakeBackend(t *testing.T) (*Backend, *netfilter.FakeKernel) {
+	t.Helper()
 	k := netfilter.NewFakeKernel()
 	a, err := netfilter.NewApplier(netfilter.ApplierConfig{Family: model.IPv4, Flavor: netfilter.FlavorNFT, Jumps: netfilter.JumpRules(), TopChains: TopChains(), Run: k, Rules: k})
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := NewBackend(netfilter.Config{}, a)
+	return NewBackend(netfilter.Config{}, a), k
+}
+
+func TestBackendSyncsThroughTheApplier(t *testing.T) {
+	ctx := context.Background()
+	b, k := fakeBackend(t)
 	two := backendView(model.IPv4, netip.MustParseAddr("10.244.0.11"), netip.MustParseAddr("10.244.0.12"))
 
 	full, err := b.Sync(ctx, two, nil)
@@ -212,12 +218,7 @@ func answering(t *testing.T, client *netnstest.NS, dst netip.AddrPort) []string 
 // full sync and after a partial one; the written counts what a sync wrote.
 func TestBackendCountsRulesByTable(t *testing.T) {
 	ctx := context.Background()
-	k := netfilter.NewFakeKernel()
-	a, err := netfilter.NewApplier(netfilter.ApplierConfig{Family: model.IPv4, Flavor: netfilter.FlavorNFT, Jumps: netfilter.JumpRules(), TopChains: TopChains(), Run: k, Rules: k})
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := NewBackend(netfilter.Config{}, a)
+	b, k := fakeBackend(t)
 	inKernel := func(table netfilter.Table) int {
 		n := 0
 		for _, line := range strings.Split(k.Save(table), "\n") {
