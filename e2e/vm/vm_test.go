@@ -19,6 +19,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -26,9 +27,22 @@ import (
 	"github.com/svcproxy/svcproxy/internal/vm"
 )
 
+// The datapath suite runs whole under iptables-nft (the flavor a current
+// distribution has), and the tests that lean on the IPVS mode's own
+// iptables rules (masquerade, source ranges, reject, hairpin, the filter)
+// once more under iptables-legacy: the iptables code is shared with the
+// iptables mode, which runs every test under both flavors on the host, so
+// a second whole run would cost the VM ten minutes to prove little more.
 func TestDatapathInIPVSMode(t *testing.T) {
-	runSuite(t, suite{pkg: "./e2e", args: ipvsMode, memoryMiB: 2048, timeout: 35 * time.Minute})
+	runSuite(t, suite{pkg: "./e2e", args: slices.Concat(ipvsMode, []string{"-svcproxy.flavors=nft"}), memoryMiB: 2048, timeout: 25 * time.Minute})
 }
+
+func TestDatapathInIPVSModeLegacyIPTables(t *testing.T) {
+	runSuite(t, suite{pkg: "./e2e", args: slices.Concat(ipvsMode, []string{"-svcproxy.flavors=legacy", "-test.run=" + legacyPart}), memoryMiB: 2048, timeout: 12 * time.Minute})
+}
+
+// legacyPart are the datapath tests run again under iptables-legacy.
+const legacyPart = "^(TestClusterIP|TestExternalAddresses|TestLoadBalancerSourceRanges|TestNoEndpointsRejectPromptly|TestMasqueradeAll|TestHairpin|TestIPVSServiceAddressesAnswerOnlyServicePorts|TestIPv6|TestIPVSDriftIsRepaired)$"
 
 // The IPVS mode's kernel seam against the real IPVS, links, ipsets and
 // sysctls (its tests skip where IPVS is missing, as here).
