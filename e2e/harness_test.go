@@ -195,8 +195,9 @@ type cluster struct {
 
 // process is one svcproxy process's state: what a restart throws away.
 type process struct {
-	tracker *proxier.Tracker
-	syncer  *proxier.Syncer
+	tracker  *proxier.Tracker
+	syncer   *proxier.Syncer
+	backends []proxier.Backend
 
 	mu      sync.Mutex // reports are appended by the runner's goroutine
 	reports []*proxier.SyncReport
@@ -285,6 +286,7 @@ func (c *cluster) start() *process {
 	for _, family := range []model.Family{model.IPv4, model.IPv6} {
 		backends = append(backends, c.backend(family))
 	}
+	p.backends = backends
 	p.syncer = proxier.NewSyncer(p.tracker, backends, conntrack.Cleaner{Table: c.flows}, clock.RealClock{}, log)
 	p.syncer.Observe(p.record)
 	p.tracker.SetNode(c.nodeInfo())
@@ -377,6 +379,30 @@ func (c *cluster) sync() *proxier.SyncReport {
 		c.t.Fatalf("sync: %v", err)
 	}
 	return c.proc.reportsSince(start)[0]
+}
+
+// packetCounts sums what the backends' counting rules have counted (the
+// metrics' nfacct-style counters), read in the node's namespace.
+func (c *cluster) packetCounts() model.PacketCounts {
+	c.t.Helper()
+	var sum model.PacketCounts
+	err := c.Node().Do(func() error {
+		for _, b := range c.proc.backends {
+			if pc, ok := b.(proxier.PacketCounter); ok {
+				n, err := pc.PacketCounts(context.Background())
+				if err != nil {
+					return err
+				}
+				sum.InvalidDropped += n.InvalidDropped
+				sum.LocalhostNodePortsAccepted += n.LocalhostNodePortsAccepted
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		c.t.Fatalf("reading the packet counters: %v", err)
+	}
+	return sum
 }
 
 // run starts the real Runner (real clock) in the node namespace and

@@ -109,10 +109,22 @@ func TestLocalhostNodePorts(t *testing.T) {
 			} else {
 				expectServers(t, c.Node(), "tcp", loopback, 20, c.PodGateway(loopback.Addr()), "pod-1", "pod-2")
 				expectServers(t, c.Node(), "udp", at(mustAddr("127.0.0.1"), 30055), 20, c.PodGateway(loopback.Addr()), "pod-1", "pod-2")
+				// iptables_localhost_nodeports_accepted_packets_total counts
+				// each new connection (the first packet of each flow).
+				if n := c.packetCounts().LocalhostNodePortsAccepted; n < 40 {
+					t.Errorf("localhost node ports accepted %d connections, want at least the 40 made", n)
+				}
 			}
+			before := c.packetCounts().LocalhostNodePortsAccepted
+			// Neither a node port on the node's address nor another port
+			// on loopback counts.
 			expectServers(t, c.Outside(), "tcp", at(c.Node().IPv4(), 30082), 20, c.PodGateway(loopback.Addr()), "pod-1", "pod-2")
+			expectPromptRefusal(t, c.Node(), "tcp", "127.0.0.1:30099")
 			// Never on ::1, as in kube-proxy.
 			expectPromptRefusal(t, c.Node(), "tcp", "[::1]:30082")
+			if after := c.packetCounts().LocalhostNodePortsAccepted; after != before {
+				t.Errorf("localhost node-port count moved from %d to %d without a connection to one", before, after)
+			}
 		}
 	})
 }

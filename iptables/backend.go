@@ -3,7 +3,6 @@ package iptables
 import (
 	"context"
 	"fmt"
-	"sync"
 
 	"github.com/svcproxy/svcproxy/model"
 	"github.com/svcproxy/svcproxy/netfilter"
@@ -17,62 +16,7 @@ type Backend struct {
 	// svcproxy has, as of the last sync that succeeded: the totals the
 	// metrics report, which a partial plan alone does not tell.
 	chainRules map[netfilter.ChainKey]int
-	dropped    droppedCount
-}
-
-// droppedCount carries the packet counter of the rule that drops packets
-// conntrack finds INVALID across the full syncs that rewrite its chain
-// (which restarts the kernel's counter): base is what earlier versions of
-// the rule counted, last the latest reading of the current one.
-type droppedCount struct {
-	mu         sync.Mutex
-	base, last uint64
-}
-
-// invalidMatch picks the INVALID drop rule out of the forward chain.
-const invalidMatch = "--ctstate INVALID"
-
-// InvalidDropped returns how many packets svcproxy's rule has dropped
-// because conntrack found them INVALID: kube-proxy's
-// iptables_ct_state_invalid_dropped_packets_total, which kube-proxy keeps
-// in an nfacct object. The count carries over the rewrites of the rule
-// (see droppedCount), and starts with what the rule had counted when
-// this process found it. On a failed reading it returns the last count.
-func (b *Backend) InvalidDropped(ctx context.Context) (uint64, error) {
-	b.dropped.mu.Lock()
-	defer b.dropped.mu.Unlock()
-	return b.readDropped(ctx)
-}
-
-// readDropped reads the rule's counter; b.dropped.mu is held.
-func (b *Backend) readDropped(ctx context.Context) (uint64, error) {
-	d := &b.dropped
-	v, err := b.applier.PacketCount(ctx, netfilter.TableFilter, netfilter.ChainForward, invalidMatch)
-	if err != nil {
-		return d.base + d.last, err
-	}
-	if v < d.last { // rewritten by something else than a full sync (another program flushed it)
-		d.base += d.last
-	}
-	d.last = v
-	return d.base + v, nil
-}
-
-// applyCounting applies a plan; a full plan rewrites the forward chain,
-// so the INVALID drop rule's count so far is read first and carried.
-func (b *Backend) applyCounting(ctx context.Context, plan *netfilter.Plan) (netfilter.Applied, error) {
-	if !plan.Full {
-		return b.applier.Apply(ctx, plan)
-	}
-	b.dropped.mu.Lock()
-	defer b.dropped.mu.Unlock()
-	d := &b.dropped
-	_, readErr := b.readDropped(ctx)
-	done, err := b.applier.Apply(ctx, plan)
-	if err == nil && readErr == nil {
-		d.base, d.last = d.base+d.last, 0
-	}
-	return done, err
+	counters   *packetCounters
 }
 
 // New returns the backend of one family, programming the host through the
@@ -87,7 +31,7 @@ func New(cfg netfilter.Config, family model.Family, flavor netfilter.Flavor) (*B
 
 // NewBackend returns a backend applying through a, e.g. one built on a FakeKernel.
 func NewBackend(cfg netfilter.Config, a *netfilter.Applier) *Backend {
-	return &Backend{cfg: cfg, applier: a, chainRules: map[netfilter.ChainKey]int{}}
+	return &Backend{cfg: cfg, applier: a, chainRules: map[netfilter.ChainKey]int{}, counters: newPacketCounters(cfg, a.Family())}
 }
 
 // Family implements proxier.Backend.

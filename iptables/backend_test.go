@@ -3,7 +3,6 @@ package iptables
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -151,9 +150,9 @@ func testBackendTraffic(t *testing.T, flavor netfilter.Flavor, family model.Fami
 	if !intact() {
 		t.Fatal("not Intact right after a full sync")
 	}
-	// The INVALID drop rule's counter reads from the real tables.
-	if err := bed.Node().Do(func() error { _, err := b.InvalidDropped(context.Background()); return err }); err != nil {
-		t.Errorf("InvalidDropped: %v", err)
+	// The counting rules' counters read from the real tables.
+	if err := bed.Node().Do(func() error { _, err := b.PacketCounts(context.Background()); return err }); err != nil {
+		t.Errorf("PacketCounts: %v", err)
 	}
 	web := two.Services[webName()]
 	clusterIP := netip.AddrPortFrom(web.ClusterIP, web.Port)
@@ -261,68 +260,73 @@ func TestBackendCountsRulesByTable(t *testing.T) {
 	}
 }
 
-// counterKernel is the fake kernel with a packet counter on the INVALID
-// drop rule, which a restore of the forward chain sets back to 0.
-type counterKernel struct {
-	*netfilter.FakeKernel
-	invalid uint64
-}
-
-func (k *counterKernel) Run(ctx context.Context, name string, args []string, stdin []byte) ([]byte, error) {
-	if slices.Contains(args, "-S") {
-		if !strings.Contains(k.Save(netfilter.TableFilter), "-A "+netfilter.ChainForward+" ") {
-			return nil, errors.New("iptables: No chain/target/match by that name")
-		}
-		return []byte(fmt.Sprintf("-N %[1]s\n-A %[1]s -m conntrack --ctstate INVALID -c %d 0 -j DROP\n", netfilter.ChainForward, k.invalid)), nil
-	}
-	if strings.HasSuffix(name, "-restore") && strings.Contains(string(stdin), ":"+netfilter.ChainForward+" ") {
-		k.invalid = 0
-	}
-	return k.FakeKernel.Run(ctx, name, args, stdin)
-}
-
-// kube-proxy's ct_state_invalid counter lives in an nfacct object that
-// rule rewrites leave alone; svcproxy reads its rule's own counter and
-// carries it over the full syncs that restart it.
-func TestBackendCountsInvalidDroppedAcrossFullSyncs(t *testing.T) {
+// kube-proxy's packet counters live in nfacct objects that rule rewrites
+// leave alone; svcproxy reads its rules' own counters and carries them
+// over the syncs that restart them.
+func TestBackendCountsPacketsAcrossRewrites(t *testing.T) {
 	ctx := context.Background()
-	k := &counterKernel{FakeKernel: netfilter.NewFakeKernel()}
-	a, err := netfilter.NewApplier(netfilter.ApplierConfig{Family: model.IPv4, Flavor: netfilter.FlavorNFT, Jumps: netfilter.JumpRules(), TopChains: TopChains(), Run: k, Rules: k.FakeKernel})
+	k := netfilter.NewFakeKernel()
+	a, err := netfilter.NewApplier(netfilter.ApplierConfig{Family: model.IPv4, Flavor: netfilter.FlavorNFT, Jumps: netfilter.JumpRules(), TopChains: TopChains(), Run: k, Rules: k})
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := NewBackend(netfilter.Config{}, a)
-	if _, err := b.InvalidDropped(ctx); err == nil {
-		t.Error("no error reading a chain that does not exist yet")
+	b := NewBackend(netfilter.Config{LocalhostNodePorts: true}, a)
+	if _, err := b.PacketCounts(ctx); err == nil {
+		t.Error("no error reading chains that do not exist yet")
 	}
 	ips := []netip.Addr{netip.MustParseAddr("10.244.0.11"), netip.MustParseAddr("10.244.0.12")}
 	two, one := backendView(model.IPv4, ips...), backendView(model.IPv4, ips[0])
 	if _, err := b.Sync(ctx, two, nil); err != nil {
 		t.Fatal(err)
 	}
-	expect := func(what string, want uint64) {
+	expect := func(what string, want model.PacketCounts) {
 		t.Helper()
-		if got, err := b.InvalidDropped(ctx); got != want || err != nil {
-			t.Errorf("%s: %d, %v; want %d", what, got, err, want)
+		if got, err := b.PacketCounts(ctx); got != want || err != nil {
+			t.Errorf("%s: %+v, %v; want %+v", what, got, err, want)
 		}
 	}
-	k.invalid = 5
-	expect("after 5 drops", 5)
-	if _, err := b.Sync(ctx, one, two); err != nil { // partial: the chain stays
+	// Traffic: packets dropped as INVALID; connections to loopback, some
+	// taken by a node port (entered, not missed), some not (both).
+	traffic := func(invalid, accepted, other uint64) {
+		k.CountPackets(netfilter.TableFilter, netfilter.ChainForward, "--ctstate INVALID", invalid)
+		k.CountPackets(netfilter.TableNAT, netfilter.ChainServices, netfilter.CommentLocalhostNodePorts, accepted+other)
+		k.CountPackets(netfilter.TableNAT, netfilter.ChainServices, netfilter.CommentLocalhostNotNodePort, other)
+	}
+	traffic(5, 3, 4)
+	expect("after traffic", model.PacketCounts{InvalidDropped: 5, LocalhostNodePortsAccepted: 3})
+	if _, err := b.Sync(ctx, one, two); err != nil { // partial: the chains stay
 		t.Fatal(err)
 	}
-	k.invalid = 7
-	expect("after a partial sync and 2 more drops", 7)
-	k.invalid = 9
-	if _, err := b.Sync(ctx, two, nil); err != nil { // full: the chain is rewritten, its counter restarts
+	traffic(2, 1, 1)
+	expect("after a partial sync and more traffic", model.PacketCounts{InvalidDropped: 7, LocalhostNodePortsAccepted: 4})
+	traffic(2, 2, 0)
+	if _, err := b.Sync(ctx, two, nil); err != nil { // full: the chains are rewritten, their counters restart
 		t.Fatal(err)
 	}
-	if k.invalid != 0 {
-		t.Fatal("the fake kernel did not restart the counter")
+	if out, _ := k.Run(ctx, "iptables", []string{"-w", "5", "-t", "nat", "-S", netfilter.ChainServices, "-v"}, nil); !strings.Contains(string(out), "-c 0 0") ||
+		strings.Contains(string(out), "-c 2 0") {
+		t.Fatalf("the fake kernel did not restart the counters:\n%s", out)
 	}
-	expect("right after a full sync", 9)
-	k.invalid = 3
-	expect("3 drops after the full sync", 12)
-	k.invalid = 1 // restarted by someone else
-	expect("after a flush by another program", 13)
+	expect("right after a full sync", model.PacketCounts{InvalidDropped: 9, LocalhostNodePortsAccepted: 6})
+	traffic(3, 1, 5)
+	expect("after the full sync", model.PacketCounts{InvalidDropped: 12, LocalhostNodePortsAccepted: 7})
+}
+
+// Where node ports do not answer on loopback the localhost counter reads
+// 0 and costs no listing of the nat table.
+func TestBackendCountsNoLocalhostWithoutLocalhostNodePorts(t *testing.T) {
+	ctx := context.Background()
+	b, k := fakeBackend(t)
+	if _, err := b.Sync(ctx, backendView(model.IPv4, netip.MustParseAddr("10.244.0.11")), nil); err != nil {
+		t.Fatal(err)
+	}
+	k.Calls = nil
+	if got, err := b.PacketCounts(ctx); err != nil || got.LocalhostNodePortsAccepted != 0 {
+		t.Errorf("%+v, %v", got, err)
+	}
+	for _, c := range k.Calls {
+		if strings.Contains(c, "-t nat") {
+			t.Errorf("listed the nat table: %s", c)
+		}
+	}
 }

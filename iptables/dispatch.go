@@ -111,7 +111,7 @@ func (c *compiler) bucketRules(b destBucket) []string {
 // servicesRules renders SERVICES: a jump per bucket, then node ports last,
 // so that a service address that is also a node address keeps its port.
 func (c *compiler) servicesRules(buckets []destBucket) []string {
-	rules := make([]string, 0, len(buckets)+len(c.NodePortDsts))
+	rules := make([]string, 0, len(buckets)+len(c.NodePortDsts)+2)
 	for _, b := range buckets {
 		if b.prefix.Bits() == 0 {
 			rules = append(rules, "-j "+b.chain)
@@ -119,11 +119,7 @@ func (c *compiler) servicesRules(buckets []destBucket) []string {
 			rules = append(rules, "-d "+b.prefix.String()+" -j "+b.chain)
 		}
 	}
-	for _, dst := range c.NodePortDsts {
-		rules = append(rules, dst+"-m addrtype --dst-type LOCAL -m comment --comment "+
-			netfilter.QuoteComment("svcproxy node ports, must be the last rule")+" -j "+chainNodePorts)
-	}
-	return rules
+	return append(rules, c.NodePortJumps(chainNodePorts)...)
 }
 
 // diffDispatch brings SERVICES and the buckets from prev's to view's.

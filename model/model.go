@@ -257,6 +257,16 @@ func (v *NodeView) SortedNames() []ServicePortName {
 	return names
 }
 
+// PacketCounts are the packets a backend's rules have counted since the
+// process started, for kube-proxy's nfacct-based metrics.
+type PacketCounts struct {
+	// InvalidDropped: packets dropped because conntrack found them INVALID.
+	InvalidDropped uint64
+	// LocalhostNodePortsAccepted: new connections node ports accepted on
+	// 127.0.0.0/8.
+	LocalhostNodePortsAccepted uint64
+}
+
 // SyncResult reports what one backend sync did, for logs, metrics and
 // benchmarks, in terms that hold for every mode.
 type SyncResult struct {

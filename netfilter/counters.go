@@ -7,15 +7,21 @@ import (
 	"strings"
 )
 
-// PacketCount sums the packet counters of the rules of one of svcproxy's
-// chains whose text contains match, as the kernel counts them
-// (iptables -S -v). A chain that does not exist is an error.
-func (a *Applier) PacketCount(ctx context.Context, table Table, chain, match string) (uint64, error) {
+// PacketCounts sums, for each match, the packet counters of the rules of
+// one of svcproxy's chains whose text contains it, as the kernel counts
+// them (one iptables -S -v). A chain that does not exist is an error.
+func (a *Applier) PacketCounts(ctx context.Context, table Table, chain string, matches ...string) ([]uint64, error) {
 	out, err := a.run.Run(ctx, a.flavor.Binary(a.family, ""), []string{"-w", "5", "-t", string(table), "-S", chain, "-v"}, nil)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	return packetCount(string(out), chain, match)
+	counts := make([]uint64, len(matches))
+	for i, m := range matches {
+		if counts[i], err = packetCount(string(out), chain, m); err != nil {
+			return nil, err
+		}
+	}
+	return counts, nil
 }
 
 // packetCount reads "-A <chain> ... -c <packets> <bytes> ..." lines.

@@ -22,6 +22,14 @@ type FakeKernel struct {
 	FailRestoreOn string
 
 	tables map[Table]fakeTable
+	// packets are the rules' packet counters (see CountPackets).
+	packets map[fakeRule]uint64
+}
+
+// fakeRule names a rule by its table, chain and text.
+type fakeRule struct {
+	table       Table
+	chain, rule string
 }
 
 // fakeTable maps each chain to its rules, each the text that follows
@@ -46,7 +54,7 @@ func isBuiltin(t Table, chain string) bool { return slices.Contains(builtinChain
 
 // NewFakeKernel returns empty filter, nat and mangle tables.
 func NewFakeKernel() *FakeKernel {
-	k := &FakeKernel{tables: map[Table]fakeTable{}}
+	k := &FakeKernel{tables: map[Table]fakeTable{}, packets: map[fakeRule]uint64{}}
 	for _, t := range []Table{TableFilter, TableNAT, tableMangle} {
 		k.tables[t] = fakeTable{}
 		for _, c := range builtinChains(t) {
@@ -121,8 +129,37 @@ func (k *FakeKernel) Run(_ context.Context, name string, args []string, stdin []
 		return []byte(k.Save(Table(args[1]))), nil
 	case strings.HasSuffix(name, "-restore") && slices.Contains(args, "--noflush"):
 		return nil, k.restore(name, string(stdin), fail)
+	case len(args) == 7 && args[2] == "-t" && args[4] == "-S" && args[6] == "-v":
+		return k.listCounted(Table(args[3]), args[5], fail)
 	}
 	return nil, fail("fake kernel: cannot run %s %v", name, args)
+}
+
+// CountPackets adds n to the packet counter of every rule of a chain
+// whose text contains match, as traffic through it would.
+func (k *FakeKernel) CountPackets(table Table, chain, match string, n uint64) {
+	for _, rule := range k.tables[table][chain] {
+		if strings.Contains(rule, match) {
+			k.packets[fakeRule{table, chain, rule}] += n
+		}
+	}
+}
+
+// listCounted answers "iptables -w 5 -t TABLE -S CHAIN -v": the chain's
+// rules with their counters ("-c packets bytes").
+func (k *FakeKernel) listCounted(table Table, chain string, fail func(string, ...any) error) ([]byte, error) {
+	rules, ok := k.tables[table][chain]
+	if !ok {
+		return nil, fail("iptables: No chain/target/match by that name.")
+	}
+	var b strings.Builder
+	if !isBuiltin(table, chain) {
+		fmt.Fprintf(&b, "-N %s\n", chain)
+	}
+	for _, rule := range rules {
+		fmt.Fprintf(&b, "-A %s %s -c %d 0\n", chain, rule, k.packets[fakeRule{table, chain, rule}])
+	}
+	return []byte(b.String()), nil
 }
 
 // restore applies restore input table by table; a table whose lines fail
@@ -130,6 +167,7 @@ func (k *FakeKernel) Run(_ context.Context, name string, args []string, stdin []
 func (k *FakeKernel) restore(name, input string, fail func(string, ...any) error) error {
 	var table Table
 	var work fakeTable
+	var declared []string // chains the transaction declares: their counters restart
 	for i, line := range strings.Split(input, "\n") {
 		n := i + 1
 		if k.FailRestoreOn != "" && strings.Contains(line, k.FailRestoreOn) {
@@ -143,11 +181,17 @@ func (k *FakeKernel) restore(name, input string, fail func(string, ...any) error
 			if _, ok := k.tables[table]; !ok {
 				return fail("%s: line %d failed: table %s does not exist", name, n, table)
 			}
-			work = maps.Clone(k.tables[table])
+			work, declared = maps.Clone(k.tables[table]), nil
 		case work == nil:
 			return fail("%s: line %d failed: no table", name, n)
 		case line == "COMMIT":
 			k.tables[table], work = work, nil
+			k.restartCounters(table, declared)
+		case strings.HasPrefix(line, ":"):
+			if chain, _, _ := strings.Cut(line[1:], " "); !isBuiltin(table, chain) {
+				declared = append(declared, chain)
+			}
+			err = work.apply(table, line)
 		default:
 			err = work.apply(table, line)
 		}
@@ -159,6 +203,16 @@ func (k *FakeKernel) restore(name, input string, fail func(string, ...any) error
 		return fail("%s: COMMIT expected at end of input", name)
 	}
 	return nil
+}
+
+// restartCounters zeroes the counters of the chains' rules: a restore
+// that declares a chain flushes it, and the rules it writes count afresh.
+func (k *FakeKernel) restartCounters(table Table, chains []string) {
+	for r := range k.packets {
+		if r.table == table && slices.Contains(chains, r.chain) {
+			delete(k.packets, r)
+		}
+	}
 }
 
 // apply runs one restore line (":CHAIN", "-A", "-D", "-X") on a table copy.

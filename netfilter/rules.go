@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/svcproxy/svcproxy/model"
 )
@@ -172,6 +173,55 @@ func nodePortDsts(ofFamily []netip.Prefix, family model.Family, localhost bool) 
 	}
 	slices.Sort(dsts)
 	return dsts
+}
+
+// The comments of the rules that count the connections node ports accept
+// on 127.0.0.0/8: kube-proxy's iptables_localhost_nodeports_accepted_packets_total,
+// which it counts with an nfacct object on a second copy of every node
+// port's rule. svcproxy counts with two rules instead: every new
+// connection to a loopback address enters the node-port chain through the
+// first; those no node port takes come back and pass the second. The
+// difference is what the node ports accepted.
+const (
+	CommentLocalhostNodePorts   = "svcproxy node ports on localhost"
+	CommentLocalhostNotNodePort = "svcproxy localhost, not a node port"
+)
+
+// NodePortJumps are the last rules of the services chain: a jump to the
+// node-port chain for each destination node ports answer on, with the
+// counting pair (see CommentLocalhostNodePorts) for the loopback ones.
+func (r *Rules) NodePortJumps(chain string) []string {
+	local := "-m addrtype --dst-type LOCAL -m comment --comment "
+	var rules []string
+	for _, dst := range r.NodePortDsts {
+		if loop := r.loopbackDst(dst); loop != "" {
+			rules = append(rules,
+				loop+local+QuoteComment(CommentLocalhostNodePorts)+" -j "+chain,
+				loop+"-m comment --comment "+QuoteComment(CommentLocalhostNotNodePort)+" -j RETURN")
+			if dst != "" {
+				continue // the prefix is all loopback: done
+			}
+		}
+		rules = append(rules, dst+local+QuoteComment("svcproxy node ports, must be the last rule")+" -j "+chain)
+	}
+	return rules
+}
+
+// loopbackDst is the loopback part of a node-port destination when node
+// ports answer on localhost: all of 127.0.0.0/8 for every local address
+// (""), the prefix itself for one within it; "" otherwise.
+func (r *Rules) loopbackDst(dst string) string {
+	if !r.LocalhostNodePorts || r.Family != model.IPv4 {
+		return ""
+	}
+	if dst == "" {
+		return "-d " + ipv4Loopback.String() + " "
+	}
+	p, err := netip.ParsePrefix(strings.TrimSpace(strings.TrimPrefix(dst, "-d ")))
+	if err == nil && ipv4Loopback.Contains(p.Addr()) && p.Bits() >= ipv4Loopback.Bits() {
+		return dst
+	}
+	return ""
 }
 
 // LocalnetFilterRules drop what route_localnet lets in that it must not:

@@ -40,20 +40,20 @@ type Metrics struct {
 	iptablesLast           *prometheus.GaugeVec
 	conntrackDuration      *prometheus.HistogramVec
 	conntrackDeleted       *prometheus.CounterVec
-	invalidDropped         atomic.Pointer[[]InvalidDroppedCounter]
-	// invalidDroppedCount is the last reading of invalidDropped, at
-	// invalidDroppedRead: what a scrape reports.
-	invalidDroppedCount atomic.Uint64
-	invalidDroppedRead  time.Time
+	packetCounters         atomic.Pointer[[]PacketCounter]
+	// invalidDropped and localhostAccepted are the last reading of
+	// packetCounters, at packetsRead: what a scrape reports.
+	invalidDropped, localhostAccepted atomic.Uint64
+	packetsRead                       time.Time
 }
 
-// invalidDroppedPeriod is how often the INVALID drop counters are read.
-const invalidDroppedPeriod = 15 * time.Second
+// packetCountPeriod is how often the backends' packet counters are read.
+const packetCountPeriod = 15 * time.Second
 
-// InvalidDroppedCounter is a backend that counts the packets its rules
-// drop because conntrack finds them INVALID (the iptables mode's).
-type InvalidDroppedCounter interface {
-	InvalidDropped(context.Context) (uint64, error)
+// PacketCounter is a backend whose rules count the packets kube-proxy
+// counts with nfacct objects (the iptables mode's).
+type PacketCounter interface {
+	PacketCounts(context.Context) (model.PacketCounts, error)
 }
 
 const metricsSubsystem = "kubeproxy"
@@ -79,10 +79,9 @@ func programmingBuckets() []float64 {
 //
 // kube-proxy counts two kinds of packets with nfacct objects its rules
 // name (-m nfacct). svcproxy's rules name none: it reads
-// iptables_ct_state_invalid_dropped_packets_total from its INVALID drop
-// rules' own counters (see CountInvalidDropped), and
-// iptables_localhost_nodeports_accepted_packets_total reads 0, there so
-// that queries and dashboards built for kube-proxy find it.
+// iptables_ct_state_invalid_dropped_packets_total and
+// iptables_localhost_nodeports_accepted_packets_total from its own rules'
+// counters (see CountPackets).
 func NewMetrics(reg prometheus.Registerer, tracker *Tracker, families []model.Family, mode string, clk clock.PassiveClock) *Metrics {
 	family := []string{"ip_family"}
 	histogram := func(name, help string, buckets []float64) *prometheus.HistogramVec {
@@ -137,55 +136,53 @@ func NewMetrics(reg prometheus.Registerer, tracker *Tracker, families []model.Fa
 		reg.MustRegister(m.iptablesTotal, m.iptablesLast,
 			prometheus.NewCounterFunc(prometheus.CounterOpts{Subsystem: metricsSubsystem,
 				Name: "iptables_ct_state_invalid_dropped_packets_total",
-				Help: "packets dropped by iptables to work around conntrack problems"}, m.countInvalidDropped),
-			zeroCounter("iptables_localhost_nodeports_accepted_packets_total", "Number of packets accepted on nodeports of loopback interface"))
+				Help: "packets dropped by iptables to work around conntrack problems"}, counterOf(&m.invalidDropped)),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Subsystem: metricsSubsystem,
+				Name: "iptables_localhost_nodeports_accepted_packets_total",
+				Help: "Number of packets accepted on nodeports of loopback interface"}, counterOf(&m.localhostAccepted)))
 	}
 	return m
 }
 
-// CountInvalidDropped has iptables_ct_state_invalid_dropped_packets_total
-// read the backends that count such packets (one per family, summed as
-// kube-proxy's one nfacct object counts both families); until then, and
-// without such backends, it reads 0.
-func (m *Metrics) CountInvalidDropped(backends []Backend) {
-	var counters []InvalidDroppedCounter
+// CountPackets has the nfacct-style counters read the backends that count
+// such packets (one per family, summed as kube-proxy's one nfacct object
+// counts both families); until then, and without such backends, they
+// read 0.
+func (m *Metrics) CountPackets(backends []Backend) {
+	var counters []PacketCounter
 	for _, b := range backends {
-		if c, ok := b.(InvalidDroppedCounter); ok {
+		if c, ok := b.(PacketCounter); ok {
 			counters = append(counters, c)
 		}
 	}
-	m.invalidDropped.Store(&counters)
+	m.packetCounters.Store(&counters)
 }
 
-// RefreshInvalidDropped reads the backends' INVALID drop counters for the
-// scrapes to report, at most once every invalidDroppedPeriod; call it
-// from the runner's goroutine (with the integrity check). A scrape never
-// runs iptables itself: on a busy node, or in an emulated VM, that could
+// RefreshPacketCounts reads the backends' packet counters for the scrapes
+// to report, at most once every packetCountPeriod; call it from the
+// runner's goroutine (with the integrity check). A scrape never runs
+// iptables itself: on a busy node, or in an emulated VM, that could
 // outlast the scrape's timeout. A counter that cannot be read gives its
 // last count.
-func (m *Metrics) RefreshInvalidDropped(ctx context.Context) {
-	counters := m.invalidDropped.Load()
+func (m *Metrics) RefreshPacketCounts(ctx context.Context) {
+	counters := m.packetCounters.Load()
 	now := m.clock.Now()
-	if counters == nil || (!m.invalidDroppedRead.IsZero() && now.Sub(m.invalidDroppedRead) < invalidDroppedPeriod) {
+	if counters == nil || (!m.packetsRead.IsZero() && now.Sub(m.packetsRead) < packetCountPeriod) {
 		return
 	}
-	m.invalidDroppedRead = now
-	var n uint64
+	m.packetsRead = now
+	var sum model.PacketCounts
 	for _, c := range *counters {
-		v, _ := c.InvalidDropped(ctx)
-		n += v
+		v, _ := c.PacketCounts(ctx)
+		sum.InvalidDropped += v.InvalidDropped
+		sum.LocalhostNodePortsAccepted += v.LocalhostNodePortsAccepted
 	}
-	m.invalidDroppedCount.Store(n)
+	m.invalidDropped.Store(sum.InvalidDropped)
+	m.localhostAccepted.Store(sum.LocalhostNodePortsAccepted)
 }
 
-func (m *Metrics) countInvalidDropped() float64 { return float64(m.invalidDroppedCount.Load()) }
-
-// zeroCounter is one of kube-proxy's nfacct counters, which svcproxy does
-// not keep (see NewMetrics): it reads 0.
-func zeroCounter(name, help string) prometheus.Collector {
-	return prometheus.NewCounterFunc(prometheus.CounterOpts{Subsystem: metricsSubsystem, Name: name,
-		Help: help + " (svcproxy: not counted, always 0)"}, func() float64 { return 0 })
-}
+// counterOf reads a counter's last reading for a scrape.
+func counterOf(v *atomic.Uint64) func() float64 { return func() float64 { return float64(v.Load()) } }
 
 // Observe records one sync; register it with Syncer.Observe.
 func (m *Metrics) Observe(r *SyncReport) {

@@ -296,40 +296,42 @@ func TestMetricsOfEachMode(t *testing.T) {
 	}
 }
 
-type fakeInvalidCounter struct {
+type fakePacketCounter struct {
 	recordingBackend
-	n uint64
+	n model.PacketCounts
 }
 
-func (c *fakeInvalidCounter) InvalidDropped(context.Context) (uint64, error) { return c.n, nil }
+func (c *fakePacketCounter) PacketCounts(context.Context) (model.PacketCounts, error) {
+	return c.n, nil
+}
 
-// iptables_ct_state_invalid_dropped_packets_total sums the families'
-// counts of packets dropped as INVALID (kube-proxy's one nfacct object
-// counts both).
-func TestMetricsInvalidDroppedSumsTheBackends(t *testing.T) {
+// iptables_ct_state_invalid_dropped_packets_total and
+// iptables_localhost_nodeports_accepted_packets_total sum the families'
+// counts (kube-proxy's one nfacct object of each counts both).
+func TestMetricsPacketCountersSumTheBackends(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	clk := clocktesting.NewFakeClock(t0)
 	m := NewMetrics(reg, NewTracker(zap.NewNop(), time.Now), []model.Family{model.IPv4, model.IPv6}, "iptables", clk)
-	const name = "kubeproxy_iptables_ct_state_invalid_dropped_packets_total{}"
-	if got := scrape(t, reg)[name]; got != 0 {
-		t.Errorf("before the backends are known: %v, want 0", got)
+	const invalid = "kubeproxy_iptables_ct_state_invalid_dropped_packets_total{}"
+	const localhost = "kubeproxy_iptables_localhost_nodeports_accepted_packets_total{}"
+	expect := func(what string, wantInvalid, wantLocalhost float64) {
+		t.Helper()
+		got := scrape(t, reg)
+		if got[invalid] != wantInvalid || got[localhost] != wantLocalhost {
+			t.Errorf("%s: invalid %v, localhost %v; want %v, %v", what, got[invalid], got[localhost], wantInvalid, wantLocalhost)
+		}
 	}
-	v4 := &fakeInvalidCounter{recordingBackend: recordingBackend{family: model.IPv4}, n: 4}
-	v6 := &fakeInvalidCounter{recordingBackend: recordingBackend{family: model.IPv6}, n: 3}
-	m.CountInvalidDropped([]Backend{v4, v6, &recordingBackend{family: model.IPv4}})
-	m.RefreshInvalidDropped(context.Background())
-	if got := scrape(t, reg)[name]; got != 7 {
-		t.Errorf("%v, want 4 + 3", got)
-	}
+	expect("before the backends are known", 0, 0)
+	v4 := &fakePacketCounter{recordingBackend: recordingBackend{family: model.IPv4}, n: model.PacketCounts{InvalidDropped: 4, LocalhostNodePortsAccepted: 2}}
+	v6 := &fakePacketCounter{recordingBackend: recordingBackend{family: model.IPv6}, n: model.PacketCounts{InvalidDropped: 3}}
+	m.CountPackets([]Backend{v4, v6, &recordingBackend{family: model.IPv4}})
+	m.RefreshPacketCounts(context.Background())
+	expect("first reading", 7, 2)
 	// Scrapes report the last reading; readings come at most every 15 s.
-	v4.n = 10
-	m.RefreshInvalidDropped(context.Background())
-	if got := scrape(t, reg)[name]; got != 7 {
-		t.Errorf("%v read again within 15 s, want the last reading, 7", got)
-	}
+	v4.n = model.PacketCounts{InvalidDropped: 10, LocalhostNodePortsAccepted: 5}
+	m.RefreshPacketCounts(context.Background())
+	expect("read again within 15 s: the last reading", 7, 2)
 	clk.Step(15 * time.Second)
-	m.RefreshInvalidDropped(context.Background())
-	if got := scrape(t, reg)[name]; got != 13 {
-		t.Errorf("%v after more drops, want 10 + 3", got)
-	}
+	m.RefreshPacketCounts(context.Background())
+	expect("after more packets", 13, 5)
 }

@@ -98,7 +98,7 @@ func (d *daemon) run(ctx context.Context) error {
 	clk := clock.RealClock{}
 	syncer := proxier.NewSyncer(p.tracker, p.backends, flows, clk, d.log.Named("sync"))
 	metrics := proxier.NewMetrics(registry, p.tracker, p.families, d.cfg.Mode, clk)
-	metrics.CountInvalidDropped(p.backends)
+	metrics.CountPackets(p.backends)
 	health.countWith(metrics)
 	checks := proxier.NewHealthCheckServers(healthCheckHosts(p.rules, p.families, d.log), p.health.Healthy, d.log.Named("healthcheck"))
 	defer checks.Close()
@@ -109,10 +109,10 @@ func (d *daemon) run(ctx context.Context) error {
 	syncer.Observe(func(r *proxier.SyncReport) { takeOver.Observe(ctx, r) })
 
 	p.health.Start(p.families)
-	// The integrity check's turns read the INVALID drop counters too, so
+	// The integrity check's turns read the packet counters too, so
 	// that a scrape never runs iptables.
 	check := func(ctx context.Context) bool {
-		metrics.RefreshInvalidDropped(ctx)
+		metrics.RefreshPacketCounts(ctx)
 		return syncer.Intact(ctx)
 	}
 	runner := proxier.NewRunner(d.runnerConfig(), clk, takeOver.Recheck(p.health.Track(syncer.Sync)), check, d.log.Named("runner"))
