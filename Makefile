@@ -48,14 +48,25 @@ test: deps controlplane vmkernel fmt-check vet
 # flavour, each run in a network namespace of its own (unshare --net) so the
 # host's rules are never touched; then the IPVS mode, and the iptables mode
 # for comparison, at 1,000 and 10,000 services in the VM (this kernel has
-# no IPVS; everything there runs 5-10 times slower). BENCH_ARGS passes
-# flags, e.g. -services 2000.
-bench: deps vmkernel
+# no IPVS; everything there runs 5-10 times slower). Between the two, the
+# end-to-end figures (bench/e2e): a real control plane, a sandbox node,
+# 1,000 services x 10 endpoints loaded through the API, then svcproxy and
+# kube-proxy each started with kube-proxy's flags and timed by real
+# connections from a pod namespace; a table on stdout, a JSON file and an
+# SVG plot in bench/results. BENCH_ARGS passes flags to both, e.g.
+# -services 10000; E2E_ARGS to the end-to-end run only, e.g.
+# -sizes 1000,10000 or -proxies svcproxy; E2E_TIMEOUT bounds it.
+E2E_TIMEOUT ?= 30m
+bench: deps controlplane vmkernel
 	$(GO) build -o $(BIN)/syncbench ./bench/cmd/syncbench
+	$(GO) build -o $(BIN)/e2ebench ./bench/cmd/e2ebench
+	$(GO) build -o $(BIN)/svcproxy ./cmd/svcproxy
 	$(GO) test -run '^$$' -bench . -benchmem ./proxier ./iptables ./ipvs
 	@for flavor in nft legacy; do \
 		unshare --net $(BIN)/syncbench -in-own-netns -flavor $$flavor $(BENCH_ARGS) || exit 1; \
 	done
+	$(BIN)/e2ebench -controlplane-bin-dir "$$(hack/controlplane-bins.sh)" -svcproxy $(BIN)/svcproxy \
+		-out bench/results -timeout $(E2E_TIMEOUT) $(BENCH_ARGS) $(E2E_ARGS)
 	$(GO) run ./hack/vmrun -mem 4096 -timeout 60m -- $(CURDIR)/hack/bench-vm.sh $(CURDIR)/$(BIN)/syncbench $(BENCH_ARGS)
 
 run: deps controlplane build

@@ -1,0 +1,429 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/svcproxy/svcproxy/internal/controlplane"
+	"github.com/svcproxy/svcproxy/internal/netnstest"
+	"github.com/svcproxy/svcproxy/internal/sandbox"
+	"github.com/svcproxy/svcproxy/model"
+)
+
+// proxyRun is one proxy at one size, on a sandbox node of its own.
+type proxyRun struct {
+	cfg       Config
+	cp        *controlplane.ControlPlane
+	cs        kubernetes.Interface
+	proxy     Proxy
+	services  int
+	kubeProxy string
+	id        string // unique within the run: names its node and services
+
+	sb      *sandbox.Sandbox
+	created []string // services this run made, deleted at its end
+}
+
+// Probe pods: pod-0 is the client, pods 1 and 2 serve.
+const pods = 3
+
+func (r *proxyRun) measure(ctx context.Context) (res Result, err error) {
+	res = Result{Proxy: r.proxy.Name, Mode: r.proxy.Mode, Flavor: string(r.proxy.Flavor), Label: r.proxy.Label(),
+		Services: r.services, Endpoints: r.cfg.Endpoints}
+	sess := &netnstest.Session{}
+	defer sess.Close()
+	defer r.cleanupAPI()
+	dir, err := os.MkdirTemp(r.cfg.WorkDir, "node-"+r.id+"-")
+	if err != nil {
+		return res, err
+	}
+	if err := sess.Build(func() {
+		sb, err := sandbox.New(ctx, sess, sandbox.Options{ControlPlane: r.cp, Pods: pods,
+			NodeName: "node-" + r.id, Binary: r.cfg.Svcproxy, Dir: dir})
+		if err != nil {
+			sess.Fatal(err)
+		}
+		r.sb = sb
+		for _, p := range sb.Bed.Pods()[1:] {
+			sandbox.ServeHTTP(sess, p, webPort)
+		}
+	}); err != nil {
+		return res, err
+	}
+
+	// The service the cold start reaches, and later the endpoint changes.
+	probe, err := r.create(ctx, "probe-"+r.id, r.pod(1))
+	if err != nil {
+		return res, err
+	}
+	p, began, err := r.start()
+	if err != nil {
+		return res, err
+	}
+	defer func() {
+		// A SIGTERM exit is how kube-proxy ends; only a kill is news.
+		if stopErr := p.Stop(10 * time.Second); stopErr != nil && strings.Contains(stopErr.Error(), "killed") {
+			fmt.Fprintf(r.cfg.Progress, "  %s did not stop cleanly: %v\n", r.proxy.Name, stopErr)
+		}
+		if err != nil {
+			err = fmt.Errorf("%w; last lines of %s:\n%s", err, p.Log, tail(p.Output(), 20))
+		}
+	}()
+	mem := watchMemory(p.PID())
+	defer mem.stop()
+
+	if err := r.coldStart(p, probe, began, &res); err != nil {
+		return res, err
+	}
+	fmt.Fprintf(r.cfg.Progress, "  cold start: connection %.0f ms, first-sync metric %.0f ms\n", res.ColdStartConn, res.ColdStartSync)
+	if res.ServiceAdd, err = r.serviceAdds(ctx); err != nil {
+		return res, err
+	}
+	fmt.Fprintf(r.cfg.Progress, "  service add: p50 %.0f ms, max %.0f ms\n", res.ServiceAdd.P50, res.ServiceAdd.Max)
+	if res.EndpointNew, res.EndpointOldGone, err = r.endpointChanges(ctx, probe); err != nil {
+		return res, err
+	}
+	fmt.Fprintf(r.cfg.Progress, "  endpoint change: new p50 %.0f ms, old gone p50 %.0f ms\n", res.EndpointNew.P50, res.EndpointOldGone.P50)
+
+	res.CPUSeconds, err = cpuSeconds(p.PID())
+	if err != nil {
+		return res, err
+	}
+	res.PeakRSSBytes = max(mem.stop(), vmHWM(p.PID()))
+	res.RulesLines, res.RulesTool, err = r.rulesSize()
+	fmt.Fprintf(r.cfg.Progress, "  peak RSS %.1f MB, CPU %.2f s, %d lines of %s\n",
+		float64(res.PeakRSSBytes)/1e6, res.CPUSeconds, res.RulesLines, res.RulesTool)
+	return res, err
+}
+
+func (r *proxyRun) pod(i int) *netnstest.NS { return r.sb.Bed.Pod(i) }
+
+// create makes a service whose one endpoint is the bed pod given and
+// returns its URL.
+func (r *proxyRun) create(ctx context.Context, name string, backend *netnstest.NS) (string, error) {
+	if err := createService(ctx, r.cs, name, []string{backend.IPv4().String()}); err != nil {
+		return "", err
+	}
+	r.created = append(r.created, name)
+	svc, err := r.cs.CoreV1().Services(namespace).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return "", err
+	}
+	return "http://" + svc.Spec.ClusterIP + ":80/", nil
+}
+
+// cleanupAPI deletes this run's services, slices and Node, so the next
+// proxy sees the same N.
+func (r *proxyRun) cleanupAPI() {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, name := range r.created {
+		_ = r.cs.CoreV1().Services(namespace).Delete(ctx, name, metav1.DeleteOptions{})
+		_ = r.cs.DiscoveryV1().EndpointSlices(namespace).Delete(ctx, name+"-1", metav1.DeleteOptions{})
+	}
+	_ = r.cs.CoreV1().Nodes().Delete(ctx, "node-"+r.id, metav1.DeleteOptions{})
+}
+
+// Both proxies get kube-proxy's flags, the same ones.
+func commonFlags() []string {
+	return []string{
+		"--conntrack-max-per-core=0",
+		"--metrics-bind-address=127.0.0.1:10249",
+		"--healthz-bind-address=0.0.0.0:10256",
+	}
+}
+
+func (r *proxyRun) start() (*sandbox.Process, time.Time, error) {
+	began := time.Now()
+	if r.proxy.Name == "kube-proxy" {
+		p, err := r.sb.StartKubeProxy(sandbox.KubeProxy{Binary: r.kubeProxy, Mode: r.proxy.Mode, Flavor: r.proxy.Flavor})
+		return p, began, err
+	}
+	args := append([]string{"--proxy-mode=" + r.proxy.Mode, "--iptables-flavor=" + string(r.proxy.Flavor)}, commonFlags()...)
+	p, err := r.sb.StartProxy(args...)
+	return p, began, err
+}
+
+// client opens one new connection per request from pod-0.
+func (r *proxyRun) client() *http.Client { return sandbox.Client(r.pod(0), 300*time.Millisecond) }
+
+// poll calls f every 20 ms until it returns true, the timeout passes, or
+// the proxy exits.
+func (r *proxyRun) poll(p *sandbox.Process, what string, f func() bool) error {
+	deadline := time.Now().Add(r.cfg.Timeout)
+	for !f() {
+		if done, exitErr := p.Exited(); done {
+			return fmt.Errorf("%s: %s exited: %v", what, r.proxy.Name, exitErr)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s: %w after %v", what, errTimeout, r.cfg.Timeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return nil
+}
+
+func (r *proxyRun) answeredBy(c *http.Client, url string) string {
+	got, err := sandbox.Get(c, url)
+	if err != nil {
+		return ""
+	}
+	backend, _, _ := strings.Cut(got, " ")
+	return backend
+}
+
+func (r *proxyRun) coldStart(p *sandbox.Process, probe string, began time.Time, res *Result) error {
+	var wg sync.WaitGroup
+	var syncErr error
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		mc := sandbox.Client(r.sb.Bed.Node(), 300*time.Millisecond)
+		syncErr = r.poll(p, "first-sync metric", func() bool { return firstSynced(mc) })
+		res.ColdStartSync = ms(time.Since(began))
+	}()
+	c := r.client()
+	err := r.poll(p, "cold start connection", func() bool { return r.answeredBy(c, probe) == r.pod(1).Name })
+	res.ColdStartConn = ms(time.Since(began))
+	wg.Wait()
+	if err != nil {
+		return err
+	}
+	return syncErr
+}
+
+func firstSynced(c *http.Client) bool {
+	resp, err := c.Get("http://127.0.0.1:10249/metrics")
+	if err != nil {
+		return false
+	}
+	defer resp.Body.Close()
+	buf := new(strings.Builder)
+	_, _ = ioCopy(buf, resp)
+	return strings.Contains(buf.String(), "\nkubeproxy_sync_proxy_rules_last_timestamp_seconds")
+}
+
+func (r *proxyRun) serviceAdds(ctx context.Context) (Stats, error) {
+	var ds []time.Duration
+	c := r.client()
+	for k := range r.cfg.Samples {
+		name := fmt.Sprintf("add-%s-%d", r.id, k)
+		t0 := time.Now()
+		url, err := r.create(ctx, name, r.pod(1+k%2))
+		if err != nil {
+			return Stats{}, err
+		}
+		want := r.pod(1 + k%2).Name
+		err = r.pollNoProcess(ctx, "service add", func() bool { return r.answeredBy(c, url) == want })
+		if err != nil {
+			return Stats{}, err
+		}
+		ds = append(ds, time.Since(t0))
+	}
+	return summarise(ds), nil
+}
+
+func (r *proxyRun) pollNoProcess(ctx context.Context, what string, f func() bool) error {
+	deadline := time.Now().Add(r.cfg.Timeout)
+	for !f() {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s: %w after %v", what, errTimeout, r.cfg.Timeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return nil
+}
+
+// settle is how long the old endpoint must stay unseen, with the new one
+// answering, before it counts as gone.
+const settle = 1500 * time.Millisecond
+
+// endpointChanges replaces the probe's one endpoint K times, between pods
+// 1 and 2, timing the first answer from the new one and the last from the
+// old one.
+func (r *proxyRun) endpointChanges(ctx context.Context, probe string) (Stats, Stats, error) {
+	var news, olds []time.Duration
+	c := r.client()
+	name := "probe-" + r.id
+	for k := range r.cfg.Samples {
+		oldPod, newPod := r.pod(1+k%2), r.pod(2-k%2)
+		cur, err := r.cs.DiscoveryV1().EndpointSlices(namespace).Get(ctx, name+"-1", metav1.GetOptions{})
+		if err != nil {
+			return Stats{}, Stats{}, err
+		}
+		s := slice(name, []string{newPod.IPv4().String()})
+		s.ResourceVersion = cur.ResourceVersion
+		t0 := time.Now()
+		if _, err := r.cs.DiscoveryV1().EndpointSlices(namespace).Update(ctx, s, metav1.UpdateOptions{}); err != nil {
+			return Stats{}, Stats{}, err
+		}
+		var firstNew, lastOld time.Duration
+		err = r.pollNoProcess(ctx, "endpoint change", func() bool {
+			switch r.answeredBy(c, probe) {
+			case newPod.Name:
+				if firstNew == 0 {
+					firstNew = time.Since(t0)
+				}
+			case oldPod.Name:
+				lastOld = time.Since(t0)
+			}
+			return firstNew > 0 && time.Since(t0)-max(lastOld, firstNew) > settle
+		})
+		if err != nil {
+			return Stats{}, Stats{}, err
+		}
+		// The old one never answering after the write is gone at once, as
+		// far as new connections show: the first answer from the new one.
+		if lastOld == 0 {
+			lastOld = firstNew
+		}
+		news, olds = append(news, firstNew), append(olds, lastOld)
+	}
+	return summarise(news), summarise(olds), nil
+}
+
+// rulesSize counts what the proxy programmed in the node namespace.
+func (r *proxyRun) rulesSize() (int, string, error) {
+	node := r.sb.Bed.Node()
+	if r.proxy.Mode == "nftables" {
+		out, err := node.Run("nft", "list", "ruleset")
+		return countLines(out), "nft list ruleset", err
+	}
+	total := 0
+	for _, fam := range []model.Family{model.IPv4, model.IPv6} {
+		out, err := node.Run(r.proxy.Flavor.Binary(fam, "-save"))
+		if err != nil {
+			return 0, "", err
+		}
+		total += countLines(out)
+	}
+	return total, "iptables-" + string(r.proxy.Flavor) + "-save (v4+v6)", nil
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// memoryWatch samples the resident set of a process tree.
+type memoryWatch struct {
+	quit chan struct{}
+	done chan struct{}
+	peak int64
+	once sync.Once
+}
+
+func watchMemory(pid int) *memoryWatch {
+	w := &memoryWatch{quit: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(w.done)
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		for {
+			w.peak = max(w.peak, treeRSS(pid))
+			select {
+			case <-w.quit:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return w
+}
+
+func (w *memoryWatch) stop() int64 {
+	w.once.Do(func() { close(w.quit) })
+	<-w.done
+	return w.peak
+}
+
+// treeRSS is the summed VmRSS of pid and its descendants.
+func treeRSS(pid int) int64 {
+	total := statusKB(pid, "VmRSS:") * 1024
+	for _, child := range children(pid) {
+		total += treeRSS(child)
+	}
+	return total
+}
+
+func children(pid int) []int {
+	var out []int
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+	for _, t := range tasks {
+		b, err := os.ReadFile(t)
+		if err != nil {
+			continue
+		}
+		for _, f := range strings.Fields(string(b)) {
+			if c, err := strconv.Atoi(f); err == nil {
+				out = append(out, c)
+			}
+		}
+	}
+	return out
+}
+
+func vmHWM(pid int) int64 { return statusKB(pid, "VmHWM:") * 1024 }
+
+func statusKB(pid int, key string) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, key); ok {
+			f := strings.Fields(rest)
+			if len(f) > 0 {
+				n, _ := strconv.ParseInt(f[0], 10, 64)
+				return n
+			}
+		}
+	}
+	return 0
+}
+
+// cpuSeconds is utime+stime+cutime+cstime of /proc/PID/stat: the process
+// and every child it has waited for (iptables-restore and kin).
+func cpuSeconds(pid int) (float64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	s := string(b)
+	// Fields after the command name, which ends at the last ')'.
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(f) < 15 {
+		return 0, fmt.Errorf("/proc/%d/stat: %q", pid, s)
+	}
+	var ticks int64
+	for _, i := range []int{11, 12, 13, 14} { // utime stime cutime cstime (fields 14-17)
+		n, err := strconv.ParseInt(f[i], 10, 64)
+		if err != nil {
+			return 0, err
+		}
+		ticks += n
+	}
+	const clkTck = 100 // USER_HZ on Linux
+	return float64(ticks) / clkTck, nil
+}
+
+func ioCopy(dst *strings.Builder, resp *http.Response) (int64, error) {
+	return io.Copy(dst, io.LimitReader(resp.Body, 32<<20))
+}

@@ -1,0 +1,37 @@
+package e2e
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestSummariseNearestRank(t *testing.T) {
+	var ds []time.Duration
+	for i := 1; i <= 10; i++ {
+		ds = append(ds, time.Duration(i)*time.Millisecond)
+	}
+	s := summarise(ds)
+	if s.P50 != 5 || s.P90 != 9 || s.P99 != 10 || s.Max != 10 {
+		t.Errorf("summarise 1..10 ms = %+v", s)
+	}
+	if got := summarise(nil); len(got.Samples) != 0 || got.Max != 0 {
+		t.Errorf("summarise of nothing = %+v", got)
+	}
+}
+
+func TestTableComparesKubeProxyWithSvcproxyOfItsFlavor(t *testing.T) {
+	rep := Report{Endpoints: 10, Samples: 1, Results: []Result{
+		{Proxy: "svcproxy", Flavor: "nft", Label: "svcproxy iptables-nft", Services: 1000, ServiceAdd: Stats{P50: 100}},
+		{Proxy: "kube-proxy", Flavor: "nft", Label: "kube-proxy iptables-nft", Services: 1000, ServiceAdd: Stats{P50: 300}},
+	}}
+	var b bytes.Buffer
+	WriteTable(&b, rep)
+	if !strings.Contains(b.String(), "3.00x") {
+		t.Errorf("no 3.00x ratio in:\n%s", b.String())
+	}
+	if svg := string(SVG(rep)); !strings.HasPrefix(svg, "<svg") || !strings.Contains(svg, "kube-proxy iptables-nft") {
+		t.Errorf("SVG:\n%s", svg)
+	}
+}
