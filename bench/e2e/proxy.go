@@ -219,6 +219,7 @@ func (r *proxyRun) serviceAdds(ctx context.Context) (Stats, error) {
 	c := r.client()
 	for k := range r.cfg.Samples {
 		name := fmt.Sprintf("add-%s-%d", r.id, k)
+		time.Sleep(quiet)
 		t0 := time.Now()
 		url, err := r.create(ctx, name, r.pod(1+k%2))
 		if err != nil {
@@ -248,6 +249,11 @@ func (r *proxyRun) pollNoProcess(ctx context.Context, what string, f func() bool
 	return nil
 }
 
+// quiet is how long the API stays still before each measured write:
+// longer than both proxies' default --min-sync-period (1 s), so a sample
+// times the proxy's reaction to a change, not its rate limit on syncs.
+const quiet = 1200 * time.Millisecond
+
 // settle is how long the old endpoint must stay unseen, with the new one
 // answering, before it counts as gone.
 const settle = 1500 * time.Millisecond
@@ -267,6 +273,7 @@ func (r *proxyRun) endpointChanges(ctx context.Context, probe string) (Stats, St
 		}
 		s := slice(name, []string{newPod.IPv4().String()})
 		s.ResourceVersion = cur.ResourceVersion
+		time.Sleep(quiet)
 		t0 := time.Now()
 		if _, err := r.cs.DiscoveryV1().EndpointSlices(namespace).Update(ctx, s, metav1.UpdateOptions{}); err != nil {
 			return Stats{}, Stats{}, err
