@@ -40,7 +40,9 @@ import (
 // filter (from INPUT, FORWARD and OUTPUT for new connections), FILTER:
 // the rules both modes share (reject a port without endpoints, drop
 // outside traffic with no local endpoint under Local policy, drop sources
-// a restricted LB IP does not admit: here by LB-SOURCES), then reject
+// a restricted LB IP does not admit: here by LB-SOURCES; the node's own
+// connections to it, which IPVS balances before the filter table sees
+// them, by their virtual address), then reject
 // anything else sent to an address of SERVICE-IPS: only a service's own
 // ports answer on a service address, never a host port (k/k#72236).
 
@@ -153,7 +155,7 @@ func newCompiler(cfg Config, family model.Family, nodeAddrs []netip.Addr) *compi
 	c.shared = netfilter.Shared{
 		Rules: c.rules,
 		Filter: func(rp *netfilter.Port) []string {
-			return c.rules.FilterRules(rp, "-m set ! --match-set "+c.sets.lbSources+" dst,dst,src ")
+			return append(c.rules.FilterRules(rp, "-m set ! --match-set "+c.sets.lbSources+" dst,dst,src "), c.nodeNotAdmitted(rp)...)
 		},
 		Hairpin:    hairpinAddrs,
 		FilterTail: c.serviceIPFilter(),

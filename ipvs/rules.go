@@ -2,6 +2,8 @@ package ipvs
 
 import (
 	"net/netip"
+	"slices"
+	"strconv"
 
 	"github.com/svcproxy/svcproxy/netfilter"
 )
@@ -67,6 +69,28 @@ func (c *compiler) localPolicyRules(rp *netfilter.Port) []string {
 		}
 		local := "-m addrtype --src-type LOCAL " + dst
 		rules = append(rules, local+masq[1:], local+toClusterIP[1:])
+	}
+	return rules
+}
+
+// nodeNotAdmitted drops what the node itself sends to a restricted LB IP
+// whose source ranges do not hold the node's IP, as the iptables mode
+// does. IPVS balances such a connection at LOCAL_OUT, before the filter
+// table sees it, so FILTER (from OUTPUT) meets it already sent to an
+// endpoint: it is told by its virtual address (xt_ipvs) and by its source,
+// the LB IP itself (bound to kube-ipvs0), which no other sender has.
+func (c *compiler) nodeNotAdmitted(rp *netfilter.Port) []string {
+	if !rp.Present() || !rp.Restricted || !rp.ExternalPath() || slices.ContainsFunc(rp.SourceRanges, func(r netip.Prefix) bool {
+		return r.Contains(c.rules.NodeIP)
+	}) {
+		return nil
+	}
+	comment := " -m comment --comment " + netfilter.QuoteComment(netfilter.PortLabel(rp.Name())+" traffic from the node not allowed by loadBalancerSourceRanges")
+	var rules []string
+	for _, lb := range rp.LBIPs {
+		// As iptables-save prints it, so the rules read back as written.
+		rules = append(rules, "-s "+c.rules.Host(lb)+" -m ipvs --vproto "+strconv.Itoa(rp.SP.Protocol().Number())+
+			" --vaddr "+lb.String()+" --vport "+strconv.Itoa(int(rp.SP.Port))+comment+" -j DROP")
 	}
 	return rules
 }

@@ -39,6 +39,20 @@ func (p Protocol) String() string {
 // Lower returns the spelling iptables and conntrack use ("tcp", "udp", "sctp").
 func (p Protocol) Lower() string { return strings.ToLower(p.String()) }
 
+// Number is the protocol's IP protocol number (6, 17, 132), as
+// iptables-save prints matches such as xt_ipvs's --vproto.
+func (p Protocol) Number() int {
+	switch p {
+	case TCP:
+		return 6
+	case UDP:
+		return 17
+	case SCTP:
+		return 132
+	}
+	return 0
+}
+
 // ParseProtocol accepts the Kubernetes spelling; empty means TCP, as in the API.
 func ParseProtocol(s string) (Protocol, error) {
 	switch s {
