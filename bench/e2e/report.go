@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -237,4 +239,39 @@ func Write(dir string, rep Report) (string, string, error) {
 	}
 	svgPath, err := writeFile(dir, "e2e-"+stamp+".svg", SVG(rep))
 	return jsonPath, svgPath, err
+}
+
+// WriteCombinedPlot plots every report in dir (e2e-*.json) together into
+// dir/e2e-all.svg, so runs at different sizes make one plot against N.
+func WriteCombinedPlot(dir string) (string, error) {
+	paths, err := filepath.Glob(filepath.Join(dir, "e2e-*.json"))
+	if err != nil {
+		return "", err
+	}
+	sort.Strings(paths)
+	// The newest run of each proxy and size wins.
+	latest := map[string]Result{}
+	var all Report
+	for _, p := range paths {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return "", err
+		}
+		var rep Report
+		if err := json.Unmarshal(data, &rep); err != nil {
+			return "", fmt.Errorf("%s: %w", p, err)
+		}
+		for _, r := range rep.Results {
+			latest[fmt.Sprintf("%s/%08d", r.Label, r.Services)] = r
+		}
+	}
+	keys := make([]string, 0, len(latest))
+	for k := range latest {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		all.Results = append(all.Results, latest[k])
+	}
+	return writeFile(dir, "e2e-all.svg", SVG(all))
 }

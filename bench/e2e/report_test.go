@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -33,5 +34,30 @@ func TestTableComparesKubeProxyWithSvcproxyOfItsFlavor(t *testing.T) {
 	}
 	if svg := string(SVG(rep)); !strings.HasPrefix(svg, "<svg") || !strings.Contains(svg, "kube-proxy iptables-nft") {
 		t.Errorf("SVG:\n%s", svg)
+	}
+}
+
+func TestCombinedPlotHoldsEveryRun(t *testing.T) {
+	dir := t.TempDir()
+	for i, n := range []int{1000, 10000} {
+		rep := Report{Started: time.Date(2026, 1, 1, 0, 0, i, 0, time.UTC), Results: []Result{
+			{Proxy: "svcproxy", Flavor: "nft", Label: "svcproxy iptables-nft", Services: n, ServiceAdd: Stats{P50: float64(n)}},
+		}}
+		if _, _, err := Write(dir, rep); err != nil {
+			t.Fatal(err)
+		}
+	}
+	path, err := WriteCombinedPlot(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	svg, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{">1000<", ">10000<"} {
+		if !strings.Contains(string(svg), want) {
+			t.Errorf("combined plot lacks N %s", want)
+		}
 	}
 }

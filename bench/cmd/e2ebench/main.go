@@ -74,7 +74,11 @@ func main() {
 		if werr != nil {
 			fail(werr.Error())
 		}
-		fmt.Printf("\nwritten: %s, %s\n", jsonPath, svgPath)
+		allPath, werr := e2e.WriteCombinedPlot(*out)
+		if werr != nil {
+			fail(werr.Error())
+		}
+		fmt.Printf("\nwritten: %s, %s; every run in %s against N: %s\n", jsonPath, svgPath, *out, allPath)
 	}
 	if err != nil {
 		fail(err.Error())
