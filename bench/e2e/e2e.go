@@ -111,8 +111,14 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 				id: fmt.Sprintf("n%d-%d", n, i)}
 			fmt.Fprintf(cfg.Progress, "== %s, %d services x %d endpoints\n", p.Label(), n, cfg.Endpoints)
 			r, err := run.measure(ctx)
-			if err != nil {
+			if err != nil && ctx.Err() != nil {
 				return results, fmt.Errorf("%s at %d services: %w", p.Label(), n, err)
+			}
+			// One proxy failing (say, a cold start past the bound) is a
+			// result too; the others still run.
+			if err != nil {
+				r.Error = err.Error()
+				fmt.Fprintf(cfg.Progress, "  failed: %s\n", firstLine(r.Error))
 			}
 			results = append(results, r)
 		}
@@ -293,6 +299,13 @@ type Result struct {
 	// mode, of `nft list ruleset` in the nftables mode.
 	RulesLines int    `json:"rules_lines"`
 	RulesTool  string `json:"rules_tool"`
+	// Error says why the proxy's figures stop where they do, if they do.
+	Error string `json:"error,omitempty"`
+}
+
+func firstLine(s string) string {
+	line, _, _ := strings.Cut(s, "\n")
+	return line
 }
 
 // Missing names the figures a result lacks (used by the tiny test).

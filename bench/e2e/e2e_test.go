@@ -40,6 +40,9 @@ func TestTinyRunMeasuresEveryFigure(t *testing.T) {
 	if len(results) != 1 {
 		t.Fatalf("%d results, want 1", len(results))
 	}
+	if results[0].Error != "" {
+		t.Fatalf("%s\nprogress:\n%s", results[0].Error, progress.String())
+	}
 	if missing := results[0].Missing(); len(missing) > 0 {
 		t.Errorf("not measured: %v\n%+v", missing, results[0])
 	}

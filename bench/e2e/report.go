@@ -100,7 +100,11 @@ func WriteTable(w io.Writer, rep Report) {
 		for _, f := range figures {
 			row := []string{f.name, f.unit}
 			for _, r := range rs {
-				row = append(row, format(f.get(r)))
+				if v := f.get(r); v == 0 && r.Error != "" {
+					row = append(row, "-")
+				} else {
+					row = append(row, format(v))
+				}
 			}
 			for _, r := range rs {
 				if r.Proxy == "kube-proxy" {
@@ -112,6 +116,11 @@ func WriteTable(w io.Writer, rep Report) {
 			fmt.Fprintln(tw, strings.Join(row, "\t")+"\t")
 		}
 		tw.Flush()
+		for _, r := range rs {
+			if r.Error != "" {
+				fmt.Fprintf(w, "%s failed: %s\n", r.Label, firstLine(r.Error))
+			}
+		}
 	}
 }
 
@@ -127,7 +136,7 @@ func format(v float64) string {
 }
 
 func ratio(kp, sp float64) string {
-	if sp <= 0 {
+	if sp <= 0 || kp <= 0 {
 		return "-"
 	}
 	return fmt.Sprintf("%.2fx", kp/sp)
@@ -193,7 +202,7 @@ func SVG(rep Report) []byte {
 		for li, label := range labels {
 			var pts []string
 			for _, r := range rep.Results {
-				if r.Label != label {
+				if r.Label != label || p.get(r) == 0 { // not measured
 					continue
 				}
 				x, y := px(float64(r.Services)), py(p.get(r))
