@@ -191,11 +191,15 @@ func (r *proxyRun) coldStart(p *sandbox.Process, probe string, began time.Time, 
 		defer wg.Done()
 		mc := sandbox.Client(r.sb.Bed.Node(), 300*time.Millisecond)
 		syncErr = r.poll(p, "first-sync metric", func() bool { return firstSynced(mc) })
-		res.ColdStartSync = ms(time.Since(began))
+		if syncErr == nil {
+			res.ColdStartSync = ms(time.Since(began))
+		}
 	}()
 	c := r.client()
 	err := r.poll(p, "cold start connection", func() bool { return r.answeredBy(c, probe) == r.pod(1).Name })
-	res.ColdStartConn = ms(time.Since(began))
+	if err == nil {
+		res.ColdStartConn = ms(time.Since(began))
+	}
 	wg.Wait()
 	if err != nil {
 		return err
