@@ -186,17 +186,20 @@ func (c *compiler) bind(o *portObjects, a netip.Addr) {
 // and kube-proxy, ranges admitting the node's IP admit that address too.
 func (c *compiler) admitted(rp *netfilter.Port, lb netip.Addr) []netip.Prefix {
 	ranges := slices.Clone(rp.SourceRanges)
-	for _, r := range rp.SourceRanges {
-		if r.Contains(c.rules.NodeIP) {
-			ranges = append(ranges, netip.PrefixFrom(lb, lb.BitLen()))
-			break
-		}
+	if c.admitsNode(rp) {
+		ranges = append(ranges, netip.PrefixFrom(lb, lb.BitLen()))
 	}
 	for i := range ranges {
 		ranges[i] = ranges[i].Masked()
 	}
 	slices.SortFunc(ranges, netip.Prefix.Compare)
 	return slices.Compact(ranges)
+}
+
+// admitsNode reports whether the port's source ranges hold the node's IP,
+// which admits the node's own connections to its LB IPs.
+func (c *compiler) admitsNode(rp *netfilter.Port) bool {
+	return slices.ContainsFunc(rp.SourceRanges, func(r netip.Prefix) bool { return r.Contains(c.rules.NodeIP) })
 }
 
 // reals are a virtual server's real servers: weight 1 for the endpoints

@@ -2,7 +2,6 @@ package ipvs
 
 import (
 	"net/netip"
-	"slices"
 	"strconv"
 
 	"github.com/svcproxy/svcproxy/netfilter"
@@ -80,9 +79,7 @@ func (c *compiler) localPolicyRules(rp *netfilter.Port) []string {
 // endpoint: it is told by its virtual address (xt_ipvs) and by its source,
 // the LB IP itself (bound to kube-ipvs0), which no other sender has.
 func (c *compiler) nodeNotAdmitted(rp *netfilter.Port) []string {
-	if !rp.Present() || !rp.Restricted || !rp.ExternalPath() || slices.ContainsFunc(rp.SourceRanges, func(r netip.Prefix) bool {
-		return r.Contains(c.rules.NodeIP)
-	}) {
+	if !rp.Present() || !rp.Restricted || !rp.ExternalPath() || c.admitsNode(rp) {
 		return nil
 	}
 	comment := " -m comment --comment " + netfilter.QuoteComment(netfilter.PortLabel(rp.Name())+" traffic from the node not allowed by loadBalancerSourceRanges")

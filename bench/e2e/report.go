@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -31,24 +32,29 @@ type figure struct {
 	unit string
 }
 
-var figures = []figure{
-	{"cold start: first connection", func(r Result) float64 { return r.ColdStartConn }, "ms"},
-	{"cold start: first-sync metric", func(r Result) float64 { return r.ColdStartSync }, "ms"},
-	{"service add p50", func(r Result) float64 { return r.ServiceAdd.P50 }, "ms"},
-	{"service add p90", func(r Result) float64 { return r.ServiceAdd.P90 }, "ms"},
-	{"service add p99", func(r Result) float64 { return r.ServiceAdd.P99 }, "ms"},
-	{"service add max", func(r Result) float64 { return r.ServiceAdd.Max }, "ms"},
-	{"endpoint change, new reached p50", func(r Result) float64 { return r.EndpointNew.P50 }, "ms"},
-	{"endpoint change, new reached p90", func(r Result) float64 { return r.EndpointNew.P90 }, "ms"},
-	{"endpoint change, new reached p99", func(r Result) float64 { return r.EndpointNew.P99 }, "ms"},
-	{"endpoint change, new reached max", func(r Result) float64 { return r.EndpointNew.Max }, "ms"},
-	{"endpoint change, old gone p50", func(r Result) float64 { return r.EndpointOldGone.P50 }, "ms"},
-	{"endpoint change, old gone p90", func(r Result) float64 { return r.EndpointOldGone.P90 }, "ms"},
-	{"endpoint change, old gone p99", func(r Result) float64 { return r.EndpointOldGone.P99 }, "ms"},
-	{"endpoint change, old gone max", func(r Result) float64 { return r.EndpointOldGone.Max }, "ms"},
-	{"peak RSS (children included)", func(r Result) float64 { return float64(r.PeakRSSBytes) / 1e6 }, "MB"},
-	{"CPU (children included)", func(r Result) float64 { return r.CPUSeconds }, "s"},
-	{"rules programmed", func(r Result) float64 { return float64(r.RulesLines) }, "lines"},
+var figures = slices.Concat(
+	[]figure{
+		{"cold start: first connection", func(r Result) float64 { return r.ColdStartConn }, "ms"},
+		{"cold start: first-sync metric", func(r Result) float64 { return r.ColdStartSync }, "ms"},
+	},
+	latencyFigures("service add", func(r Result) Stats { return r.ServiceAdd }),
+	latencyFigures("endpoint change, new reached", func(r Result) Stats { return r.EndpointNew }),
+	latencyFigures("endpoint change, old gone", func(r Result) Stats { return r.EndpointOldGone }),
+	[]figure{
+		{"peak RSS (children included)", func(r Result) float64 { return float64(r.PeakRSSBytes) / 1e6 }, "MB"},
+		{"CPU (children included)", func(r Result) float64 { return r.CPUSeconds }, "s"},
+		{"rules programmed", func(r Result) float64 { return float64(r.RulesLines) }, "lines"},
+	},
+)
+
+// latencyFigures are the p50, p90, p99 and max rows of one sampled latency.
+func latencyFigures(label string, of func(Result) Stats) []figure {
+	return []figure{
+		{label + " p50", func(r Result) float64 { return of(r).P50 }, "ms"},
+		{label + " p90", func(r Result) float64 { return of(r).P90 }, "ms"},
+		{label + " p99", func(r Result) float64 { return of(r).P99 }, "ms"},
+		{label + " max", func(r Result) float64 { return of(r).Max }, "ms"},
+	}
 }
 
 // peer is the svcproxy result a kube-proxy result is compared with: the
