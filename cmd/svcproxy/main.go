@@ -47,6 +47,8 @@ func run(args []string) error {
 	case opts.InitOnly:
 		app.InitOnly(opts.Config, log)
 		return nil
+	case opts.CheckBinaries:
+		return app.CheckBinaries(opts.Config, os.Stdout)
 	}
 	// SIGTERM and SIGINT end the run; the rules stay in place.
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)

@@ -23,6 +23,8 @@ type Options struct {
 	// InitOnly is kube-proxy's --init-only: set what needs a writable
 	// /proc/sys (the conntrack settings), then exit.
 	InitOnly bool
+	// CheckBinaries asks to report the binaries the mode needs, then exit.
+	CheckBinaries bool
 	// WriteConfigTo, if set, asks to write KubeProxy there and exit.
 	WriteConfigTo string
 	// KubeProxy is the effective kube-proxy configuration.
@@ -41,7 +43,7 @@ type commandLine struct {
 	kp kubeproxy.KubeProxyConfiguration
 
 	configFile, master, hostnameOverride, writeConfigTo string
-	cleanup, initOnly                                   bool
+	cleanup, initOnly, checkBinaries                    bool
 	healthzPort, metricsPort                            int32
 	logFormat                                           string
 
@@ -163,6 +165,7 @@ func (c *commandLine) addIgnoredKubeProxyFlags() {
 
 func (c *commandLine) addSvcproxyFlags() {
 	c.fs.StringVar(&c.flavor, "iptables-flavor", "auto", "svcproxy: iptables implementation, nft, legacy, or auto (the one the host's rules already use).")
+	c.fs.BoolVar(&c.checkBinaries, "check-binaries", false, "svcproxy: look up every program the mode runs with --iptables-flavor (both flavors for auto) in PATH, print where each is, and exit; fails naming any required one missing. svcproxy checks the same at start.")
 	c.fs.StringVar(&c.logFormat, "log-format", "", "svcproxy: log format, console (same as text) or json; overrides --logging-format.")
 	c.fs.DurationVar(&c.apiTimeout, "api-timeout", 30*time.Second, "svcproxy: how long to wait at startup for the API server to list Services, EndpointSlices and the Node before giving up.")
 	c.fs.DurationVar(&c.nodeTimeout, "node-timeout", 30*time.Second, "svcproxy: how long to wait at startup for this node's Node object to have addresses; after that svcproxy runs without node information.")
@@ -182,7 +185,7 @@ func Parse(args []string, out io.Writer) (*Options, error) {
 	if c.fs.NArg() > 0 {
 		return nil, fmt.Errorf("svcproxy takes no arguments, got %q", c.fs.Args())
 	}
-	opts := &Options{Cleanup: c.cleanup, InitOnly: c.initOnly, WriteConfigTo: c.writeConfigTo}
+	opts := &Options{Cleanup: c.cleanup, InitOnly: c.initOnly, CheckBinaries: c.checkBinaries, WriteConfigTo: c.writeConfigTo}
 	opts.Warnings = c.ignoredWarnings()
 	kp, warnings, err := c.effectiveConfiguration()
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
 	"strings"
 
 	"go.uber.org/zap"
@@ -34,11 +35,15 @@ type kernelAccess struct {
 	// connReuseFixed tells whether the kernel no longer needs IPVS's
 	// conn_reuse_mode turned off.
 	connReuseFixed func() (bool, error)
+	// lookPath finds the binaries run needs (see Binaries) for the
+	// preflight; nil skips it (fakes run none).
+	lookPath lookPathFunc
 }
 
 func hostKernel() kernelAccess {
 	return kernelAccess{run: netfilter.ExecRunner{}, iptables: iptables.New, ipvs: ipvs.New,
-		ipvsSupport: ipvs.CheckSupport, ipvsLoaded: hostIPVSLoaded, connReuseFixed: ipvs.ConnReuseFixed}
+		ipvsSupport: ipvs.CheckSupport, ipvsLoaded: hostIPVSLoaded, connReuseFixed: ipvs.ConnReuseFixed,
+		lookPath: exec.LookPath}
 }
 
 // hostIPVSLoaded: the kernel lists IPVS connections in /proc/net/ip_vs
@@ -63,10 +68,16 @@ func (k kernelAccess) flavor(ctx context.Context, name string) (netfilter.Flavor
 	return netfilter.ParseFlavor(name)
 }
 
-// checkSupport fails the start of the IPVS mode on a kernel that cannot
-// run it, with the one line that says what is missing. It needs nothing
+// checkSupport fails the start when a binary the mode needs is missing,
+// or, for the IPVS mode, on a kernel that cannot run it, with the one
+// line that says what is missing. It needs nothing
 // from the API server, so it comes before any wait on it.
 func (k kernelAccess) checkSupport(cfg Config) error {
+	if k.lookPath != nil {
+		if err := requireBinaries(cfg, k.lookPath); err != nil {
+			return err
+		}
+	}
 	if cfg.Mode != modeIPVS {
 		return nil
 	}
