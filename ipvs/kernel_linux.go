@@ -1079,7 +1079,7 @@ func (k *kernel) WriteSysctl(name, value string) error {
 // Table is one read of the namespace's /proc/net/ip_vs (through
 // /proc/thread-self: /proc/net is the main thread's namespace), the
 // kernel's listing of its whole table; netlink would take a request per
-// virtual server.
+// virtual server. Persistence timeouts take one netlink dump more.
 func (k *kernel) Table(family model.Family) (map[VSKey]Listed, error) {
 	if k.noIPVS != nil {
 		return nil, k.noIPVS
@@ -1096,10 +1096,37 @@ func (k *kernel) Table(family model.Family) (map[VSKey]Listed, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listing the IPVS table: %w", err)
 	}
-	for key := range table {
+	persistent := false
+	for key, l := range table {
 		if key.Family() != family {
 			delete(table, key)
+			continue
+		}
+		persistent = persistent || l.Persistence > 0
+	}
+	if persistent {
+		if err := k.persistenceInSeconds(family, table); err != nil {
+			return nil, err
 		}
 	}
 	return table, nil
+}
+
+// persistenceInSeconds puts into a table read from /proc the persistence
+// timeouts netlink reports: /proc/net/ip_vs lists them in jiffies, which
+// depend on the kernel's HZ (a 10800 s timeout shows as 2700000 at HZ
+// 250), while netlink reports seconds, as they were set. One dump of the
+// family's virtual servers, only when some are persistent.
+func (k *kernel) persistenceInSeconds(family model.Family, table map[VSKey]Listed) error {
+	servers, err := k.VirtualServers(family)
+	if err != nil {
+		return fmt.Errorf("reading the IPVS persistence timeouts: %w", err)
+	}
+	for _, vs := range servers {
+		if l, ok := table[vs.VSKey]; ok {
+			l.Persistence = vs.Persistence
+			table[vs.VSKey] = l
+		}
+	}
+	return nil
 }

@@ -658,6 +658,17 @@ func TestKernelIPVSVirtualServers(t *testing.T) {
 			if err != nil || !slicesEqualVS(got, w) {
 				t.Errorf("%s: VirtualServers(%s) = %v, %v; want %v", what, f, got, err, w)
 			}
+			// The whole table's listing (in /proc: persistence in
+			// jiffies there) gives the same settings.
+			table, err := k.Table(f)
+			var listed []VirtualServer
+			for _, l := range table {
+				listed = append(listed, l.VirtualServer)
+			}
+			slices.SortFunc(listed, func(a, b VirtualServer) int { return a.VSKey.Compare(b.VSKey) })
+			if err != nil || !slicesEqualVS(listed, w) {
+				t.Errorf("%s: Table(%s) = %v, %v; want %v", what, f, listed, err, w)
+			}
 		}
 	}
 	check("added")

@@ -23,7 +23,8 @@ import (
 //	UDP  [fd00:0096:0000:0000:0000:0000:0000:0035]:0035 rr
 //
 // IPv4 addresses and every port in hexadecimal, IPv6 addresses written out
-// whole. Firewall-mark services (FWM) are left out, as are their real
+// whole; a persistence timeout in jiffies (the kernel's HZ per second),
+// which Table replaces by the seconds netlink reports. Firewall-mark services (FWM) are left out, as are their real
 // servers, and so is anything a VSKey cannot name.
 func parseTable(b []byte) (map[VSKey]Listed, error) {
 	out := map[VSKey]Listed{}
