@@ -1,6 +1,7 @@
 package iptables
 
 import (
+	"math"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -84,21 +85,29 @@ func (c *compiler) balance(rp *netfilter.Port, eps []model.Endpoint, first []str
 		seconds := strconv.Itoa(int(rp.SP.AffinitySeconds))
 		for i, ep := range eps {
 			lists[i] = affinityList(rp.Name(), ep.Addr)
-			rules = append(rules, proto+"-m recent --name "+lists[i]+" --update --seconds "+seconds+
-				" --reap --mask "+c.HostMask()+" --rsource -j DNAT --to-destination "+ep.Addr.String())
+			rules = append(rules, proto+"-m recent --update --seconds "+seconds+" --reap --name "+lists[i]+
+				" --mask "+c.HostMask()+" --rsource -j DNAT --to-destination "+ep.Addr.String())
 		}
 	}
 	for i, ep := range eps {
 		rule := proto
 		if n := len(eps) - i; n > 1 {
-			rule += "-m statistic --mode random --probability " + strconv.FormatFloat(1/float64(n), 'f', 10, 64) + " "
+			rule += "-m statistic --mode random --probability " + probability(n) + " "
 		}
 		if affinity {
-			rule += "-m recent --name " + lists[i] + " --set --mask " + c.HostMask() + " --rsource "
+			rule += "-m recent --set --name " + lists[i] + " --mask " + c.HostMask() + " --rsource "
 		}
 		rules = append(rules, rule+"-j DNAT --to-destination "+ep.Addr.String())
 	}
 	return rules
+}
+
+// probability is 1/n as xt_statistic holds it (a fraction of 2^31) and
+// iptables-save prints it: every rule is written as iptables-save shows
+// it, so that the kernel's rules compare with the compiler's as text.
+func probability(n int) string {
+	const scale = 1 << 31
+	return strconv.FormatFloat(math.Round(scale/float64(n))/scale, 'f', 11, 64)
 }
 
 // externalTargets are the targets external traffic is sent to once it is

@@ -69,6 +69,10 @@ func (c *compiler) localPolicyRules(rp *netfilter.Port) []string {
 		local := "-m addrtype --src-type LOCAL " + dst
 		rules = append(rules, local+masq[1:], local+toClusterIP[1:])
 	}
+	// Written as iptables-save prints them (see netfilter.SaveOrder).
+	for i, r := range rules {
+		rules[i] = netfilter.SaveOrder(r)
+	}
 	return rules
 }
 

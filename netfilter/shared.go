@@ -3,6 +3,7 @@ package netfilter
 import (
 	"net/netip"
 	"slices"
+	"strconv"
 
 	"github.com/svcproxy/svcproxy/model"
 )
@@ -167,9 +168,11 @@ func (r *Rules) refuseExternal(rules []string, p *Port, why, target string) []st
 		rules = append(rules, "-d "+r.Host(a)+" "+tail)
 	}
 	if p.NodePort != 0 {
-		np := ProtoMatch(p.Proto(), p.NodePort) + "-m comment --comment " + QuoteComment(why) + " " + target
+		// As iptables-save prints it: the protocol before any match.
+		np := "-p " + p.Proto() + " -m addrtype --dst-type LOCAL -m " + p.Proto() + " --dport " + strconv.Itoa(int(p.NodePort)) +
+			" -m comment --comment " + QuoteComment(why) + " " + target
 		for _, dst := range r.NodePortDsts {
-			rules = append(rules, dst+"-m addrtype --dst-type LOCAL "+np)
+			rules = append(rules, dst+np)
 		}
 	}
 	return rules
