@@ -66,6 +66,16 @@ func ParseProtocol(s string) (Protocol, error) {
 	return 0, fmt.Errorf("unsupported protocol %q", s)
 }
 
+// MarshalText spells the protocol as Kubernetes does, for JSON.
+func (p Protocol) MarshalText() ([]byte, error) { return []byte(p.String()), nil }
+
+// UnmarshalText reads the Kubernetes spelling.
+func (p *Protocol) UnmarshalText(b []byte) error {
+	parsed, err := ParseProtocol(string(b))
+	*p = parsed
+	return err
+}
+
 // Family is an IP family. Each backend instance programs one family.
 type Family uint8
 
@@ -82,6 +92,22 @@ func (f Family) String() string {
 	return "IPv4"
 }
 
+// MarshalText spells the family "IPv4" or "IPv6", for JSON.
+func (f Family) MarshalText() ([]byte, error) { return []byte(f.String()), nil }
+
+// UnmarshalText reads "IPv4" or "IPv6".
+func (f *Family) UnmarshalText(b []byte) error {
+	switch string(b) {
+	case "IPv4":
+		*f = IPv4
+	case "IPv6":
+		*f = IPv6
+	default:
+		return fmt.Errorf("unknown IP family %q", b)
+	}
+	return nil
+}
+
 // FamilyOf returns the family of a (valid) address; IPv4-mapped IPv6 counts as IPv6.
 func FamilyOf(a netip.Addr) Family {
 	if a.Is4() {
@@ -93,10 +119,10 @@ func FamilyOf(a netip.Addr) Family {
 // ServicePortName identifies one port of one service: the unit svcproxy
 // programs. It is comparable and used as a map key throughout.
 type ServicePortName struct {
-	Namespace string
-	Name      string
-	Port      string // the port's name; "" for a service's only, unnamed port
-	Protocol  Protocol
+	Namespace string   `json:"namespace"`
+	Name      string   `json:"name"`
+	Port      string   `json:"port,omitempty"` // the port's name; "" for a service's only, unnamed port
+	Protocol  Protocol `json:"protocol"`
 }
 
 func (n ServicePortName) String() string {
@@ -120,11 +146,11 @@ func (n ServicePortName) Compare(o ServicePortName) int {
 // Endpoint is one backend of a service port as this node should use it.
 // It is comparable, so two views diff with ==.
 type Endpoint struct {
-	Addr        netip.AddrPort
-	Local       bool // the endpoint runs on this node
-	Ready       bool
-	Serving     bool
-	Terminating bool
+	Addr        netip.AddrPort `json:"addr"`
+	Local       bool           `json:"local"` // the endpoint runs on this node
+	Ready       bool           `json:"ready"`
+	Serving     bool           `json:"serving"`
+	Terminating bool           `json:"terminating"`
 }
 
 func (e Endpoint) String() string { return e.Addr.String() }
@@ -134,38 +160,38 @@ func (e Endpoint) String() string { return e.Addr.String() }
 // that apply to each kind of traffic, after every policy has been resolved.
 // Nothing Kubernetes-specific survives past this type.
 type ServicePort struct {
-	Name      ServicePortName
-	ClusterIP netip.Addr
-	Port      uint16
-	NodePort  uint16 // 0: none
+	Name      ServicePortName `json:"name"`
+	ClusterIP netip.Addr      `json:"clusterIP"`
+	Port      uint16          `json:"port,omitempty"`
+	NodePort  uint16          `json:"nodePort,omitempty"` // 0: none
 
-	ExternalIPs     []netip.Addr   // spec.externalIPs of this family, sorted
-	LoadBalancerIPs []netip.Addr   // status.loadBalancer.ingress IPs of this family, sorted
-	SourceRanges    []netip.Prefix // loadBalancerSourceRanges of this family, sorted; empty: all allowed
+	ExternalIPs     []netip.Addr   `json:"externalIPs,omitempty"`     // spec.externalIPs of this family, sorted
+	LoadBalancerIPs []netip.Addr   `json:"loadBalancerIPs,omitempty"` // status.loadBalancer.ingress IPs of this family, sorted
+	SourceRanges    []netip.Prefix `json:"sourceRanges,omitempty"`    // loadBalancerSourceRanges of this family, sorted; empty: all allowed
 
 	// ExternalPolicyLocal: external traffic goes to node-local endpoints only
 	// and keeps its client source address.
-	ExternalPolicyLocal bool
+	ExternalPolicyLocal bool `json:"externalPolicyLocal"`
 	// InternalPolicyLocal: traffic to the ClusterIP goes to node-local endpoints only.
-	InternalPolicyLocal bool
+	InternalPolicyLocal bool `json:"internalPolicyLocal"`
 
-	AffinitySeconds     int32  // ClientIP session affinity timeout; 0: no affinity
-	HealthCheckNodePort uint16 // for ExternalPolicyLocal LoadBalancers; 0: none
+	AffinitySeconds     int32  `json:"affinitySeconds,omitempty"`     // ClientIP session affinity timeout; 0: no affinity
+	HealthCheckNodePort uint16 `json:"healthCheckNodePort,omitempty"` // for ExternalPolicyLocal LoadBalancers; 0: none
 
 	// ClusterEndpoints serve traffic to the ClusterIP (and external traffic
 	// when ExternalPolicyLocal is false), after internalTrafficPolicy,
 	// topology and the terminating fallback. Sorted by address.
-	ClusterEndpoints []Endpoint
+	ClusterEndpoints []Endpoint `json:"clusterEndpoints,omitempty"`
 	// LocalEndpoints are the node-local endpoints external traffic uses when
 	// ExternalPolicyLocal is set (ready ones, else serving terminating ones).
 	// Sorted by address.
-	LocalEndpoints []Endpoint
+	LocalEndpoints []Endpoint `json:"localEndpoints,omitempty"`
 	// ExternalClusterEndpoints is set only when InternalPolicyLocal narrows
 	// ClusterEndpoints to this node but the port is externally accessible:
 	// external traffic under ExternalPolicyLocal=false, and pod traffic to
 	// an external address (short-circuited as kube-proxy does), still go to
 	// endpoints anywhere in the cluster, after topology. Sorted by address.
-	ExternalClusterEndpoints []Endpoint
+	ExternalClusterEndpoints []Endpoint `json:"externalClusterEndpoints,omitempty"`
 
 	// Serving lists every endpoint of the port that is serving, ready or
 	// terminating, anywhere, whatever the policies and topology leave to
@@ -173,14 +199,14 @@ type ServicePort struct {
 	// out, but flows already there may go on (the IPVS mode keeps them as
 	// real servers of weight 0). Sorted by address; usually the very
 	// slice ClusterEndpoints is.
-	Serving []Endpoint
+	Serving []Endpoint `json:"serving,omitempty"`
 
 	// HasEndpoints: some endpoint anywhere in the cluster can serve
 	// (ready, or serving and terminating), whatever the policies leave to
 	// this node. It tells a port that has endpoints, just none for this
 	// node's traffic (dropped, as kube-proxy does), from one that has none
 	// at all (rejected).
-	HasEndpoints bool
+	HasEndpoints bool `json:"hasEndpoints"`
 }
 
 // Protocol is a shorthand for Name.Protocol.
@@ -244,10 +270,10 @@ func (sp *ServicePort) Equal(o *ServicePort) bool {
 
 // NodeInfo is what svcproxy knows of the node it runs on.
 type NodeInfo struct {
-	Name      string
-	Zone      string         // topology.kubernetes.io/zone label; "" if unset
-	Addresses []netip.Addr   // from Node.status.addresses (InternalIP, ExternalIP)
-	PodCIDRs  []netip.Prefix // from Node.spec.podCIDRs
+	Name      string         `json:"name"`
+	Zone      string         `json:"zone,omitempty"`      // topology.kubernetes.io/zone label; "" if unset
+	Addresses []netip.Addr   `json:"addresses,omitempty"` // from Node.status.addresses (InternalIP, ExternalIP)
+	PodCIDRs  []netip.Prefix `json:"podCIDRs,omitempty"`  // from Node.spec.podCIDRs
 }
 
 // NodeView is the outcome of Compute for one IP family: every service port

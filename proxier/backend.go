@@ -34,6 +34,12 @@ type Backend interface {
 	// does a full sync.
 	Intact(ctx context.Context, applied *model.NodeView) (bool, error)
 
+	// Inspect reads the kernel and tells, for every port of view, the
+	// objects the port needs (rules, virtual servers, addresses, set
+	// entries) and whether the kernel holds each as wanted: what
+	// `svcproxy list` and `explain` show. It changes nothing.
+	Inspect(ctx context.Context, view *model.NodeView) (map[model.ServicePortName][]model.KernelObject, error)
+
 	// Cleanup removes everything this backend's mode ever programmed in
 	// this family, and nothing else.
 	Cleanup(ctx context.Context) error

@@ -36,6 +36,9 @@ func (b *recordingBackend) Intact(_ context.Context, applied *model.NodeView) (b
 	b.checked = append(b.checked, applied)
 	return true, nil
 }
+func (b *recordingBackend) Inspect(context.Context, *model.NodeView) (map[model.ServicePortName][]model.KernelObject, error) {
+	return nil, nil
+}
 func (b *recordingBackend) Cleanup(context.Context) error { return nil }
 
 type recordingCleaner struct {

@@ -59,6 +59,7 @@ type sliceKey struct{ namespace, name string }
 // updates to one service is one entry.
 type pendingChanges struct {
 	services     map[ServiceName]changeKinds
+	queuedAt     map[ServiceName]time.Time // when each service's first pending change was queued
 	node         bool
 	oldest       time.Time // zero: nothing pending
 	triggerTimes map[ServiceName][]TriggerTime
@@ -91,6 +92,10 @@ type Snapshot struct {
 	// removed drops the pending times of its service (the annotation of a
 	// deleted object tells when it last changed, not when it went).
 	TriggerTimes []TriggerTime
+	// ChangeQueued is when the first change drained by this snapshot of
+	// each service was queued: how long a change waited for its sync,
+	// per service.
+	ChangeQueued map[ServiceName]time.Time
 
 	services map[ServiceName]*Service
 	slices   map[ServiceName][]*EndpointSlice
@@ -328,6 +333,7 @@ func (t *Tracker) Snapshot() *Snapshot {
 		Node:         t.node,
 		NodeChanged:  t.pending.node,
 		OldestChange: t.pending.oldest,
+		ChangeQueued: t.pending.queuedAt,
 		services:     t.services,
 		slices:       t.slices,
 		origin:       t,
@@ -395,11 +401,15 @@ const (
 
 func (t *Tracker) touch(name ServiceName, kind changeKinds) {
 	t.pending.services[name] |= kind
+	if _, ok := t.pending.queuedAt[name]; !ok {
+		t.pending.queuedAt[name] = t.clock()
+	}
 	t.queued()
 }
 
 func newPendingChanges() pendingChanges {
-	return pendingChanges{services: map[ServiceName]changeKinds{}, triggerTimes: map[ServiceName][]TriggerTime{}}
+	return pendingChanges{services: map[ServiceName]changeKinds{}, queuedAt: map[ServiceName]time.Time{},
+		triggerTimes: map[ServiceName][]TriggerTime{}}
 }
 
 func (t *Tracker) queued() {

@@ -28,6 +28,14 @@ func main() {
 }
 
 func run(args []string) error {
+	// The operator's subcommands, run on a node beside the daemon.
+	if len(args) > 0 && (args[0] == "list" || args[0] == "explain") {
+		err := app.Inspect(context.Background(), args, os.Stdout)
+		if errors.Is(err, pflag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
 	opts, err := app.Parse(args, os.Stdout)
 	if errors.Is(err, pflag.ErrHelp) {
 		return nil

@@ -23,6 +23,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/svcproxy/svcproxy/conntrack"
+	"github.com/svcproxy/svcproxy/ipvs"
 	"github.com/svcproxy/svcproxy/model"
 	"github.com/svcproxy/svcproxy/netfilter"
 	"github.com/svcproxy/svcproxy/proxier"
@@ -84,7 +85,8 @@ func (d *daemon) run(ctx context.Context) error {
 	// counts no change as late before the first sync.
 	registry := newRegistry()
 	health := &healthHandler{health: p.health.Handler()}
-	servers, err := d.serve(health, registry)
+	status := &statusServer{}
+	servers, err := d.serve(health, registry, status)
 	if err != nil {
 		return err
 	}
@@ -92,6 +94,7 @@ func (d *daemon) run(ctx context.Context) error {
 	if err := d.start(ctx, p); err != nil || ctx.Err() != nil {
 		return err
 	}
+	status.ready(d.cfg.Mode, p, d.statusIPVSConfig(p))
 	d.tuneConntrack()
 	flows, closeFlows := d.flows(d.log)
 	defer closeFlows()
@@ -105,6 +108,7 @@ func (d *daemon) run(ctx context.Context) error {
 	syncer.Observe(metrics.Observe)
 	syncer.Observe(p.health.Observe)
 	syncer.Observe(checks.Observe)
+	syncer.Observe(status.recorder.Observe)
 	takeOver := d.takeOver(p)
 	syncer.Observe(func(r *proxier.SyncReport) { takeOver.Observe(ctx, r) })
 
@@ -285,6 +289,17 @@ func (d *daemon) iptablesConfig(node model.NodeInfo) netfilter.Config {
 	return cfg
 }
 
+// statusIPVSConfig is, in the IPVS mode, what the backends compile with,
+// for the status endpoint (conn_reuse_mode, which the kernel's version
+// decides, changes no object `svcproxy list` looks for).
+func (d *daemon) statusIPVSConfig(p *proxy) *ipvs.Config {
+	if d.cfg.Mode != modeIPVS {
+		return nil
+	}
+	cfg := ipvsConfig(d.cfg, p.rules, false)
+	return &cfg
+}
+
 func (d *daemon) runnerConfig() proxier.RunnerConfig {
 	rc := proxier.DefaultRunnerConfig()
 	rc.SyncPeriod, rc.MinSyncPeriod = d.cfg.SyncPeriod, d.cfg.MinSyncPeriod
@@ -335,11 +350,13 @@ func (h *healthHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 type servers []*http.Server
 
 // serve starts the health server (/healthz, /livez) and the metrics server
-// (/metrics, plus kube-proxy's /healthz and /proxyMode there; the proxy's
-// metrics join the process's once the startup is done). An address that
-// cannot be bound stops the start: another proxy probably runs.
-func (d *daemon) serve(health http.Handler, registry *prometheus.Registry) (servers, error) {
+// (/metrics, plus kube-proxy's /healthz and /proxyMode there, and
+// svcproxy's status for `svcproxy list`; the proxy's metrics join the
+// process's once the startup is done). An address that cannot be bound
+// stops the start: another proxy probably runs.
+func (d *daemon) serve(health http.Handler, registry *prometheus.Registry, status http.Handler) (servers, error) {
 	metrics := http.NewServeMux()
+	metrics.Handle(StatusPath, status)
 	metrics.Handle("/metrics", promhttp.HandlerFor(registry, promhttp.HandlerOpts{}))
 	metrics.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, "ok") })
 	metrics.HandleFunc("/proxyMode", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, d.cfg.Mode) })

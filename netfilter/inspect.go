@@ -1,0 +1,135 @@
+package netfilter
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/svcproxy/svcproxy/model"
+)
+
+// PortRules is what one service port contributes to svcproxy's iptables
+// rules, as a full plan writes them: chains of its own, which hold exactly
+// their rules, and rules in chains it shares with other ports, which must
+// be among theirs. It is what `svcproxy explain` checks a port by.
+type PortRules struct {
+	Own    []Chain
+	Shared []Rule
+}
+
+// Chain is one chain's complete rule list.
+type Chain struct {
+	Key   ChainKey
+	Rules []string
+}
+
+// Rule is one rule of a chain, as it follows "-A <chain> " in
+// iptables-restore input (and in iptables-save output: svcproxy writes its
+// rules in the form iptables-save prints them, so the two compare as text).
+type Rule struct {
+	Chain ChainKey
+	Text  string
+}
+
+// AddShared adds rules of one shared chain.
+func (p *PortRules) AddShared(chain ChainKey, rules []string) {
+	for _, r := range rules {
+		p.Shared = append(p.Shared, Rule{Chain: chain, Text: r})
+	}
+}
+
+// PortRules adds a port's rules in the chains both modes share: FILTER,
+// HAIRPIN and HEALTHCHECK.
+func (s Shared) PortRules(into *PortRules, rp *Port) {
+	into.AddShared(FilterKey(ChainFilter), s.Filter(rp))
+	into.AddShared(NatKey(ChainHairpin), s.Rules.HairpinRules(s.hairpin(rp)))
+	into.AddShared(FilterKey(ChainHealthCheck), healthCheckRules([]Port{*rp}))
+}
+
+// SavedRules are svcproxy's chains as the kernel holds them.
+type SavedRules map[ChainKey][]string
+
+// Saved reads svcproxy's chains of both tables from the kernel, with one
+// iptables-save per table.
+func (a *Applier) Saved(ctx context.Context) (SavedRules, error) {
+	saved := SavedRules{}
+	for _, table := range []Table{TableFilter, TableNAT} {
+		out, err := a.run.Run(ctx, a.flavor.Binary(a.family, "-save"), []string{"-t", string(table)}, nil)
+		if err != nil {
+			return nil, fmt.Errorf("reading the %s table: %w", table, err)
+		}
+		saved.parse(table, out)
+	}
+	return saved, nil
+}
+
+// parse adds the svcproxy chains of one table's iptables-save output.
+func (s SavedRules) parse(table Table, out []byte) {
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		switch {
+		case strings.HasPrefix(line, ":"):
+			if name, _, ok := strings.Cut(line[1:], " "); ok && IsOwned(name) {
+				k := ChainKey{Table: table, Name: name}
+				if s[k] == nil {
+					s[k] = []string{}
+				}
+			}
+		case strings.HasPrefix(line, "-A "):
+			name, rule, _ := strings.Cut(line[3:], " ")
+			if IsOwned(name) {
+				k := ChainKey{Table: table, Name: name}
+				s[k] = append(s[k], rule)
+			}
+		}
+	}
+}
+
+// Check tells, for each of the port's chains and shared rules, whether
+// the kernel holds it.
+func (p PortRules) Check(saved SavedRules) []model.KernelObject {
+	var objs []model.KernelObject
+	for _, ch := range p.Own {
+		obj := model.KernelObject{Kind: "chain", Name: string(ch.Key.Table) + " " + ch.Key.Name, State: model.InPlace}
+		have, ok := saved[ch.Key]
+		switch {
+		case !ok:
+			obj.State = model.Missing
+		case !slices.Equal(have, ch.Rules):
+			obj.State, obj.Detail = model.Differs, ruleDiff(ch.Rules, have)
+		}
+		objs = append(objs, obj)
+	}
+	for _, r := range p.Shared {
+		obj := model.KernelObject{Kind: "rule", Name: string(r.Chain.Table) + " " + r.Chain.Name + " " + r.Text, State: model.InPlace}
+		if !slices.Contains(saved[r.Chain], r.Text) {
+			obj.State = model.Missing
+		}
+		objs = append(objs, obj)
+	}
+	return objs
+}
+
+// ruleDiff says how a chain's rules differ from the wanted ones.
+func ruleDiff(want, have []string) string {
+	var parts []string
+	for _, r := range want {
+		if !slices.Contains(have, r) {
+			parts = append(parts, "missing: "+r)
+		}
+	}
+	for _, r := range have {
+		if !slices.Contains(want, r) {
+			parts = append(parts, "unexpected: "+r)
+		}
+	}
+	if len(parts) == 0 {
+		return fmt.Sprintf("the same %d rules in another order", len(want))
+	}
+	return strings.Join(parts, "; ")
+}
