@@ -47,6 +47,11 @@ type RunnerConfig struct {
 	CheckPeriod time.Duration
 	// RetryInitial is the first wait after a failed sync.
 	RetryInitial time.Duration
+	// SliceWait is how long a new Service may wait for its first
+	// EndpointSlice before it is programmed alone (see
+	// Tracker.SliceWaitEnds): the two are written apart, and a sync for
+	// each would spend the burst allowance; 0: no wait.
+	SliceWait time.Duration
 }
 
 // DefaultRunnerConfig returns kube-proxy's defaults.
@@ -58,8 +63,15 @@ func DefaultRunnerConfig() RunnerConfig {
 		FullSyncPeriod: time.Hour,
 		CheckPeriod:    time.Second,
 		RetryInitial:   time.Second,
+		SliceWait:      DefaultSliceWait,
 	}
 }
+
+// DefaultSliceWait is long enough for the EndpointSlice controller to
+// write a new Service's slice (tens of milliseconds on a loaded API
+// server), short enough that a Service without one is hardly delayed
+// (it has no endpoints to send traffic to meanwhile).
+const DefaultSliceWait = 250 * time.Millisecond
 
 // SyncFunc performs one sync; full asks it to ignore what it applied
 // before. A positive recheck asks for another sync within that long even
@@ -78,12 +90,20 @@ type Runner struct {
 	sync  SyncFunc
 	check CheckFunc
 	log   *zap.Logger
+	// sliceWaitEnds says how long pending changes may wait for the
+	// slices that complete them (Tracker.SliceWaitEnds); nil: never.
+	sliceWaitEnds func(wait time.Duration) time.Time
 }
 
 // NewRunner returns a runner; check may be nil when the backend cannot drift.
 func NewRunner(cfg RunnerConfig, clk clock.WithTicker, sync SyncFunc, check CheckFunc, log *zap.Logger) *Runner {
 	return &Runner{cfg: cfg, clock: clk, sync: sync, check: check, log: log}
 }
+
+// WaitForSlicesWith lets pending new Services wait, up to
+// RunnerConfig.SliceWait, for their first EndpointSlices, as ends says
+// (Tracker.SliceWaitEnds). Call it before Run.
+func (r *Runner) WaitForSlicesWith(ends func(wait time.Duration) time.Time) { r.sliceWaitEnds = ends }
 
 // schedule is the runner's whole memory: enough to say when the next sync
 // is due and whether it must be full. It is a value, so nextSync is a pure
@@ -102,6 +122,9 @@ type schedule struct {
 	// at most BurstSyncs-1 periods ahead (a token bucket of BurstSyncs,
 	// refilled once per period, kept as one time so the value stays small).
 	paced time.Time
+	// sliceWait is, while the pending changes are all new Services
+	// waiting for their first slices, when that wait ends; zero: none.
+	sliceWait time.Time
 }
 
 // nextSync returns when the next sync is due and whether it must be full.
@@ -118,9 +141,12 @@ func (s schedule) nextSync(cfg RunnerConfig) (time.Time, bool) {
 		// A retry is a full sync already, so the periodic one cannot come
 		// sooner; changes wait for it too.
 		return later(s.lastSync.Add(backoff(cfg, s.failures)), allowed), true
-	case s.pending || s.full:
+	case s.full:
+		return allowed, true
+	case s.pending:
 		// A periodic full sync that is due takes the changes with it.
-		return allowed, s.full || !periodic.After(allowed)
+		at := later(allowed, s.sliceWait)
+		return at, !periodic.After(at)
 	case !s.recheck.IsZero() && s.recheck.Before(periodic):
 		return later(s.recheck, allowed), false
 	}
@@ -194,6 +220,10 @@ func (r *Runner) Run(ctx context.Context, changed <-chan struct{}) {
 		default:
 		}
 		now := r.clock.Now()
+		s.sliceWait = time.Time{}
+		if r.sliceWaitEnds != nil && s.pending {
+			s.sliceWait = r.sliceWaitEnds(r.cfg.SliceWait)
+		}
 		at, full := s.nextSync(r.cfg)
 		if !now.Before(at) {
 			recheck, err := r.attempt(ctx, full, s.failures)

@@ -36,6 +36,11 @@ type runnerHarness struct {
 	// fake time, it does not race with the runner's goroutine.
 	flushAt time.Duration
 	calls   int
+	// awaiting is when a new Service still without an EndpointSlice was
+	// queued (what Tracker.SliceWaitEnds looks at); zero: none pending.
+	awaiting time.Duration
+	// looked counts the runner's looks at awaiting.
+	looked int
 }
 
 type syncCall struct {
@@ -53,6 +58,7 @@ func harnessConfig() RunnerConfig {
 		FullSyncPeriod: time.Hour,
 		CheckPeriod:    time.Second,
 		RetryInitial:   time.Second,
+		SliceWait:      250 * time.Millisecond,
 	}
 }
 
@@ -112,10 +118,28 @@ func newRunnerHarness(t *testing.T, setup ...func(*runnerHarness)) *runnerHarnes
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		NewRunner(h.cfg, h.clock, sync, check, zap.NewNop()).Run(ctx, h.changed)
+		r := NewRunner(h.cfg, h.clock, sync, check, zap.NewNop())
+		r.WaitForSlicesWith(func(wait time.Duration) time.Time {
+			h.mu.Lock()
+			defer h.mu.Unlock()
+			h.looked++
+			if h.awaiting == 0 {
+				return time.Time{}
+			}
+			return h.started.Add(h.awaiting + wait)
+		})
+		r.Run(ctx, h.changed)
 	}()
 	t.Cleanup(func() { cancel(); <-done })
 	return h
+}
+
+// await says a new Service without slices was queued at (since the
+// start), or with 0 that none is pending any more (its slice came).
+func (h *runnerHarness) await(at time.Duration) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.awaiting = at
 }
 
 func (h *runnerHarness) set(fail, intact bool) {
@@ -168,6 +192,31 @@ func (h *runnerHarness) waitParked() {
 func (h *runnerHarness) signal() {
 	h.waitParked()
 	h.queue()
+}
+
+// signalSeen is a change while the runner waits, returning once the
+// runner has looked at it (at whether it must wait for a slice) and is
+// waiting again, or syncing: steps that follow cannot overtake it.
+func (h *runnerHarness) signalSeen() {
+	h.t.Helper()
+	h.waitParked()
+	h.mu.Lock()
+	looked := h.looked
+	h.mu.Unlock()
+	h.queue()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		h.mu.Lock()
+		seen := h.looked > looked
+		h.mu.Unlock()
+		if seen {
+			return
+		}
+		if time.Now().After(deadline) {
+			h.t.Fatal("the runner never looked at the change")
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 // queue is a change at any time, as the tracker signals one (coalesced).
@@ -293,6 +342,43 @@ func TestRunnerServiceAndSliceWrittenTogetherDoNotWaitMinSyncPeriod(t *testing.T
 	h.expect(10*time.Second, false)
 	h.expect(10*time.Second+40*ms, false)
 	h.expectNone()
+}
+
+// A new Service waits for its first EndpointSlice instead of being
+// programmed alone, so that the pair costs one sync: pairs written every
+// 1.2s (as make bench writes them) never wait for --min-sync-period,
+// where a sync for each would have spent the burst allowance and left
+// every second slice waiting most of a second. A Service whose slice
+// never comes is programmed SliceWait after it was queued; a change that
+// is not a new Service is never held.
+func TestRunnerNewServiceWaitsForItsSlice(t *testing.T) {
+	h := newRunnerHarness(t)
+	h.expect(0, true)
+	h.stepTo(5 * time.Second)
+	for range 8 {
+		at := h.now()
+		h.await(at) // the Service
+		h.signalSeen()
+		h.step(5 * ms)
+		h.expectNone()
+		h.await(0) // its EndpointSlice
+		h.signalSeen()
+		h.expect(at+5*ms, false)
+		h.step(1200*ms - 5*ms)
+	}
+
+	at := h.now()
+	h.await(at) // a Service whose slice never comes
+	h.signalSeen()
+	h.step(200 * ms)
+	h.expectNone()
+	h.step(50 * ms)
+	h.expect(at+250*ms, false)
+	h.await(0)
+
+	h.stepTo(20 * time.Second)
+	h.signalSeen() // an endpoint change: at once
+	h.expect(20*time.Second, false)
 }
 
 // --min-sync-period still bounds how hard svcproxy drives the kernel: a

@@ -293,6 +293,35 @@ func (t *Tracker) OldestPending() (time.Time, bool) {
 	return t.pending.oldest, !t.pending.oldest.IsZero()
 }
 
+// SliceWaitEnds says how long the pending changes may wait for the
+// EndpointSlices that will complete them: when every one of them is a new
+// Service without a slice yet (its endpoints come in a write of their
+// own, a few milliseconds later, from the EndpointSlice controller or
+// whoever wrote the Service), until wait after the first was queued;
+// otherwise the zero time, and they should sync at once. Programming such
+// a Service alone gains nothing (it has no endpoints to send traffic to
+// yet) and costs a sync, after which its slice would wait
+// --min-sync-period once the burst allowance is spent.
+func (t *Tracker) SliceWaitEnds(wait time.Duration) time.Time {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if wait <= 0 || t.pending.node || len(t.pending.services) == 0 {
+		return time.Time{}
+	}
+	var first time.Time
+	for name, kinds := range t.pending.services {
+		_, known := t.last.services[name]
+		_, exists := t.services[name]
+		if kinds != serviceChange || known || !exists || len(t.slices[name]) > 0 {
+			return time.Time{}
+		}
+		if q := t.pending.queuedAt[name]; first.IsZero() || q.Before(first) {
+			first = q
+		}
+	}
+	return first.Add(wait)
+}
+
 // ChangeStats counts the changes a tracker saw, for metrics.
 type ChangeStats struct {
 	// ServicesPending counts the services whose Service changed since the

@@ -490,3 +490,42 @@ func TestTrackerStatsCountEventsAsKubeProxy(t *testing.T) {
 		t.Fatalf("after a snapshot: got %+v, want %+v", got, want)
 	}
 }
+
+// Pending changes wait for slices only while all of them are new Services
+// without one: an existing service's change, a slice, a node change or a
+// second kind of change among them ends the wait.
+func TestTrackerSliceWaitEnds(t *testing.T) {
+	const wait = 250 * time.Millisecond
+	webSlice := func() *discoveryv1.EndpointSlice {
+		return pt.Slice("ns", "web-1", "web", pt.SlicePort("http", "TCP", 8080), pt.Endpoints(pt.Ready("10.0.0.1", "node-a")))
+	}
+	tr, clock, _ := newTestTracker()
+	if got := tr.SliceWaitEnds(wait); !got.IsZero() {
+		t.Errorf("nothing pending: wait until %v", got)
+	}
+	tr.UpsertService(webService())
+	clock.Advance(10 * time.Millisecond)
+	tr.UpsertService(pt.Service("ns", "db", []string{"10.96.0.11"}, pt.Port("sql", "TCP", 5432)))
+	if got, want := tr.SliceWaitEnds(wait), t0.Add(wait); !got.Equal(want) {
+		t.Errorf("two new Services without slices: wait until %v, want %v (the first's queue time + wait)", got, want)
+	}
+	if got := tr.SliceWaitEnds(0); !got.IsZero() {
+		t.Errorf("no wait configured: wait until %v", got)
+	}
+	tr.UpsertEndpointSlice(webSlice())
+	if got := tr.SliceWaitEnds(wait); !got.IsZero() {
+		t.Errorf("a slice came: wait until %v, want no wait", got)
+	}
+	tr.Snapshot()
+
+	tr.UpsertService(webService(pt.Affinity(60)))
+	if got := tr.SliceWaitEnds(wait); !got.IsZero() {
+		t.Errorf("a change of a known service: wait until %v, want no wait", got)
+	}
+	tr.Snapshot()
+	tr.UpsertService(pt.Service("ns", "new", []string{"10.96.0.12"}, pt.Port("http", "TCP", 80)))
+	tr.SetNode(testNode)
+	if got := tr.SliceWaitEnds(wait); !got.IsZero() {
+		t.Errorf("a node change pending too: wait until %v, want no wait", got)
+	}
+}

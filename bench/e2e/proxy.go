@@ -156,7 +156,14 @@ func (r *proxyRun) start() (*sandbox.Process, time.Time, error) {
 }
 
 // client opens one new connection per request from pod-0.
-func (r *proxyRun) client() *http.Client { return sandbox.Client(r.pod(0), 300*time.Millisecond) }
+// client is the probe's: a connection the proxy has not programmed yet
+// is a SYN into the void, and the sample cannot end before the client
+// gives up on it, so the timeout is the resolution of every latency; a
+// request to a pod here takes a millisecond or two.
+func (r *proxyRun) client() *http.Client { return sandbox.Client(r.pod(0), probeTimeout) }
+
+// probeTimeout bounds one probe request.
+const probeTimeout = 100 * time.Millisecond
 
 // poll calls f every 20 ms until it returns true, the timeout passes, or
 // the proxy exits.

@@ -120,6 +120,7 @@ func (d *daemon) run(ctx context.Context) error {
 		return syncer.Intact(ctx)
 	}
 	runner := proxier.NewRunner(d.runnerConfig(), clk, takeOver.Recheck(p.health.Track(syncer.Sync)), check, d.log.Named("runner"))
+	runner.WaitForSlicesWith(p.tracker.SliceWaitEnds)
 	d.log.Info("svcproxy running", zap.String("mode", d.cfg.Mode), zap.String("node", p.node.Name), zap.Stringers("families", p.families))
 	runner.Run(ctx, p.tracker.Changed())
 	d.log.Info("svcproxy stopping; the rules stay in place")
