@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -16,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/vishvananda/netns"
 	"go.uber.org/zap"
+	v1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -63,6 +66,24 @@ type proxy struct {
 	flavor   netfilter.Flavor
 	rules    netfilter.Config // what the backends were made with
 	backends []proxier.Backend
+	// podCIDRs receives the Node's podCIDRs on every change of the Node,
+	// the latest only (see watchPodCIDRs).
+	podCIDRs chan []netip.Prefix
+}
+
+// nodeChanged is the source's OnNode: health judges the Node, and the
+// podCIDRs go to watchPodCIDRs, latest first.
+func (p *proxy) nodeChanged(n *v1.Node) {
+	p.health.SetNode(n)
+	if n == nil {
+		return
+	}
+	cidrs := proxier.NodeInfoFromNode(n).PodCIDRs
+	select {
+	case <-p.podCIDRs:
+	default:
+	}
+	p.podCIDRs <- cidrs
 }
 
 func (d *daemon) run(ctx context.Context) error {
@@ -122,9 +143,37 @@ func (d *daemon) run(ctx context.Context) error {
 	runner := proxier.NewRunner(d.runnerConfig(), clk, takeOver.Recheck(p.health.Track(syncer.Sync)), check, d.log.Named("runner"))
 	runner.WaitForSlicesWith(p.tracker.SliceWaitEnds)
 	d.log.Info("svcproxy running", zap.String("mode", d.cfg.Mode), zap.String("node", p.node.Name), zap.Stringers("families", p.families))
-	runner.Run(ctx, p.tracker.Changed())
+	runCtx, stopRun := context.WithCancelCause(ctx)
+	defer stopRun(nil)
+	if d.cfg.DetectLocalMode == localModeNodeCIDR {
+		go watchPodCIDRs(runCtx, p.node.PodCIDRs, p.podCIDRs, stopRun)
+	}
+	runner.Run(runCtx, p.tracker.Changed())
+	if err := context.Cause(runCtx); ctx.Err() == nil && err != nil {
+		return err
+	}
 	d.log.Info("svcproxy stopping; the rules stay in place")
 	return nil
+}
+
+// watchPodCIDRs stops the run, as kube-proxy exits, when the Node's
+// podCIDRs differ from those the rules were made with (detectLocalMode
+// NodeCIDR tells pods by them): the DaemonSet restarts svcproxy, which
+// makes the rules with the new ones, and the rules stay in place
+// meanwhile. A Node that had none at the start and gains some counts too.
+func watchPodCIDRs(ctx context.Context, started []netip.Prefix, changes <-chan []netip.Prefix, stop context.CancelCauseFunc) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case cidrs := <-changes:
+			if !slices.Equal(cidrs, started) {
+				stop(fmt.Errorf("the Node's podCIDRs changed from %v to %v: under detectLocalMode NodeCIDR the rules tell pods by them, "+
+					"so svcproxy exits to be restarted with the new ones, as kube-proxy does (the rules stay in place)", started, cidrs))
+				return
+			}
+		}
+	}
 }
 
 // newProxy makes the API client, the change tracker, the health judge and
@@ -135,7 +184,7 @@ func (d *daemon) newProxy() (*proxy, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &proxy{tracker: proxier.NewTracker(d.log.Named("tracker"), time.Now)}
+	p := &proxy{tracker: proxier.NewTracker(d.log.Named("tracker"), time.Now), podCIDRs: make(chan []netip.Prefix, 1)}
 	if p.nodeName, err = d.nodeName(); err != nil {
 		return nil, err
 	}
@@ -144,7 +193,7 @@ func (d *daemon) newProxy() (*proxy, error) {
 		Timeout: 2 * d.cfg.SyncPeriod, Pending: p.tracker.OldestPending, Clock: clock.RealClock{},
 	})
 	p.source, err = proxier.NewSource(proxier.SourceConfig{Client: client, NodeName: p.nodeName,
-		Resync: d.cfg.ConfigSyncPeriod, Tracker: p.tracker, OnNode: p.health.SetNode, Log: d.log.Named("source"),
+		Resync: d.cfg.ConfigSyncPeriod, Tracker: p.tracker, OnNode: p.nodeChanged, Log: d.log.Named("source"),
 		WaitForPodCIDRs: d.cfg.DetectLocalMode == localModeNodeCIDR})
 	if err != nil {
 		return nil, err

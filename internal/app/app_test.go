@@ -382,3 +382,53 @@ func zapSync(b *bytes.Buffer) zapWriter { return zapWriter{b} }
 type zapWriter struct{ *bytes.Buffer }
 
 func (zapWriter) Sync() error { return nil }
+
+// Under detectLocalMode NodeCIDR the rules tell pods by the Node's
+// podCIDRs: when they change, run ends with an error saying so (the
+// DaemonSet restarts svcproxy with the new ones, as kube-proxy exits), and
+// the rules stay in place. Other Node changes do not end it.
+func TestDaemonExitsWhenPodCIDRsChangeUnderNodeCIDR(t *testing.T) {
+	host := newFakeHost("nft/IPv4", "nft/IPv6")
+	node := dualStackNode()
+	node.Spec.PodCIDRs = []string{"10.244.0.0/24"}
+	client := fake.NewClientset(append(webObjects(), node)...)
+	td := newTestDaemon(t, client, host, "--detect-local-mode=NodeCIDR")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- td.d.run(ctx) }()
+	waitFor(t, "the service programmed, pods told by 10.244.0.0/24", func() bool {
+		nat := host.save("nft/IPv4", netfilter.TableNAT)
+		return strings.Contains(nat, "10.244.0.11:8080") && strings.Contains(nat, "10.244.0.0/24")
+	})
+
+	update := func(n *v1.Node) {
+		t.Helper()
+		if _, err := client.CoreV1().Nodes().Update(context.Background(), n, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	labelled := node.DeepCopy()
+	labelled.Labels = map[string]string{"topology.kubernetes.io/zone": "z1"}
+	update(labelled)
+	select {
+	case err := <-done:
+		t.Fatalf("run ended on a Node change that left the podCIDRs alone: %v", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+
+	moved := labelled.DeepCopy()
+	moved.Spec.PodCIDRs = []string{"10.244.7.0/24"}
+	update(moved)
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "podCIDRs changed from [10.244.0.0/24] to [10.244.7.0/24]") {
+			t.Fatalf("run ended with %v, want the podCIDRs change named", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("run goes on after the podCIDRs changed")
+	}
+	if nat := host.save("nft/IPv4", netfilter.TableNAT); !strings.Contains(nat, "10.244.0.11:8080") {
+		t.Errorf("the rules must stay in place:\n%s", nat)
+	}
+}
