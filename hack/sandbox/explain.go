@@ -63,6 +63,10 @@ kubectl delete service/by-hand endpointslice/by-hand-1   # a slice written by ha
 nsenter --net={{.OutsideNetns}} curl -s -m 2 http://{{.NodeIP}}:{{.NodePort}}/
 nsenter --net={{.NodeNetns}} iptables-save -t nat | grep -e '^:SVCPROXY' -e '^-A SVCPROXY-SERVICES'
 
+# what svcproxy believes and whether the kernel holds it, per service port; one service explained
+nsenter --net={{.NodeNetns}} {{.Svcproxy}} list -o wide
+nsenter --net={{.NodeNetns}} {{.Svcproxy}} explain default/hello
+
 svcproxy's log: {{.ProxyLog}}
 Ctrl-C here stops svcproxy and the control plane and removes the namespaces.
 `
@@ -100,5 +104,14 @@ func explain(w io.Writer, cp *controlplane.ControlPlane, sb *sandbox.Sandbox, pr
 		"NodeIP":       sb.Bed.Node().IPv4(),
 		"NodePort":     nodePort,
 		"ProxyLog":     proxy.Log,
+		"Svcproxy":     svcproxyPath(o.svcproxy),
 	})
+}
+
+// svcproxyPath is the binary's absolute path, for commands pasted elsewhere.
+func svcproxyPath(bin string) string {
+	if abs, err := filepath.Abs(bin); err == nil {
+		return abs
+	}
+	return bin
 }
