@@ -16,6 +16,7 @@ declare -A need=(
   [curl]=curl    # the requests make run suggests
   [ipvsadm]=ipvsadm # the IPVS kernel seam's tests read the table as an operator would
   [gcc]=gcc
+  [debootstrap]=debootstrap # hack/image-rootfs.sh: the container image's file system, without a container engine
 )
 
 missing=()
