@@ -316,6 +316,8 @@ func WriteConfig(kp kubeproxy.KubeProxyConfiguration, w io.Writer) error {
 }
 
 func (c *commandLine) usage(out io.Writer) {
-	fmt.Fprint(out, "Usage: svcproxy [flags]\n\nsvcproxy replaces kube-proxy: it takes kube-proxy's flags and config file.\n\nFlags:\n")
+	fmt.Fprint(out, "Usage: svcproxy [flags]\n       svcproxy list [-o wide|json]             (on a node: every service port, and whether the kernel holds it)\n"+
+		"       svcproxy explain NAMESPACE/NAME [-o json] (one service: its endpoints and kernel objects, explained)\n\n"+
+		"svcproxy replaces kube-proxy: it takes kube-proxy's flags and config file.\n\nFlags:\n")
 	fmt.Fprint(out, c.fs.FlagUsages())
 }
