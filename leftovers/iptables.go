@@ -14,7 +14,6 @@
 package leftovers
 
 import (
-	"bufio"
 	"bytes"
 	"slices"
 	"strings"
@@ -59,34 +58,13 @@ func IsKubeProxyChain(table netfilter.Table, chain string) bool {
 	})
 }
 
-// SavedTable is one table as iptables-save lists it.
-type SavedTable struct {
-	Table netfilter.Table
-	// Chains are the chains it declares, built-in ones included, in order.
-	Chains []string
-	// Rules maps a chain to its rules, each the text that follows
-	// "-A CHAIN " in iptables-save output.
-	Rules map[string][]string
-}
+// SavedTable is one table as iptables-save lists it: netfilter's parse,
+// which `svcproxy list` reads svcproxy's own chains with too.
+type SavedTable = netfilter.SavedTable
 
 // ParseSave reads the output of "iptables-save -t TABLE".
 func ParseSave(table netfilter.Table, save []byte) SavedTable {
-	t := SavedTable{Table: table, Rules: map[string][]string{}}
-	sc := bufio.NewScanner(bytes.NewReader(save))
-	sc.Buffer(nil, 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		switch {
-		case strings.HasPrefix(line, ":"):
-			if name, _, ok := strings.Cut(line[1:], " "); ok {
-				t.Chains = append(t.Chains, name)
-			}
-		case strings.HasPrefix(line, "-A "):
-			chain, rule, _ := strings.Cut(line[len("-A "):], " ")
-			t.Rules[chain] = append(t.Rules[chain], rule)
-		}
-	}
-	return t
+	return netfilter.ParseSave(table, save)
 }
 
 // builtin reports whether a chain is one of the kernel's: only those hold
@@ -120,7 +98,7 @@ func (p TablePlan) Empty() bool { return len(p.Remove) == 0 }
 // PlanTable works out what of a table is kube-proxy's and can go.
 func PlanTable(t SavedTable) TablePlan {
 	p := TablePlan{Table: t.Table, Unhook: map[string][]string{}}
-	kept := t.keptChains()
+	kept := keptChains(t)
 	for _, c := range t.Chains {
 		if !IsKubeProxyChain(t.Table, c) {
 			continue
@@ -150,7 +128,7 @@ func PlanTable(t SavedTable) TablePlan {
 
 // keptChains are kube-proxy's chains that a chain not kube-proxy's (and
 // not built in) jumps to, and those they in turn jump to.
-func (t SavedTable) keptChains() map[string]bool {
+func keptChains(t SavedTable) map[string]bool {
 	kept := map[string]bool{}
 	var keep func(chain string)
 	keep = func(chain string) {

@@ -68,26 +68,42 @@ func (a *Applier) Saved(ctx context.Context) (SavedRules, error) {
 
 // parse adds the svcproxy chains of one table's iptables-save output.
 func (s SavedRules) parse(table Table, out []byte) {
-	sc := bufio.NewScanner(bytes.NewReader(out))
+	saved := ParseSave(table, out)
+	for _, name := range saved.Chains {
+		if IsOwned(name) {
+			s[ChainKey{Table: table, Name: name}] = append([]string{}, saved.Rules[name]...)
+		}
+	}
+}
+
+// SavedTable is one table as iptables-save lists it.
+type SavedTable struct {
+	Table Table
+	// Chains are the chains it declares, built-in ones included, in order.
+	Chains []string
+	// Rules maps a chain to its rules, each the text that follows
+	// "-A CHAIN " in iptables-save output.
+	Rules map[string][]string
+}
+
+// ParseSave reads the output of "iptables-save -t TABLE".
+func ParseSave(table Table, save []byte) SavedTable {
+	t := SavedTable{Table: table, Rules: map[string][]string{}}
+	sc := bufio.NewScanner(bytes.NewReader(save))
 	sc.Buffer(nil, 1<<20)
 	for sc.Scan() {
 		line := sc.Text()
 		switch {
 		case strings.HasPrefix(line, ":"):
-			if name, _, ok := strings.Cut(line[1:], " "); ok && IsOwned(name) {
-				k := ChainKey{Table: table, Name: name}
-				if s[k] == nil {
-					s[k] = []string{}
-				}
+			if name, _, ok := strings.Cut(line[1:], " "); ok {
+				t.Chains = append(t.Chains, name)
 			}
 		case strings.HasPrefix(line, "-A "):
-			name, rule, _ := strings.Cut(line[3:], " ")
-			if IsOwned(name) {
-				k := ChainKey{Table: table, Name: name}
-				s[k] = append(s[k], rule)
-			}
+			chain, rule, _ := strings.Cut(line[len("-A "):], " ")
+			t.Rules[chain] = append(t.Rules[chain], rule)
 		}
 	}
+	return t
 }
 
 // Check tells, for each of the port's chains and shared rules, whether
