@@ -57,8 +57,9 @@ func (b *bed) restart() {
 		if b.nf[f] == nil {
 			b.nf[f] = netfilter.NewFakeKernel()
 		}
-		rules, err := netfilter.NewApplier(netfilter.ApplierConfig{Family: f, Flavor: netfilter.FlavorNFT,
-			Jumps: netfilter.JumpRules(), TopChains: ipvs.TopChains(), Run: b.nf[f], Rules: b.nf[f]})
+		cfg := ipvs.RulesConfig(f, netfilter.FlavorNFT)
+		cfg.Run, cfg.Rules = b.nf[f], b.nf[f]
+		rules, err := netfilter.NewApplier(cfg)
 		if err != nil {
 			b.t.Fatal(err)
 		}

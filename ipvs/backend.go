@@ -26,12 +26,20 @@ type Backend struct {
 // New returns the backend of one family, programming the host's IPVS,
 // links, sets and sysctls, and its iptables through the flavor's binaries.
 func New(cfg Config, family model.Family, flavor netfilter.Flavor) (*Backend, error) {
-	rules, err := netfilter.NewApplier(netfilter.ApplierConfig{Family: family, Flavor: flavor,
-		Jumps: netfilter.JumpRules(), TopChains: TopChains()})
+	rules, err := netfilter.NewApplier(RulesConfig(family, flavor))
 	if err != nil {
 		return nil, err
 	}
 	return NewBackend(cfg, family, rules, OpenKernel, clock.RealClock{}), nil
+}
+
+// RulesConfig is how the mode's iptables rules are applied and checked,
+// through the flavor's binaries unless the caller sets its own seams.
+// Its chains hold a few rules per service at most, and the integrity
+// check reads them whole.
+func RulesConfig(family model.Family, flavor netfilter.Flavor) netfilter.ApplierConfig {
+	return netfilter.ApplierConfig{Family: family, Flavor: flavor,
+		Jumps: netfilter.JumpRules(), TopChains: TopChains(), SmallTables: true}
 }
 
 // NewBackend returns a backend reaching the kernel through open (called

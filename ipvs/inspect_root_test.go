@@ -34,8 +34,7 @@ func TestKernelIPVSInspectAfterSync(t *testing.T) {
 			}
 			t.Run(string(flavor)+"/"+sc.name, func(t *testing.T) {
 				ns := netnstest.NewNS(t, "inspect")
-				rules, err := netfilter.NewApplier(netfilter.ApplierConfig{Family: sc.view.Family, Flavor: flavor,
-					Jumps: netfilter.JumpRules(), TopChains: ipvs.TopChains()})
+				rules, err := netfilter.NewApplier(ipvs.RulesConfig(sc.view.Family, flavor))
 				if err != nil {
 					t.Fatal(err)
 				}

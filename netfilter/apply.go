@@ -1,7 +1,6 @@
 package netfilter
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -37,6 +36,8 @@ type Applier struct {
 	rules  RuleEditor
 	jumps  []JumpRule
 	top    []ChainKey
+	// small: Intact reads whole tables (see ApplierConfig.SmallTables).
+	small bool
 }
 
 // ApplierConfig says what an Applier programs and through what.
@@ -47,6 +48,13 @@ type ApplierConfig struct {
 	// TopChains must always exist (TopChains). Intact checks both.
 	Jumps     []JumpRule
 	TopChains []ChainKey
+	// SmallTables says svcproxy's chains hold few rules, whatever the
+	// number of services (the IPVS mode, whose sets carry the services):
+	// Intact then reads each table with one iptables-save instead of
+	// running iptables once per jump rule and top chain, since starting a
+	// program is then what a check costs (10 of them took 1-1.5 s in the
+	// emulated VM, which spaced checks out to 30 s).
+	SmallTables bool
 	// Run and Rules are the kernel seams; nil means the flavor's real
 	// binaries (Rules through go-iptables).
 	Run   Runner
@@ -58,7 +66,7 @@ func NewApplier(c ApplierConfig) (*Applier, error) {
 	if _, err := ParseFlavor(string(c.Flavor)); err != nil {
 		return nil, err
 	}
-	a := &Applier{family: c.Family, flavor: c.Flavor, run: c.Run, rules: c.Rules, jumps: c.Jumps, top: c.TopChains}
+	a := &Applier{family: c.Family, flavor: c.Flavor, run: c.Run, rules: c.Rules, jumps: c.Jumps, top: c.TopChains, small: c.SmallTables}
 	if a.run == nil {
 		a.run = ExecRunner{}
 	}
@@ -107,17 +115,17 @@ func (a *Applier) Apply(ctx context.Context, plan *Plan) (Applied, error) {
 		done.Bytes, done.Ops = len(input), 1
 		return done, a.restore(ctx, input)
 	}
-	stale, err := a.ownedChains(ctx)
+	saved, err := a.saveTables(ctx)
 	done.Ops += 2
 	if err != nil {
 		return done, err
 	}
-	input := plan.Render(stale)
+	input := plan.Render(saved.owned())
 	done.Bytes, done.Ops = len(input), done.Ops+1
 	if err := a.restore(ctx, input); err != nil {
 		return done, err
 	}
-	ops, err := a.ensureJumps()
+	ops, err := a.ensureJumps(saved)
 	done.Ops += ops
 	return done, err
 }
@@ -190,48 +198,60 @@ func restoreError(binary string, input []byte, err error) error {
 	return e
 }
 
-// ownedChains lists svcproxy's chains in the kernel. Only a full sync
-// pays for the whole save.
-func (a *Applier) ownedChains(ctx context.Context) ([]ChainKey, error) {
+// hooks are both tables as the kernel holds them: their chains, and the
+// rules of the chains that are not svcproxy's, where the jump rules go.
+// Only a full sync, the IPVS mode's check and a cleanup pay for the whole
+// save.
+type hooks map[Table]SavedTable
+
+// saveTables reads both tables with one iptables-save each.
+func (a *Applier) saveTables(ctx context.Context) (hooks, error) {
+	saved := hooks{}
+	for _, table := range []Table{TableFilter, TableNAT} {
+		out, err := a.save(ctx, table)
+		if err != nil {
+			return nil, fmt.Errorf("reading the %s table: %w", table, err)
+		}
+		saved[table] = parseSave(table, out, func(chain []byte) bool { return !bytes.HasPrefix(chain, []byte(ChainPrefix)) })
+	}
+	return saved, nil
+}
+
+// owned are svcproxy's chains (whoever made them).
+func (h hooks) owned() []ChainKey {
 	var owned []ChainKey
 	for _, table := range []Table{TableFilter, TableNAT} {
-		name := a.flavor.Binary(a.family, "-save")
-		out, err := a.run.Run(ctx, name, []string{"-t", string(table)}, nil)
-		if err != nil {
-			return nil, fmt.Errorf("listing %s chains: %w", table, err)
-		}
-		for _, chain := range declaredChains(out) {
+		for _, chain := range h[table].Chains {
 			if IsOwned(chain) {
 				owned = append(owned, ChainKey{Table: table, Name: chain})
 			}
 		}
 	}
-	return owned, nil
+	return owned
 }
 
-// declaredChains returns the chains an iptables-save output declares
-// (its ":NAME POLICY [p:b]" lines).
-func declaredChains(save []byte) []string {
-	var chains []string
-	sc := bufio.NewScanner(bytes.NewReader(save))
-	sc.Buffer(nil, 1<<20)
-	for sc.Scan() {
-		if line := sc.Text(); strings.HasPrefix(line, ":") {
-			if name, _, ok := strings.Cut(line[1:], " "); ok {
-				chains = append(chains, name)
-			}
-		}
+// hasJump reports whether a jump rule is in place: found in the save by
+// its text, or else (should some iptables print it otherwise) by asking
+// iptables, so that a difference in spelling costs a call, never a
+// duplicate rule or a resync.
+func (a *Applier) hasJump(h hooks, j JumpRule) (ok bool, asked bool, err error) {
+	if slices.Contains(h[j.Table].Rules[j.Chain], j.Text()) {
+		return true, false, nil
 	}
-	return chains
+	ok, err = a.rules.Exists(string(j.Table), j.Chain, j.Rule...)
+	return ok, true, err
 }
 
-// ensureJumps inserts the missing jump rules at the top of their chains.
-// Going through the list backwards leaves a fresh chain with the rules in
-// list order.
-func (a *Applier) ensureJumps() (ops int, err error) {
+// ensureJumps inserts the missing jump rules at the top of their chains,
+// after the restore that made their targets; saved is from before it (a
+// restore leaves the built-in chains alone). Going through the list
+// backwards leaves a fresh chain with the rules in list order.
+func (a *Applier) ensureJumps(saved hooks) (ops int, err error) {
 	for _, j := range slices.Backward(a.jumps) {
-		ok, err := a.rules.Exists(string(j.Table), j.Chain, j.Rule...)
-		ops++
+		ok, asked, err := a.hasJump(saved, j)
+		if asked {
+			ops++
+		}
 		if err != nil {
 			return ops, fmt.Errorf("checking jump rule %s: %w", describe(j), err)
 		}
@@ -247,13 +267,21 @@ func (a *Applier) ensureJumps() (ops int, err error) {
 }
 
 // Intact reports whether svcproxy's programming is still hooked in: every
-// jump rule and top chain exists. It never saves a table: each jump rule is
-// checked with one "iptables -C", and only the top chains no jump rule
-// targets with one "iptables -S CHAIN 1" (a jump rule in place proves its
-// target exists). With nft each call reads one chain (about 10ms at 100k
-// rules); with legacy each call reads its whole table from the kernel
-// (about 200ms at 100k rules), which no iptables call can avoid.
+// jump rule and top chain exists.
 func (a *Applier) Intact(ctx context.Context) (bool, error) {
+	if a.small {
+		return a.intactBySave(ctx)
+	}
+	return a.intactByRule(ctx)
+}
+
+// intactByRule never saves a table: each jump rule is checked with one
+// "iptables -C", and only the top chains no jump rule targets with one
+// "iptables -S CHAIN 1" (a jump rule in place proves its target exists).
+// With nft each call reads one chain (about 10ms at 100k rules); with
+// legacy each call reads its whole table from the kernel (about 200ms at
+// 100k rules), which no iptables call can avoid.
+func (a *Applier) intactByRule(ctx context.Context) (bool, error) {
 	targets := map[ChainKey]bool{}
 	for _, j := range a.jumps {
 		ok, err := a.rules.Exists(string(j.Table), j.Chain, j.Rule...)
@@ -276,6 +304,31 @@ func (a *Applier) Intact(ctx context.Context) (bool, error) {
 	return true, nil
 }
 
+// intactBySave looks for the jump rules and top chains in one
+// iptables-save of each table.
+func (a *Applier) intactBySave(ctx context.Context) (bool, error) {
+	saved, err := a.saveTables(ctx)
+	if err != nil {
+		return false, err
+	}
+	for _, j := range a.jumps {
+		if ok, _, err := a.hasJump(saved, j); !ok || err != nil {
+			return false, err
+		}
+	}
+	for _, k := range a.top {
+		if !slices.Contains(saved[k.Table].Chains, k.Name) {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// save runs iptables-save for one table.
+func (a *Applier) save(ctx context.Context, table Table) ([]byte, error) {
+	return a.run.Run(ctx, a.flavor.Binary(a.family, "-save"), []string{"-t", string(table)}, nil)
+}
+
 // Cleanup removes the jump rules and every svcproxy chain of both tables,
 // whoever made them.
 func (a *Applier) Cleanup(ctx context.Context) error {
@@ -285,11 +338,11 @@ func (a *Applier) Cleanup(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("deleting jump rule %s: %w", describe(j), err))
 		}
 	}
-	owned, err := a.ownedChains(ctx)
+	saved, err := a.saveTables(ctx)
 	if err != nil {
 		return errors.Join(append(errs, err)...)
 	}
-	if len(owned) > 0 {
+	if owned := saved.owned(); len(owned) > 0 {
 		plan := &Plan{Family: a.family, Delete: owned}
 		errs = append(errs, a.restore(ctx, plan.Render(nil)))
 	}

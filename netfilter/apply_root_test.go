@@ -219,6 +219,48 @@ func TestKernelIntactNoticesDamageAndFullApplyRepairs(t *testing.T) {
 	})
 }
 
+// The IPVS mode's Intact finds the jump rules by their text in
+// iptables-save output: the text JumpRule gives must be the one both
+// flavors print, or every check would ask for a full sync.
+func TestKernelIntactBySaveFindsTheRealJumpRules(t *testing.T) {
+	for _, flavor := range Flavors() {
+		for _, family := range []model.Family{model.IPv4, model.IPv6} {
+			t.Run(string(flavor)+"/"+family.String(), func(t *testing.T) {
+				ns := netnstest.NewNS(t, "node")
+				k := newKernelApplier(t, ns, flavor, family, JumpRules(), TopChains())
+				plan := NewPlan(family, true)
+				for _, key := range TopChains() {
+					plan.Write[key] = nil
+				}
+				k.mustApply(plan)
+				bySave := *k
+				bySave.a = &Applier{}
+				*bySave.a = *k.a
+				bySave.a.small = true
+				if !k.intact() || !bySave.intact() {
+					t.Fatalf("right after a full apply: intact by rule %v, by save %v; rules:\n%s", k.intact(), bySave.intact(), k.save())
+				}
+				// A full apply finds them in its save too: two saves and a
+				// restore, no iptables call per jump rule.
+				var again Applied
+				if err := ns.Do(func() (err error) { again, err = k.a.Apply(context.Background(), plan); return err }); err != nil || again.Ops != 3 {
+					t.Errorf("a second full apply: %d programs run, %v; want 3", again.Ops, err)
+				}
+				k.iptables("-t", "filter", "-D", "FORWARD", "-m", "conntrack", "--ctstate", "NEW",
+					"-m", "comment", "--comment", "svcproxy service firewall", "-j", ChainFilter)
+				if k.intact() || bySave.intact() {
+					t.Errorf("a jump rule deleted: intact by rule %v, by save %v", k.intact(), bySave.intact())
+				}
+				k.mustApply(plan)
+				k.iptables("-t", "nat", "-X", ChainHairpin)
+				if k.intact() || bySave.intact() {
+					t.Errorf("a top chain deleted: intact by rule %v, by save %v", k.intact(), bySave.intact())
+				}
+			})
+		}
+	}
+}
+
 func TestKernelFullApplyRemovesStaleChains(t *testing.T) {
 	forEachFlavorAndFamily(t, func(t *testing.T, k *kernelApplier) {
 		k.mustApply(familyPlan(k.family, endpointIn(k.family, 11)))

@@ -3,6 +3,7 @@ package netfilter
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -224,8 +225,15 @@ func TestRestoreErrorFindsTheLineInEachMessageStyle(t *testing.T) {
 }
 
 func TestIntactNoticesFlushesAndMissingJumps(t *testing.T) {
+	for _, small := range []bool{false, true} {
+		t.Run(fmt.Sprintf("small tables %v", small), func(t *testing.T) { testIntactNotices(t, small) })
+	}
+}
+
+func testIntactNotices(t *testing.T, small bool) {
 	ctx := context.Background()
 	a, k := fakeApplier(t, model.IPv4, FlavorNFT)
+	a.small = small
 	intact := func() bool {
 		t.Helper()
 		ok, err := a.Intact(ctx)
@@ -242,10 +250,16 @@ func TestIntactNoticesFlushesAndMissingJumps(t *testing.T) {
 	if !intact() {
 		t.Fatal("not Intact right after a full apply")
 	}
+	saves := 0
 	for _, c := range k.Calls {
 		if strings.Contains(c, "-save") {
-			t.Errorf("Intact ran %s", c)
+			saves++
+		} else if small {
+			t.Errorf("Intact by save ran %s", c)
 		}
+	}
+	if want := map[bool]int{false: 0, true: 2}[small]; saves != want {
+		t.Errorf("Intact ran %d saves, want %d: %q", saves, want, k.Calls)
 	}
 
 	k.Flush(TableNAT)

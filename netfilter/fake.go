@@ -268,19 +268,6 @@ func (t fakeTable) referenced(chain string) bool {
 	return false
 }
 
-// saveText renders rule arguments the way iptables-save prints them:
-// arguments with spaces in double quotes.
-func saveText(rule []string) string {
-	parts := make([]string, len(rule))
-	for i, arg := range rule {
-		if strings.ContainsAny(arg, " \t") {
-			arg = `"` + arg + `"`
-		}
-		parts[i] = arg
-	}
-	return strings.Join(parts, " ")
-}
-
 func (k *FakeKernel) record(op, table, chain string, rule []string) {
 	k.Calls = append(k.Calls, strings.TrimSpace(fmt.Sprintf("-t %s %s %s %s", table, op, chain, saveText(rule))))
 }

@@ -1,7 +1,6 @@
 package netfilter
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"fmt"
@@ -57,7 +56,7 @@ type SavedRules map[ChainKey][]string
 func (a *Applier) Saved(ctx context.Context) (SavedRules, error) {
 	saved := SavedRules{}
 	for _, table := range []Table{TableFilter, TableNAT} {
-		out, err := a.run.Run(ctx, a.flavor.Binary(a.family, "-save"), []string{"-t", string(table)}, nil)
+		out, err := a.save(ctx, table)
 		if err != nil {
 			return nil, fmt.Errorf("reading the %s table: %w", table, err)
 		}
@@ -88,19 +87,24 @@ type SavedTable struct {
 
 // ParseSave reads the output of "iptables-save -t TABLE".
 func ParseSave(table Table, save []byte) SavedTable {
+	return parseSave(table, save, func([]byte) bool { return true })
+}
+
+// parseSave reads the chains of an iptables-save output, and the rules of
+// those keep wants: at 100k rules, keeping every rule would cost ~15 MB.
+func parseSave(table Table, save []byte, keep func(chain []byte) bool) SavedTable {
 	t := SavedTable{Table: table, Rules: map[string][]string{}}
-	sc := bufio.NewScanner(bytes.NewReader(save))
-	sc.Buffer(nil, 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
+	for line := range bytes.Lines(save) {
+		line = bytes.TrimSuffix(line, []byte("\n"))
 		switch {
-		case strings.HasPrefix(line, ":"):
-			if name, _, ok := strings.Cut(line[1:], " "); ok {
-				t.Chains = append(t.Chains, name)
+		case bytes.HasPrefix(line, []byte(":")):
+			if name, _, ok := bytes.Cut(line[1:], []byte(" ")); ok {
+				t.Chains = append(t.Chains, string(name))
 			}
-		case strings.HasPrefix(line, "-A "):
-			chain, rule, _ := strings.Cut(line[len("-A "):], " ")
-			t.Rules[chain] = append(t.Rules[chain], rule)
+		case bytes.HasPrefix(line, []byte("-A ")):
+			if chain, rule, _ := bytes.Cut(line[len("-A "):], []byte(" ")); keep(chain) {
+				t.Rules[string(chain)] = append(t.Rules[string(chain)], string(rule))
+			}
 		}
 	}
 	return t

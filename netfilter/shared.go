@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/svcproxy/svcproxy/model"
 )
@@ -255,6 +256,22 @@ type JumpRule struct {
 	Table Table
 	Chain string // the built-in chain
 	Rule  []string
+}
+
+// Text is the rule as iptables-save prints it.
+func (j JumpRule) Text() string { return saveText(j.Rule) }
+
+// saveText renders rule arguments the way iptables-save prints them:
+// arguments with spaces in double quotes.
+func saveText(rule []string) string {
+	parts := make([]string, len(rule))
+	for i, arg := range rule {
+		if strings.ContainsAny(arg, " \t") {
+			arg = `"` + arg + `"`
+		}
+		parts[i] = arg
+	}
+	return strings.Join(parts, " ")
 }
 
 // JumpRules are the fixed rules hooking svcproxy's chains into the built-in

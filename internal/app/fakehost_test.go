@@ -144,14 +144,14 @@ func (h *fakeHost) access() kernelAccess {
 	return kernelAccess{
 		run: h,
 		iptables: func(cfg netfilter.Config, family model.Family, flavor netfilter.Flavor) (*iptables.Backend, error) {
-			a, err := h.applier(family, flavor, iptables.TopChains())
+			a, err := h.applier(netfilter.ApplierConfig{Family: family, Flavor: flavor, Jumps: netfilter.JumpRules(), TopChains: iptables.TopChains()})
 			if err != nil {
 				return nil, err
 			}
 			return iptables.NewBackend(cfg, a), nil
 		},
 		ipvs: func(cfg ipvs.Config, family model.Family, flavor netfilter.Flavor) (*ipvs.Backend, error) {
-			a, err := h.applier(family, flavor, ipvs.TopChains())
+			a, err := h.applier(ipvs.RulesConfig(family, flavor))
 			if err != nil {
 				return nil, err
 			}
@@ -163,10 +163,9 @@ func (h *fakeHost) access() kernelAccess {
 	}
 }
 
-func (h *fakeHost) applier(family model.Family, flavor netfilter.Flavor, top []netfilter.ChainKey) (*netfilter.Applier, error) {
-	rules := lockedRules{h: h, k: h.kernels[kernelKey(flavor, family)]}
-	return netfilter.NewApplier(netfilter.ApplierConfig{Family: family, Flavor: flavor,
-		Jumps: netfilter.JumpRules(), TopChains: top, Run: h, Rules: rules})
+func (h *fakeHost) applier(cfg netfilter.ApplierConfig) (*netfilter.Applier, error) {
+	cfg.Run, cfg.Rules = h, lockedRules{h: h, k: h.kernels[kernelKey(cfg.Flavor, cfg.Family)]}
+	return netfilter.NewApplier(cfg)
 }
 
 // openIPVS opens the IPVS fake for one sync, holding it until Close.
