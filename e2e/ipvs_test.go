@@ -282,13 +282,11 @@ func TestIPVSDriftIsRepaired(t *testing.T) {
 					ipvs.Entry{Addr: mustAddr("10.96.0.74"), Protocol: model.TCP, Port: svcTCP})
 			}},
 		} {
-			// The integrity check reads the IPVS table and, under legacy,
-			// each of its iptables calls reads a whole table; the runner
-			// spaces checks out to ten times what one takes, which in the
-			// VM comes to tens of seconds (seen under legacy: repairs 5,
-			// 17, 28 and 45 s after the damage). The bound allows for
-			// that: issue 6's slow IPVS check, not a repair that fails.
-			expectRepaired(t, c, drift.what, tcp("10.96.0.74"), "pod-1", 12*time.Second, 12*time.Second,
+			// The integrity check reads the IPVS table and both iptables
+			// tables; the runner spaces checks out to ten times what one
+			// takes, about half a second in the VM, where repairs came
+			// 2-7.5 s after the damage.
+			expectRepaired(t, c, drift.what, tcp("10.96.0.74"), "pod-1", 5*time.Second, 5*time.Second,
 				func() { c.inKernel(drift.do) })
 		}
 	})
