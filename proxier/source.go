@@ -88,6 +88,9 @@ func (s *Source) factory(tweak func(*metav1.ListOptions)) informers.SharedInform
 }
 
 func (s *Source) watch(resource string, inf cache.SharedIndexInformer, h cache.ResourceEventHandler) error {
+	if err := inf.SetTransform(slim); err != nil {
+		return fmt.Errorf("watching %s: %w", resource, err)
+	}
 	if _, err := inf.AddEventHandler(h); err != nil {
 		return fmt.Errorf("watching %s: %w", resource, err)
 	}

@@ -86,7 +86,9 @@ func TestSourceFeedsTrackerFromInformers(t *testing.T) {
 	otherProxy.Labels = map[string]string{labelServiceProxyName: "someone-else"}
 	headlessSlice := webSlice("headless-1", "10.0.0.9")
 	headlessSlice.Labels[labelHeadless] = ""
-	client := fake.NewClientset(sourceTestNode(), webService(), webSlice("web-1", "10.0.0.1"), otherProxy, headlessSlice)
+	apiNode := sourceTestNode()
+	bookkeeping(&apiNode.ObjectMeta)
+	client := fake.NewClientset(apiNode, webService(), webSlice("web-1", "10.0.0.1"), otherProxy, headlessSlice)
 
 	tracker, src, nodes := startSource(t, client)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -117,6 +119,9 @@ func TestSourceFeedsTrackerFromInformers(t *testing.T) {
 	}
 	if n, _ := nodes.last(); n == nil || n.Name != "node-a" {
 		t.Errorf("OnNode was not told about node-a: %v", n)
+	}
+	if cached, err := src.nodes.Get("node-a"); err != nil || cached.ManagedFields != nil {
+		t.Errorf("the informer's cache holds the Node unslimmed: %v, %+v", err, cached)
 	}
 
 	// Changes through the API reach the tracker.
