@@ -100,10 +100,11 @@ func (r *proxyRun) measure(ctx context.Context) (res Result, err error) {
 	if err != nil {
 		return res, err
 	}
-	res.PeakRSSBytes = max(mem.stop(), vmHWM(p.PID()))
+	res.PeakOwnRSSBytes = vmHWM(p.PID())
+	res.PeakRSSBytes = max(mem.stop(), res.PeakOwnRSSBytes)
 	res.RulesLines, res.RulesTool, err = r.rulesSize()
-	fmt.Fprintf(r.cfg.Progress, "  peak RSS %.1f MB, CPU %.2f s, %d lines of %s\n",
-		float64(res.PeakRSSBytes)/1e6, res.CPUSeconds, res.RulesLines, res.RulesTool)
+	fmt.Fprintf(r.cfg.Progress, "  peak RSS %.1f MB (its own %.1f MB), CPU %.2f s, %d lines of %s\n",
+		float64(res.PeakRSSBytes)/1e6, float64(res.PeakOwnRSSBytes)/1e6, res.CPUSeconds, res.RulesLines, res.RulesTool)
 	return res, err
 }
 

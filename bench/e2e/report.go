@@ -42,6 +42,7 @@ var figures = slices.Concat(
 	latencyFigures("endpoint change, old gone", func(r Result) Stats { return r.EndpointOldGone }),
 	[]figure{
 		{"peak RSS (children included)", func(r Result) float64 { return float64(r.PeakRSSBytes) / 1e6 }, "MB"},
+		{"peak RSS of the proxy alone", func(r Result) float64 { return float64(r.PeakOwnRSSBytes) / 1e6 }, "MB"},
 		{"CPU (children included)", func(r Result) float64 { return r.CPUSeconds }, "s"},
 		{"rules programmed", func(r Result) float64 { return float64(r.RulesLines) }, "lines"},
 	},

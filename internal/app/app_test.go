@@ -171,6 +171,9 @@ func checkServers(t *testing.T, td *testDaemon) {
 	if err != nil || code != http.StatusOK || body != "ok" {
 		t.Errorf("metrics /healthz: %d %q %v", code, body, err)
 	}
+	if code, _, err := get("http://" + td.metricsAddr + "/debug/pprof/"); err != nil || code != http.StatusNotFound {
+		t.Errorf("/debug/pprof/ without --profiling: %d %v; want 404", code, err)
+	}
 	_, metrics, err := get("http://" + td.metricsAddr + "/metrics")
 	if err != nil {
 		t.Fatal(err)

@@ -68,6 +68,9 @@ type Config struct {
 	// HealthzBindAddress and MetricsBindAddress are host:port; "" turns
 	// the server off.
 	HealthzBindAddress, MetricsBindAddress string
+	// EnableProfiling serves net/http/pprof on the metrics server, as
+	// kube-proxy's enableProfiling does.
+	EnableProfiling bool
 
 	// IPVS is the IPVS mode's part.
 	IPVS IPVSConfig
@@ -259,6 +262,7 @@ func resolve(kp *kubeproxy.KubeProxyConfiguration) (Config, error) {
 		ConfigSyncPeriod:   kp.ConfigSyncPeriod.Duration,
 		HealthzBindAddress: kp.HealthzBindAddress,
 		MetricsBindAddress: kp.MetricsBindAddress,
+		EnableProfiling:    kp.EnableProfiling,
 		Verbosity:          int(kp.Logging.Verbosity),
 		LogFormat:          kp.Logging.Format,
 	}

@@ -101,6 +101,7 @@ func (c *commandLine) addKubeProxyFlags() {
 	fs.StringVar((*string)(&kp.Mode), "mode", "", "Same as --proxy-mode.")
 	fs.StringVar(&kp.HealthzBindAddress, "healthz-bind-address", kp.HealthzBindAddress, "The IP address and port for the health server (/healthz, /livez); empty to disable.")
 	fs.StringVar(&kp.MetricsBindAddress, "metrics-bind-address", kp.MetricsBindAddress, "The IP address and port for the metrics server (/metrics); empty to disable.")
+	fs.BoolVar(&kp.EnableProfiling, "profiling", false, "Serve Go's profiles on the metrics server at /debug/pprof/.")
 	fs.Int32Var(&c.healthzPort, "healthz-port", defaultHealthzPort, "Deprecated: 0 disables the health server; use --healthz-bind-address.")
 	fs.Int32Var(&c.metricsPort, "metrics-port", defaultMetricsPort, "Deprecated: 0 disables the metrics server; use --metrics-bind-address.")
 	fs.StringVar(&kp.ClusterCIDR, "cluster-cidr", "", "The CIDR range of the pods in the cluster, or a comma-separated dual-stack pair. With --detect-local-mode=ClusterCIDR, traffic to a ClusterIP from outside it is masqueraded.")
@@ -134,7 +135,7 @@ func (c *commandLine) addKubeProxyFlags() {
 	fs.Uint32VarP((*uint32)(&kp.Logging.Verbosity), "v", "v", 0, "Log verbosity: 0 info, 1 and above debug, higher for client-go's detail.")
 	fs.StringVar(&kp.Logging.Format, "logging-format", kp.Logging.Format, "Log format: text or json.")
 	c.config("kubeconfig", "kube-api-content-type", "kube-api-burst", "kube-api-qps", "proxy-mode", "mode",
-		"healthz-bind-address", "metrics-bind-address", "healthz-port", "metrics-port", "cluster-cidr",
+		"healthz-bind-address", "metrics-bind-address", "profiling", "healthz-port", "metrics-port", "cluster-cidr",
 		"detect-local-mode", "pod-bridge-interface", "pod-interface-name-prefix", "iptables-localhost-nodeports",
 		"masquerade-all", "iptables-masquerade-bit", "nodeport-addresses", "iptables-sync-period", "sync-period",
 		"iptables-min-sync-period", "min-sync-period", "ipvs-sync-period", "ipvs-min-sync-period", "ipvs-scheduler",
@@ -147,7 +148,7 @@ func (c *commandLine) addKubeProxyFlags() {
 // Kubernetes 1.35, the logging ones, and a few older ones still found in
 // manifests), so a kube-proxy DaemonSet's arguments work unchanged.
 func (c *commandLine) addIgnoredKubeProxyFlags() {
-	bools := []string{"bind-address-hard-fail", "profiling",
+	bools := []string{"bind-address-hard-fail",
 		"log-json-split-stream", "log-text-split-stream", "logtostderr", "alsologtostderr", "add-dir-header",
 		"skip-headers", "skip-log-headers", "one-output"}
 	values := []string{"feature-gates", "bind-address", "show-hidden-metrics-for-version", "oom-score-adj", "log-flush-frequency", "vmodule", "log-json-info-buffer-size", "log-text-info-buffer-size",

@@ -111,10 +111,10 @@ func TestParseKubeProxyFlags(t *testing.T) {
 
 func TestParseWarnsOnceForEachUnusedKubeProxyFlag(t *testing.T) {
 	// Arguments of a typical kube-proxy DaemonSet.
-	opts := parse(t, "--conntrack-max-per-core=0", "--profiling", "--feature-gates=A=true,B=false",
+	opts := parse(t, "--conntrack-max-per-core=0", "--bind-address-hard-fail", "--feature-gates=A=true,B=false",
 		"--oom-score-adj", "-999", "--v=2", "--proxy-port-range=30000-32767", "--cluster-cidr=10.244.0.0/16")
 	want := []string{
-		"flag --profiling is a kube-proxy flag svcproxy does not use; ignored",
+		"flag --bind-address-hard-fail is a kube-proxy flag svcproxy does not use; ignored",
 		"flag --feature-gates is a kube-proxy flag svcproxy does not use; ignored",
 		"flag --proxy-port-range is a kube-proxy flag svcproxy does not use; ignored",
 		"flag --oom-score-adj is a kube-proxy flag svcproxy does not use; ignored",

@@ -50,7 +50,7 @@ func runIPVSMode(t *testing.T, host *fakeHost) {
 func TestDaemonInIPVSModeProgramsVirtualServers(t *testing.T) {
 	host := newFakeHost("nft/IPv4", "nft/IPv6")
 	td := newTestDaemon(t, fake.NewClientset(append(webObjects(), dualStackNode())...), host,
-		"--proxy-mode=ipvs", "--cluster-cidr=10.244.0.0/16")
+		"--proxy-mode=ipvs", "--cluster-cidr=10.244.0.0/16", "--profiling")
 	stop := td.start(t)
 
 	waitFor(t, "the web virtual server with its endpoint", func() bool {
@@ -75,6 +75,9 @@ func TestDaemonInIPVSModeProgramsVirtualServers(t *testing.T) {
 	code, body, err := get("http://" + td.metricsAddr + "/proxyMode")
 	if err != nil || code != http.StatusOK || body != "ipvs" {
 		t.Errorf("/proxyMode: %d %q %v; want ipvs", code, body, err)
+	}
+	if code, body, err := get("http://" + td.metricsAddr + "/debug/pprof/heap?debug=1"); err != nil || code != http.StatusOK || !strings.Contains(body, "heap profile") {
+		t.Errorf("--profiling, /debug/pprof/heap: %d %v", code, err)
 	}
 	_, metrics, err := get("http://" + td.metricsAddr + "/metrics")
 	if err != nil || !strings.Contains(metrics, `kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family="IPv4"}`) {

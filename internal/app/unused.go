@@ -55,7 +55,6 @@ func unusedFields() []unusedField {
 		{"bindAddress", func(c *kp) string { return value(c.BindAddress, "", "0.0.0.0") }, "svcproxy takes the node's IPs from its Node object"},
 		{"bindAddressHardFail", func(c *kp) string { return value(c.BindAddressHardFail, false) },
 			"svcproxy always exits when it cannot bind its health or metrics address"},
-		{"enableProfiling", func(c *kp) string { return value(c.EnableProfiling, false) }, "svcproxy serves no /debug/pprof"},
 		{"showHiddenMetricsForVersion", func(c *kp) string { return value(c.ShowHiddenMetricsForVersion, "") }, "svcproxy has no hidden metrics"},
 		{"nftables.masqueradeBit", func(c *kp) string { return pointer(c.NFTables.MasqueradeBit, 14) }, nftablesMode},
 		{"nftables.masqueradeAll", func(c *kp) string { return value(c.NFTables.MasqueradeAll, false) }, nftablesMode},

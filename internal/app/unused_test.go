@@ -41,7 +41,6 @@ logging:
       infoBufferSize: 1Mi
 bindAddress: 192.168.50.1
 bindAddressHardFail: true
-enableProfiling: true
 showHiddenMetricsForVersion: "1.34"
 nftables:
   masqueradeBit: 15
@@ -54,7 +53,7 @@ portRange: 30000-32767
 		"featureGates: NFTablesProxyMode=true", "clientConnection.acceptContentTypes: application/json",
 		"logging.flushFrequency: 1s", "logging.vmodule: proxier=4", "logging.options.text.splitStream: true",
 		"logging.options.text.infoBufferSize: 1048576", "bindAddress: 192.168.50.1", "bindAddressHardFail: true",
-		"enableProfiling: true", "showHiddenMetricsForVersion: 1.34",
+		"showHiddenMetricsForVersion: 1.34",
 		"nftables.masqueradeBit: 15",
 		"winkernel.enableDSR: true",
 		"oomScoreAdj: -500", "portRange: 30000-32767",
