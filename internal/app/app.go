@@ -11,6 +11,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -132,7 +133,7 @@ func (d *daemon) run(ctx context.Context) error {
 	syncer.Observe(checks.Observe)
 	syncer.Observe(status.recorder.Observe)
 	takeOver := d.takeOver(p)
-	syncer.Observe(func(r *proxier.SyncReport) { takeOver.Observe(ctx, r) })
+	syncer.Observe(takeOver.Observe)
 
 	p.health.Start(p.families)
 	// The integrity check's turns read the packet counters too, so
@@ -145,7 +146,12 @@ func (d *daemon) run(ctx context.Context) error {
 	runner.WaitForSlicesWith(p.tracker.SliceWaitEnds)
 	d.log.Info("svcproxy running", zap.String("mode", d.cfg.Mode), zap.String("node", p.node.Name), zap.Stringers("families", p.families))
 	runCtx, stopRun := context.WithCancelCause(ctx)
-	defer stopRun(nil)
+	var background sync.WaitGroup
+	defer func() {
+		stopRun(nil)
+		background.Wait()
+	}()
+	background.Go(func() { takeOver.run(runCtx) })
 	if d.cfg.DetectLocalMode == localModeNodeCIDR {
 		go watchPodCIDRs(runCtx, p.node.PodCIDRs, p.podCIDRs, stopRun)
 	}

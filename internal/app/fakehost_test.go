@@ -37,6 +37,9 @@ type fakeHost struct {
 	// kube-proxy"); without nft, nft is not installed.
 	nftTables []string
 	nft       bool
+	// beforeRun, if set, is called with each program Run is asked to
+	// run, before it takes the lock: a test can hold one there.
+	beforeRun func(name string, args []string)
 }
 
 func kernelKey(flavor netfilter.Flavor, family model.Family) string {
@@ -54,6 +57,9 @@ func newFakeHost(keys ...string) *fakeHost {
 // Run implements netfilter.Runner, routing by binary name
 // ("ip6tables-legacy-save" goes to legacy/IPv6).
 func (h *fakeHost) Run(ctx context.Context, name string, args []string, stdin []byte) ([]byte, error) {
+	if h.beforeRun != nil {
+		h.beforeRun(name, args)
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if name == "nft" {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -34,13 +35,23 @@ import (
 // (Recheck asks for one every retryAfter); one that failed, no sooner than
 // retryAfter later, and one that keeps failing is given
 // up after maxAttempts with a warning: the leftovers then stay, as they
-// would without svcproxy. It runs on the runner's goroutine, between
-// syncs: listing the tables costs about what a full sync's look at its own
-// chains does, once per start.
+// would without svcproxy.
+//
+// It runs on a goroutine of its own (run), handed the start of each sync
+// that succeeded in every family: it lists every table of both flavors
+// and families, svcproxy's own included, which at 10,000 services takes
+// seconds that a change made meanwhile must not wait for.
 type takeOver struct {
 	d *daemon
 	p *proxy
-	// rulesDone, nftDone, ipvsDone, setsDone: the steps that are finished.
+	// synced holds the start of the latest successful sync not yet
+	// looked at.
+	synced chan time.Time
+	// finished is set once every step is done; Recheck reads it.
+	finished atomic.Bool
+
+	// The rest is the goroutine's own. rulesDone, nftDone, ipvsDone,
+	// setsDone: the steps that are finished.
 	rulesDone, nftDone, ipvsDone, setsDone bool
 	attempts                               int
 	// drainUntil bounds the wait for IPVS connections; next is the
@@ -61,7 +72,7 @@ func (d *daemon) takeOver(p *proxy) *takeOver {
 	if d.takeOverRetry > 0 {
 		retry = d.takeOverRetry
 	}
-	return &takeOver{d: d, p: p, ipvsDone: d.cfg.Mode == modeIPVS, retry: retry}
+	return &takeOver{d: d, p: p, synced: make(chan time.Time, 1), ipvsDone: d.cfg.Mode == modeIPVS, retry: retry}
 }
 
 // Recheck wraps a sync so that, while the take-over has work left
@@ -72,7 +83,7 @@ func (d *daemon) takeOver(p *proxy) *takeOver {
 func (t *takeOver) Recheck(sync proxier.SyncFunc) proxier.SyncFunc {
 	return func(ctx context.Context, full bool) (time.Duration, error) {
 		recheck, err := sync(ctx, full)
-		if !t.done() && (recheck <= 0 || recheck > t.retry) {
+		if !t.finished.Load() && (recheck <= 0 || recheck > t.retry) {
 			recheck = t.retry
 		}
 		return recheck, err
@@ -82,13 +93,41 @@ func (t *takeOver) Recheck(sync proxier.SyncFunc) proxier.SyncFunc {
 // done reports whether nothing is left to do.
 func (t *takeOver) done() bool { return t.rulesDone && t.nftDone && t.ipvsDone && t.setsDone }
 
-// Observe implements the sync observer.
-func (t *takeOver) Observe(ctx context.Context, r *proxier.SyncReport) {
-	if t.done() || r.Err() != nil || len(r.Families) < len(t.p.families) || r.Start.Before(t.next) {
+// Observe implements the sync observer: it hands a sync that succeeded
+// in every family to run, replacing one run has not taken yet. It never
+// blocks: the runner's goroutine is the only sender.
+func (t *takeOver) Observe(r *proxier.SyncReport) {
+	if t.finished.Load() || r.Err() != nil || len(r.Families) < len(t.p.families) {
+		return
+	}
+	select {
+	case <-t.synced:
+	default:
+	}
+	t.synced <- r.Start
+}
+
+// run does the steps after each sync Observe hands over, until they are
+// all done or ctx ends.
+func (t *takeOver) run(ctx context.Context) {
+	for !t.finished.Load() {
+		select {
+		case <-ctx.Done():
+			return
+		case start := <-t.synced:
+			t.step(ctx, start)
+			t.finished.Store(t.done())
+		}
+	}
+}
+
+// step does what is left, after a sync that started at start.
+func (t *takeOver) step(ctx context.Context, start time.Time) {
+	if start.Before(t.next) {
 		return
 	}
 	if t.drainUntil.IsZero() {
-		t.drainUntil = r.Start.Add(t.d.cfg.IPVS.DrainTimeout)
+		t.drainUntil = start.Add(t.d.cfg.IPVS.DrainTimeout)
 	}
 	failed := false
 	if !t.rulesDone {
@@ -101,7 +140,7 @@ func (t *takeOver) Observe(ctx context.Context, r *proxier.SyncReport) {
 	}
 	if t.rulesDone && !t.ipvsDone {
 		var err error
-		t.ipvsDone, err = t.retireIPVSState(ctx, r.Start)
+		t.ipvsDone, err = t.retireIPVSState(ctx, start)
 		failed = failed || err != nil
 	}
 	if t.rulesDone && t.ipvsDone && !t.setsDone {
@@ -111,7 +150,7 @@ func (t *takeOver) Observe(ctx context.Context, r *proxier.SyncReport) {
 	if !failed {
 		return
 	}
-	t.next = r.Start.Add(t.retry)
+	t.next = start.Add(t.retry)
 	if t.attempts++; t.attempts >= maxAttempts {
 		t.d.log.Warn("giving up on removing what another proxy left on this node; it stays", zap.Int("attempts", t.attempts))
 		t.rulesDone, t.nftDone, t.ipvsDone, t.setsDone = true, true, true, true

@@ -1,18 +1,23 @@
 package app
 
 import (
+	"context"
 	"net/netip"
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/svcproxy/svcproxy/ipvs"
 	"github.com/svcproxy/svcproxy/leftovers"
 	"github.com/svcproxy/svcproxy/model"
 	"github.com/svcproxy/svcproxy/netfilter"
+	pt "github.com/svcproxy/svcproxy/proxier/proxiertest"
 )
 
 // kubeProxyRules loads what kube-proxy of a mode ("iptables", "ipvs")
@@ -78,6 +83,46 @@ func TestIPTablesModeTakesOverFromKubeProxy(t *testing.T) {
 	if own < 0 || saves < own {
 		t.Errorf("kube-proxy's chains were looked at before svcproxy's rules went in:\n%s", strings.Join(calls, "\n"))
 	}
+}
+
+// The take-over lists every table of both flavors, which at 10,000
+// services takes seconds: a change made meanwhile is synced without
+// waiting for it.
+func TestTakeOverDoesNotHoldUpSyncs(t *testing.T) {
+	host := newFakeHost("nft/IPv4", "nft/IPv6")
+	kubeProxyRules(t, host, "nft/IPv4", "iptables")
+	held, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	host.beforeRun = func(name string, args []string) {
+		// Only the take-over lists the mangle table.
+		if name == "iptables-nft-save" && slices.Equal(args, []string{"-t", "mangle"}) {
+			once.Do(func() { close(held) })
+			<-release
+		}
+	}
+	client := fake.NewClientset(append(webObjects(), dualStackNode())...)
+	td := newTestDaemon(t, client, host)
+	td.start(t)
+	releaseTakeOver := sync.OnceFunc(func() { close(release) })
+	t.Cleanup(releaseTakeOver) // before the daemon's stop, which waits for it
+	select {
+	case <-held:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the take-over never listed the mangle table")
+	}
+
+	moved := pt.Slice("ns", "web-1", "web", pt.SlicePort("http", "TCP", 8080), pt.Endpoints(pt.Ready("10.244.0.12", "node-a")))
+	if _, err := client.DiscoveryV1().EndpointSlices("ns").Update(context.Background(), moved, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the moved endpoint in nat while the take-over is held", func() bool {
+		return strings.Contains(host.save("nft/IPv4", netfilter.TableNAT), "10.244.0.12:8080")
+	})
+	if left := kubeProxyChainsLeft(host, "nft/IPv4"); len(left) == 0 {
+		t.Error("kube-proxy's chains went while the take-over was held")
+	}
+	releaseTakeOver()
+	waitFor(t, "kube-proxy's chains gone", func() bool { return len(kubeProxyChainsLeft(host, "nft/IPv4")) == 0 })
 }
 
 // kubeProxyIPVSState is what kube-proxy's ipvs mode leaves in IPVS: the
