@@ -6,49 +6,52 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-// slim is the informers' transform: it drops, before an object is stored
-// in the informer's cache and handed to the tracker, the fields svcproxy
-// never reads. The cache holds every Service and EndpointSlice of the
-// cluster for as long as svcproxy runs, and the largest parts of those
-// objects are bookkeeping: managedFields (a few KB per slice of ten
-// endpoints), kubectl's last-applied-configuration annotation (a second
-// copy of the whole object), each endpoint's targetRef and deprecated
-// topology. What stays is what ParseService, ParseEndpointSlice and the
-// health server read (TestSlimKeepsWhatSvcproxyReads).
-//
-// The informer calls it once per object, on a copy freshly decoded from
-// the API server, so it may change the object in place.
-func slim(obj any) (any, error) {
+// The informers' caches hold every Service and EndpointSlice of the
+// cluster for as long as svcproxy runs, and the tracker holds them again,
+// parsed. Rather than both, the informers store what the tracker reads:
+// their transform (toStored) parses each object as it arrives, the cache
+// keeps the parsed value under the object's name, and the tracker is
+// handed that same value. At 10,000 services of 10 endpoints the API
+// objects took about 45 MB of heap beside 15 MB of parsed values.
+
+// storedService is what the Services informer stores: the parsed Service,
+// or why it cannot be programmed.
+type storedService struct {
+	metav1.ObjectMeta // its name and namespace, the cache's key
+	parsed            *Service
+	err               error
+}
+
+// storedSlice is what the EndpointSlices informer stores.
+type storedSlice struct {
+	metav1.ObjectMeta
+	parsed  *EndpointSlice
+	dropped []string
+	err     error
+}
+
+// toStored is the informers' transform. The informer calls it on each
+// object decoded from the API server, and may call it again on what it
+// returned (a tombstone's object, after a relist): anything but an API
+// object passes unchanged.
+func toStored(obj any) (any, error) {
 	switch o := obj.(type) {
 	case *v1.Service:
-		slimMeta(&o.ObjectMeta)
-		o.Annotations = nil
-		o.Status.Conditions = nil
+		parsed, err := ParseService(o)
+		return &storedService{ObjectMeta: keyOnly(o.ObjectMeta), parsed: parsed, err: err}, nil
 	case *discoveryv1.EndpointSlice:
-		slimMeta(&o.ObjectMeta)
-		o.Annotations = keepAnnotation(o.Annotations, v1.EndpointsLastChangeTriggerTime)
-		for i := range o.Endpoints {
-			ep := &o.Endpoints[i]
-			ep.TargetRef, ep.DeprecatedTopology, ep.Hostname = nil, nil, nil
-		}
+		parsed, dropped, err := ParseEndpointSlice(o)
+		return &storedSlice{ObjectMeta: keyOnly(o.ObjectMeta), parsed: parsed, dropped: dropped, err: err}, nil
 	case *v1.Node:
-		slimMeta(&o.ObjectMeta)
+		// The one Node is kept whole (the health server reads its
+		// taints and deletion), less its bookkeeping.
+		o.ManagedFields, o.OwnerReferences = nil, nil
 		o.Status.Images = nil // often the largest part of a Node
 	}
 	return obj, nil
 }
 
-// slimMeta drops the metadata no kind's reader uses.
-func slimMeta(m *metav1.ObjectMeta) {
-	m.ManagedFields = nil
-	m.OwnerReferences = nil
-}
-
-// keepAnnotation returns annotations with only key, or nil.
-func keepAnnotation(annotations map[string]string, key string) map[string]string {
-	v, ok := annotations[key]
-	if !ok {
-		return nil
-	}
-	return map[string]string{key: v}
+// keyOnly is the metadata the cache needs: what its key is made of.
+func keyOnly(m metav1.ObjectMeta) metav1.ObjectMeta {
+	return metav1.ObjectMeta{Namespace: m.Namespace, Name: m.Name}
 }

@@ -72,9 +72,12 @@ func NewSource(cfg SourceConfig) (*Source, error) {
 	})
 	t := cfg.Tracker
 	err := errors.Join(
-		s.watch("services", services.Core().V1().Services().Informer(), handlers(t.UpsertService, t.DeleteService)),
-		s.watch("endpointslices", slices.Discovery().V1().EndpointSlices().Informer(),
-			handlers(t.UpsertEndpointSlice, t.DeleteEndpointSlice)),
+		s.watch("services", services.Core().V1().Services().Informer(), handlers(func(o *storedService) {
+			t.upsertService(ServiceName{Namespace: o.Namespace, Name: o.Name}, o.parsed, o.err)
+		}, t.DeleteService)),
+		s.watch("endpointslices", slices.Discovery().V1().EndpointSlices().Informer(), handlers(func(o *storedSlice) {
+			t.upsertSlice(sliceKey{o.Namespace, o.Name}, o.parsed, o.dropped, o.err)
+		}, t.DeleteEndpointSlice)),
 		s.watch("node", nodes.Core().V1().Nodes().Informer(), handlers(s.nodeChanged, s.nodeDeleted)),
 	)
 	s.nodes = nodes.Core().V1().Nodes().Lister()
@@ -88,7 +91,7 @@ func (s *Source) factory(tweak func(*metav1.ListOptions)) informers.SharedInform
 }
 
 func (s *Source) watch(resource string, inf cache.SharedIndexInformer, h cache.ResourceEventHandler) error {
-	if err := inf.SetTransform(slim); err != nil {
+	if err := inf.SetTransform(toStored); err != nil {
 		return fmt.Errorf("watching %s: %w", resource, err)
 	}
 	if _, err := inf.AddEventHandler(h); err != nil {

@@ -123,6 +123,11 @@ func TestSourceFeedsTrackerFromInformers(t *testing.T) {
 	if cached, err := src.nodes.Get("node-a"); err != nil || cached.ManagedFields != nil {
 		t.Errorf("the informer's cache holds the Node unslimmed: %v, %+v", err, cached)
 	}
+	for _, obj := range src.factories[0].Core().V1().Services().Informer().GetStore().List() {
+		if _, ok := obj.(*storedService); !ok {
+			t.Errorf("the Services informer's cache holds a %T", obj)
+		}
+	}
 
 	// Changes through the API reach the tracker.
 	if _, err := client.DiscoveryV1().EndpointSlices("ns").Update(ctx, webSlice("web-1", "10.0.0.2"), metav1.UpdateOptions{}); err != nil {

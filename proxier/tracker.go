@@ -140,9 +140,13 @@ func (t *Tracker) Changed() <-chan struct{} { return t.changed }
 // the service invalid or ignored removes the version stored before: stale
 // rules for a service that now means something else are worse than none.
 func (t *Tracker) UpsertService(svc *v1.Service) {
-	t.countServiceEvent()
-	name := ServiceName{Namespace: svc.Namespace, Name: svc.Name}
 	parsed, err := ParseService(svc)
+	t.upsertService(ServiceName{Namespace: svc.Namespace, Name: svc.Name}, parsed, err)
+}
+
+// upsertService records a Service ParseService read.
+func (t *Tracker) upsertService(name ServiceName, parsed *Service, err error) {
+	t.countServiceEvent()
 	if err != nil {
 		t.logRejected(err)
 		if t.removeService(name) {
@@ -182,31 +186,35 @@ func (t *Tracker) removeService(name ServiceName) bool {
 // have moved from one service to another.
 func (t *Tracker) UpsertEndpointSlice(es *discoveryv1.EndpointSlice) {
 	parsed, dropped, err := ParseEndpointSlice(es)
+	t.upsertSlice(sliceKey{es.Namespace, es.Name}, parsed, dropped, err)
+}
+
+// upsertSlice records an EndpointSlice ParseEndpointSlice read.
+func (t *Tracker) upsertSlice(key sliceKey, parsed *EndpointSlice, dropped []string, err error) {
 	if len(dropped) > 0 {
-		t.log.Warn("endpoint slice entries dropped", zap.String("namespace", es.Namespace),
-			zap.String("name", es.Name), zap.Strings("dropped", dropped))
+		t.log.Warn("endpoint slice entries dropped", zap.String("namespace", key.namespace),
+			zap.String("name", key.name), zap.Strings("dropped", dropped))
 	}
 	if err != nil {
 		t.logRejected(err)
 		t.mu.Lock()
 		defer t.mu.Unlock()
-		t.removeSlice(sliceKey{es.Namespace, es.Name})
+		t.removeSlice(key)
 		return
 	}
-	key := sliceKey{es.Namespace, es.Name}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.countSliceEvent(parsed.Family)
 	owner, known := t.sliceOwner[key]
 	if known && owner == parsed.Service {
-		if old := findSlice(t.slices[owner], es.Name); old != nil && old.Equal(parsed) {
+		if old := findSlice(t.slices[owner], key.name); old != nil && old.Equal(parsed) {
 			return
 		}
 	}
 	t.writable()
 	t.pending.sliceChanges++
 	if known && owner != parsed.Service {
-		t.unfileSlice(owner, es.Name)
+		t.unfileSlice(owner, key.name)
 		t.touch(owner, endpointsChange)
 	}
 	t.sliceOwner[key] = parsed.Service
