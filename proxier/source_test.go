@@ -3,6 +3,7 @@ package proxier
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -218,5 +220,59 @@ func TestNodeInfoFromNodeSkipsBadValues(t *testing.T) {
 		PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.3.0/24")}}
 	if !nodeEqual(got, want) {
 		t.Errorf("got %+v, want %+v", got, want)
+	}
+}
+
+// slowCore is a zap core whose every write takes a while, as a busy
+// terminal's would: it makes the tracker's handlers slow.
+type slowCore struct{ zapcore.Core }
+
+func (c slowCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
+	return ce.AddCore(e, c)
+}
+func (c slowCore) Write(zapcore.Entry, []zapcore.Field) error {
+	time.Sleep(200 * time.Microsecond)
+	return nil
+}
+func (c slowCore) With([]zapcore.Field) zapcore.Core { return c }
+func (c slowCore) Enabled(zapcore.Level) bool        { return true }
+
+// WaitForSync returns once the tracker holds every object listed, not
+// just the informers' caches: the first sync must see the whole cluster.
+// Each slice here draws a warning (an endpoint with a bad address), which
+// a slow log makes the tracker's handler lag behind the informer.
+func TestSourceWaitForSyncMeansTheTrackerHasEverything(t *testing.T) {
+	const n = 1000
+	objs := []runtime.Object{sourceTestNode()}
+	for i := range n {
+		name := fmt.Sprintf("svc-%d", i)
+		objs = append(objs, pt.Service("ns", name, []string{fmt.Sprintf("10.96.%d.%d", i/250, i%250+1)}, pt.Port("http", "TCP", 80)),
+			pt.Slice("ns", name+"-1", name, pt.SlicePort("http", "TCP", 8080),
+				pt.Endpoints(pt.Ready("10.244.0.1", "node-a"), pt.Ready("10.244.0.300", "node-a"))))
+	}
+	tracker := NewTracker(zap.New(slowCore{zapcore.NewNopCore()}), time.Now)
+	src, err := NewSource(SourceConfig{Client: fake.NewClientset(objs...), NodeName: "node-a", Tracker: tracker, Log: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	src.Start(ctx)
+	if err := src.WaitForSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	snap := tracker.Snapshot()
+	services, slices := 0, 0
+	for i := range n {
+		name := ServiceName{"ns", fmt.Sprintf("svc-%d", i)}
+		if _, ok := snap.Service(name); ok {
+			services++
+		}
+		if len(sliceAddrs(snap, name)) > 0 {
+			slices++
+		}
+	}
+	if services != n || slices != n {
+		t.Errorf("after WaitForSync the tracker holds %d services and %d slices of %d", services, slices, n)
 	}
 }
