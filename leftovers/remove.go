@@ -43,7 +43,9 @@ func (r Remover) RemoveIPTables(ctx context.Context, family model.Family, flavor
 			errs = append(errs, fmt.Errorf("%w: the %s table: %w", ErrUnlisted, table, err))
 			continue
 		}
-		plan := PlanTable(ParseSave(table, save))
+		// svcproxy's own chains jump to none of kube-proxy's: their
+		// rules, most of the table at 10,000 services, are not read.
+		plan := PlanTable(netfilter.ParseForeignSave(table, save))
 		for _, c := range plan.Kept {
 			done.Kept = append(done.Kept, netfilter.ChainKey{Table: table, Name: c})
 		}

@@ -1,7 +1,6 @@
 package netfilter
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -212,7 +211,7 @@ func (a *Applier) saveTables(ctx context.Context) (hooks, error) {
 		if err != nil {
 			return nil, fmt.Errorf("reading the %s table: %w", table, err)
 		}
-		saved[table] = parseSave(table, out, func(chain []byte) bool { return !bytes.HasPrefix(chain, []byte(ChainPrefix)) })
+		saved[table] = ParseForeignSave(table, out)
 	}
 	return saved, nil
 }

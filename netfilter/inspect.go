@@ -67,7 +67,7 @@ func (a *Applier) Saved(ctx context.Context) (SavedRules, error) {
 
 // parse adds the svcproxy chains of one table's iptables-save output.
 func (s SavedRules) parse(table Table, out []byte) {
-	saved := ParseSave(table, out)
+	saved := parseSave(table, out, ownedChain)
 	for _, name := range saved.Chains {
 		if IsOwned(name) {
 			s[ChainKey{Table: table, Name: name}] = append([]string{}, saved.Rules[name]...)
@@ -89,6 +89,16 @@ type SavedTable struct {
 func ParseSave(table Table, save []byte) SavedTable {
 	return parseSave(table, save, func([]byte) bool { return true })
 }
+
+// ParseForeignSave is ParseSave without the rules of svcproxy's own
+// chains (their names stay): all a look at other programs' rules needs,
+// at a fraction of the memory and time when svcproxy's chains hold 100k
+// rules.
+func ParseForeignSave(table Table, save []byte) SavedTable {
+	return parseSave(table, save, func(chain []byte) bool { return !ownedChain(chain) })
+}
+
+func ownedChain(chain []byte) bool { return bytes.HasPrefix(chain, []byte(ChainPrefix)) }
 
 // parseSave reads the chains of an iptables-save output, and the rules of
 // those keep wants: at 100k rules, keeping every rule would cost ~15 MB.
