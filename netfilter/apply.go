@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"regexp"
 	"slices"
 	"strconv"
@@ -107,21 +108,22 @@ func (a *Applier) Apply(ctx context.Context, plan *Plan) (Applied, error) {
 		return done, fmt.Errorf("applying an %s plan with the %s applier", plan.Family, a.family)
 	}
 	if !plan.Full {
-		input := plan.Render(nil)
-		if len(input) == 0 {
+		if plan.Empty() {
 			return done, nil
 		}
-		done.Bytes, done.Ops = len(input), 1
-		return done, a.restore(ctx, input)
+		var err error
+		done.Bytes, err = a.restorePlan(ctx, plan, nil)
+		done.Ops = 1
+		return done, err
 	}
 	saved, err := a.saveTables(ctx)
 	done.Ops += 2
 	if err != nil {
 		return done, err
 	}
-	input := plan.Render(saved.owned())
-	done.Bytes, done.Ops = len(input), done.Ops+1
-	if err := a.restore(ctx, input); err != nil {
+	done.Bytes, err = a.restorePlan(ctx, plan, saved.owned())
+	done.Ops++
+	if err != nil {
 		return done, err
 	}
 	ops, err := a.ensureJumps(saved)
@@ -129,19 +131,50 @@ func (a *Applier) Apply(ctx context.Context, plan *Plan) (Applied, error) {
 	return done, err
 }
 
+// restorePlan feeds a plan's input (Render) to iptables-restore and
+// returns its length: fed as it is rendered where the runner can, so that
+// a full sync never holds its megabytes whole, and rendered again to name
+// the line iptables blames if it fails.
+func (a *Applier) restorePlan(ctx context.Context, plan *Plan, stale []ChainKey) (int, error) {
+	fr, ok := a.run.(FeedingRunner)
+	if !ok {
+		input := plan.Render(stale)
+		return len(input), a.restore(ctx, input)
+	}
+	name := a.flavor.Binary(a.family, "-restore")
+	ctx, cancel := restoreContext(ctx)
+	defer cancel()
+	var size int
+	_, err := fr.RunFed(ctx, name, restoreArgs, func(w io.Writer) (err error) {
+		size, err = plan.WriteTo(w, stale)
+		return err
+	})
+	if err != nil {
+		return size, restoreError(name, plan.Render(stale), err)
+	}
+	return size, nil
+}
+
 // restore feeds input to iptables-restore without flushing what it does
 // not name.
 func (a *Applier) restore(ctx context.Context, input []byte) error {
 	name := a.flavor.Binary(a.family, "-restore")
-	// A restore commits table by table: killed half-way by a shutdown, it
-	// could leave filter updated and nat not. It is let finish, bounded.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), restoreTimeout)
+	ctx, cancel := restoreContext(ctx)
 	defer cancel()
-	_, err := a.run.Run(ctx, name, []string{"--noflush", "--wait"}, input)
+	_, err := a.run.Run(ctx, name, restoreArgs, input)
 	if err != nil {
 		return restoreError(name, input, err)
 	}
 	return nil
+}
+
+var restoreArgs = []string{"--noflush", "--wait"}
+
+// restoreContext bounds a restore but lets it outlive ctx: a restore
+// commits table by table, and killed half-way by a shutdown it could
+// leave filter updated and nat not.
+func restoreContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), restoreTimeout)
 }
 
 // restoreTimeout bounds one iptables-restore; a full sync of 10k services

@@ -1,9 +1,11 @@
 package netfilter
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"slices"
 	"strings"
@@ -133,6 +135,15 @@ func (k *FakeKernel) Run(_ context.Context, name string, args []string, stdin []
 		return k.listCounted(Table(args[3]), args[5], fail)
 	}
 	return nil, fail("fake kernel: cannot run %s %v", name, args)
+}
+
+// RunFed implements FeedingRunner: the input is taken whole, then run.
+func (k *FakeKernel) RunFed(ctx context.Context, name string, args []string, feed func(io.Writer) error) ([]byte, error) {
+	var in bytes.Buffer
+	if err := feed(&in); err != nil {
+		return nil, err
+	}
+	return k.Run(ctx, name, args, in.Bytes())
 }
 
 // CountPackets adds n to the packet counter of every rule of a chain

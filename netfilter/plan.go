@@ -9,9 +9,11 @@
 package netfilter
 
 import (
+	"bufio"
 	"bytes"
 	"cmp"
 	"errors"
+	"io"
 	"slices"
 	"strings"
 
@@ -100,6 +102,42 @@ func (p *Plan) Result(done Applied, err error) model.SyncResult {
 // chains the plan writes. The output is deterministic: tables, then chains,
 // in sorted order.
 func (p *Plan) Render(stale []ChainKey) []byte {
+	deletes := p.deletes(stale)
+	var buf bytes.Buffer
+	// Sized exactly up front: a full sync renders megabytes, and growing
+	// the buffer by doubling would copy them again and leave the garbage
+	// at the moment the process's memory peaks.
+	buf.Grow(p.renderedSize(deletes))
+	_ = p.write(&buf, deletes) // a bytes.Buffer does not fail
+	return buf.Bytes()
+}
+
+// WriteTo writes what Render returns to w, without holding it whole, and
+// returns its length.
+func (p *Plan) WriteTo(w io.Writer, stale []ChainKey) (int, error) {
+	counted := &countingWriter{w: w}
+	bw := bufio.NewWriterSize(counted, 64<<10)
+	if err := p.write(bw, p.deletes(stale)); err != nil {
+		return counted.n, err
+	}
+	err := bw.Flush()
+	return counted.n, err
+}
+
+type countingWriter struct {
+	w io.Writer
+	n int
+}
+
+func (c *countingWriter) Write(b []byte) (int, error) {
+	n, err := c.w.Write(b)
+	c.n += n
+	return n, err
+}
+
+// deletes are the chains the input deletes: the plan's, and the stale
+// ones it does not write.
+func (p *Plan) deletes(stale []ChainKey) map[ChainKey]bool {
 	deletes := map[ChainKey]bool{}
 	for _, k := range p.Delete {
 		deletes[k] = true
@@ -109,41 +147,48 @@ func (p *Plan) Render(stale []ChainKey) []byte {
 			deletes[k] = true
 		}
 	}
+	return deletes
+}
 
-	var buf bytes.Buffer
-	// Sized exactly up front: a full sync renders megabytes, and growing
-	// the buffer by doubling would copy them again and leave the garbage
-	// at the moment the process's memory peaks.
-	buf.Grow(p.renderedSize(deletes))
+// write renders the input into w; it stops at w's first error.
+func (p *Plan) write(w io.StringWriter, deletes map[ChainKey]bool) error {
+	var err error
+	put := func(parts ...string) {
+		for _, s := range parts {
+			if err == nil {
+				_, err = w.WriteString(s)
+			}
+		}
+	}
 	for _, table := range []Table{TableFilter, TableNAT} {
 		writes := sortedKeys(p.Write, table)
 		dels := sortedKeys(deletes, table)
 		if len(writes) == 0 && len(dels) == 0 {
 			continue
 		}
-		buf.WriteString("*" + string(table) + "\n")
+		put("*", string(table), "\n")
 		// Declaring a chain creates it or flushes it; deleted chains are
 		// declared too so that rules jumping to them are gone before -X.
 		for _, k := range writes {
-			buf.WriteString(":" + k.Name + " - [0:0]\n")
+			put(":", k.Name, " - [0:0]\n")
 		}
 		for _, k := range dels {
-			buf.WriteString(":" + k.Name + " - [0:0]\n")
+			put(":", k.Name, " - [0:0]\n")
 		}
 		for _, k := range writes {
 			for _, rule := range p.Write[k] {
-				buf.WriteString("-A " + k.Name + " " + rule + "\n")
+				put("-A ", k.Name, " ", rule, "\n")
 			}
 		}
 		for _, k := range dels {
-			buf.WriteString("-X " + k.Name + "\n")
+			put("-X ", k.Name, "\n")
 		}
-		buf.WriteString("COMMIT\n")
+		put("COMMIT\n")
 	}
-	return buf.Bytes()
+	return err
 }
 
-// renderedSize is the exact length of Render's output.
+// renderedSize is the length of Render's output, or a few bytes more.
 func (p *Plan) renderedSize(deletes map[ChainKey]bool) int {
 	n := 2 * len("*filter\nCOMMIT\n")
 	for k, rules := range p.Write {

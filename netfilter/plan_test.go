@@ -1,7 +1,14 @@
 package netfilter
 
 import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/svcproxy/svcproxy/model"
 )
@@ -25,5 +32,57 @@ func TestRenderedSizeBoundsTheOutput(t *testing.T) {
 	size := plan.renderedSize(deletes)
 	if size < len(out) || size > len(out)+32 {
 		t.Fatalf("renderedSize = %d for %d bytes of output:\n%s", size, len(out), out)
+	}
+}
+
+// WriteTo feeds what Render returns, byte for byte, in the buffered
+// pieces a pipe gets, and says how much it wrote.
+func TestWriteToFeedsWhatRenderReturns(t *testing.T) {
+	plan := &Plan{Family: model.IPv4, Write: map[ChainKey][]string{}, Delete: []ChainKey{{TableNAT, "SVCPROXY-SVC-GONE"}}}
+	for i := range 3000 { // past the 64 KiB buffer
+		key := ChainKey{TableNAT, fmt.Sprintf("SVCPROXY-SVC-%04d", i)}
+		plan.Write[key] = []string{fmt.Sprintf("-p tcp -j DNAT --to-destination 10.0.%d.%d:80", i/250, i%250)}
+	}
+	plan.Write[ChainKey{TableFilter, "SVCPROXY-FILTER"}] = []string{"-j RETURN"}
+	stale := []ChainKey{{TableFilter, "SVCPROXY-OLD"}}
+	var fed bytes.Buffer
+	n, err := plan.WriteTo(&fed, stale)
+	want := plan.Render(stale)
+	if err != nil || n != len(want) || !bytes.Equal(fed.Bytes(), want) {
+		t.Errorf("WriteTo wrote %d bytes, %v; want Render's %d, equal: %v", n, err, len(want), bytes.Equal(fed.Bytes(), want))
+	}
+	broken := errors.New("pipe closed")
+	if _, err := plan.WriteTo(failingWriter{broken}, stale); !errors.Is(err, broken) {
+		t.Errorf("WriteTo to a failing writer: %v", err)
+	}
+}
+
+type failingWriter struct{ err error }
+
+func (f failingWriter) Write([]byte) (int, error) { return 0, f.err }
+
+// RunFed gives the program what the feed writes; a program that exits
+// without reading it all fails with its own error, without hanging the
+// feed.
+func TestExecRunnerRunFed(t *testing.T) {
+	big := bytes.Repeat([]byte("0123456789abcdef\n"), 1<<16) // 1 MiB, past any pipe buffer
+	feed := func(w io.Writer) error { _, err := w.Write(big); return err }
+	out, err := ExecRunner{}.RunFed(context.Background(), "wc", []string{"-c"}, feed)
+	if err != nil || strings.TrimSpace(string(out)) != fmt.Sprint(len(big)) {
+		t.Errorf("wc -c of the feed: %q, %v; want %d", out, err, len(big))
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := ExecRunner{}.RunFed(context.Background(), "sh", []string{"-c", "echo refused >&2; exit 3"}, feed)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		var ee *ExecError
+		if !errors.As(err, &ee) || !strings.Contains(ee.Stderr, "refused") || !strings.Contains(ee.Err.Error(), "exit status 3") {
+			t.Errorf("a program that exits early: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("RunFed hung on a program that exits without reading its input")
 	}
 }
