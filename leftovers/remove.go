@@ -35,7 +35,9 @@ func (r Remover) RemoveIPTables(ctx context.Context, family model.Family, flavor
 	done := Removed{Family: family, Flavor: flavor}
 	var errs []error
 	for _, table := range Tables() {
-		save, err := r.Run.Run(ctx, flavor.Binary(family, "-save"), []string{"-t", string(table)}, nil)
+		// svcproxy's own chains jump to none of kube-proxy's: their
+		// rules, most of the table at 10,000 services, are not kept.
+		saved, err := netfilter.ReadForeignSave(ctx, r.Run, flavor.Binary(family, "-save"), table)
 		if err != nil {
 			if tableMissing(err) {
 				continue
@@ -43,9 +45,7 @@ func (r Remover) RemoveIPTables(ctx context.Context, family model.Family, flavor
 			errs = append(errs, fmt.Errorf("%w: the %s table: %w", ErrUnlisted, table, err))
 			continue
 		}
-		// svcproxy's own chains jump to none of kube-proxy's: their
-		// rules, most of the table at 10,000 services, are not read.
-		plan := PlanTable(netfilter.ParseForeignSave(table, save))
+		plan := PlanTable(saved)
 		for _, c := range plan.Kept {
 			done.Kept = append(done.Kept, netfilter.ChainKey{Table: table, Name: c})
 		}

@@ -240,11 +240,11 @@ type hooks map[Table]SavedTable
 func (a *Applier) saveTables(ctx context.Context) (hooks, error) {
 	saved := hooks{}
 	for _, table := range []Table{TableFilter, TableNAT} {
-		out, err := a.save(ctx, table)
+		t, err := ReadForeignSave(ctx, a.run, a.flavor.Binary(a.family, "-save"), table)
 		if err != nil {
 			return nil, fmt.Errorf("reading the %s table: %w", table, err)
 		}
-		saved[table] = ParseForeignSave(table, out)
+		saved[table] = t
 	}
 	return saved, nil
 }

@@ -146,6 +146,15 @@ func (k *FakeKernel) RunFed(ctx context.Context, name string, args []string, fee
 	return k.Run(ctx, name, args, in.Bytes())
 }
 
+// RunRead implements ReadingRunner: the output is made whole, then read.
+func (k *FakeKernel) RunRead(ctx context.Context, name string, args []string, read func(io.Reader) error) error {
+	out, err := k.Run(ctx, name, args, nil)
+	if err != nil {
+		return err
+	}
+	return read(bytes.NewReader(out))
+}
+
 // CountPackets adds n to the packet counter of every rule of a chain
 // whose text contains match, as traffic through it would.
 func (k *FakeKernel) CountPackets(table Table, chain, match string, n uint64) {

@@ -77,8 +77,39 @@ type FeedingRunner interface {
 	RunFed(ctx context.Context, name string, args []string, feed func(io.Writer) error) ([]byte, error)
 }
 
+// ReadingRunner is a Runner that can also hand a program's standard
+// output to a reader as it is printed: a save of the nat table at 10,000
+// services is 10 MB, which a buffer would hold whole and copy as it grows.
+type ReadingRunner interface {
+	Runner
+	// RunRead runs name and calls read with its output; what read leaves
+	// unread is discarded.
+	RunRead(ctx context.Context, name string, args []string, read func(io.Reader) error) error
+}
+
 // ExecRunner runs binaries from PATH in the caller's network namespace.
 type ExecRunner struct{}
+
+// RunRead implements ReadingRunner. The program's failure comes first,
+// then read's.
+func (ExecRunner) RunRead(ctx context.Context, name string, args []string, read func(io.Reader) error) error {
+	var stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Stderr = &stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return &ExecError{Name: name, Args: args, Err: err}
+	}
+	if err := cmd.Start(); err != nil {
+		return &ExecError{Name: name, Args: args, Err: err}
+	}
+	readErr := read(out)
+	_, _ = io.Copy(io.Discard, out) // the program must not block on a full pipe
+	if err := cmd.Wait(); err != nil {
+		return &ExecError{Name: name, Args: args, Stderr: stderr.String(), Err: err}
+	}
+	return readErr
+}
 
 // RunFed implements FeedingRunner. A program that exits without reading
 // all of its input ends the feed (its writes fail) and its own failure is

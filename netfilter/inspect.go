@@ -1,9 +1,11 @@
 package netfilter
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"slices"
 	"strings"
 
@@ -67,7 +69,7 @@ func (a *Applier) Saved(ctx context.Context) (SavedRules, error) {
 
 // parse adds the svcproxy chains of one table's iptables-save output.
 func (s SavedRules) parse(table Table, out []byte) {
-	saved := parseSave(table, out, ownedChain)
+	saved, _ := parseSave(table, bytes.NewReader(out), ownedChain)
 	for _, name := range saved.Chains {
 		if IsOwned(name) {
 			s[ChainKey{Table: table, Name: name}] = append([]string{}, saved.Rules[name]...)
@@ -87,7 +89,8 @@ type SavedTable struct {
 
 // ParseSave reads the output of "iptables-save -t TABLE".
 func ParseSave(table Table, save []byte) SavedTable {
-	return parseSave(table, save, func([]byte) bool { return true })
+	t, _ := parseSave(table, bytes.NewReader(save), func([]byte) bool { return true })
+	return t
 }
 
 // ParseForeignSave is ParseSave without the rules of svcproxy's own
@@ -95,17 +98,41 @@ func ParseSave(table Table, save []byte) SavedTable {
 // at a fraction of the memory and time when svcproxy's chains hold 100k
 // rules.
 func ParseForeignSave(table Table, save []byte) SavedTable {
-	return parseSave(table, save, func(chain []byte) bool { return !ownedChain(chain) })
+	t, _ := parseSave(table, bytes.NewReader(save), foreignChain)
+	return t
 }
 
-func ownedChain(chain []byte) bool { return bytes.HasPrefix(chain, []byte(ChainPrefix)) }
+// ReadForeignSave runs binary (an iptables-save) for one table and reads
+// what it prints as ParseForeignSave does, as it is printed where run can.
+func ReadForeignSave(ctx context.Context, run Runner, binary string, table Table) (SavedTable, error) {
+	args := []string{"-t", string(table)}
+	rr, ok := run.(ReadingRunner)
+	if !ok {
+		out, err := run.Run(ctx, binary, args, nil)
+		if err != nil {
+			return SavedTable{}, err
+		}
+		return ParseForeignSave(table, out), nil
+	}
+	var t SavedTable
+	err := rr.RunRead(ctx, binary, args, func(r io.Reader) (err error) {
+		t, err = parseSave(table, r, foreignChain)
+		return err
+	})
+	return t, err
+}
+
+func ownedChain(chain []byte) bool   { return bytes.HasPrefix(chain, []byte(ChainPrefix)) }
+func foreignChain(chain []byte) bool { return !ownedChain(chain) }
 
 // parseSave reads the chains of an iptables-save output, and the rules of
 // those keep wants: at 100k rules, keeping every rule would cost ~15 MB.
-func parseSave(table Table, save []byte, keep func(chain []byte) bool) SavedTable {
+func parseSave(table Table, save io.Reader, keep func(chain []byte) bool) (SavedTable, error) {
 	t := SavedTable{Table: table, Rules: map[string][]string{}}
-	for line := range bytes.Lines(save) {
-		line = bytes.TrimSuffix(line, []byte("\n"))
+	sc := bufio.NewScanner(save)
+	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Bytes()
 		switch {
 		case bytes.HasPrefix(line, []byte(":")):
 			if name, _, ok := bytes.Cut(line[1:], []byte(" ")); ok {
@@ -117,7 +144,10 @@ func parseSave(table Table, save []byte, keep func(chain []byte) bool) SavedTabl
 			}
 		}
 	}
-	return t
+	if err := sc.Err(); err != nil {
+		return t, fmt.Errorf("reading iptables-save output: %w", err)
+	}
+	return t, nil
 }
 
 // Check tells, for each of the port's chains and shared rules, whether

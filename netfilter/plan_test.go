@@ -1,6 +1,7 @@
 package netfilter
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -84,5 +85,30 @@ func TestExecRunnerRunFed(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("RunFed hung on a program that exits without reading its input")
+	}
+}
+
+// RunRead hands the program's output to the reader as it comes, and
+// its failure, with what it said, before the reader's.
+func TestExecRunnerRunRead(t *testing.T) {
+	var lines int
+	err := ExecRunner{}.RunRead(context.Background(), "seq", []string{"200000"}, func(r io.Reader) error {
+		sc := bufio.NewScanner(r)
+		for sc.Scan() && lines < 10 {
+			lines++
+		}
+		return nil // the rest is left unread: the program must not block on it
+	})
+	if err != nil || lines != 10 {
+		t.Errorf("seq 200000, ten lines read: %d, %v", lines, err)
+	}
+	readErr := errors.New("bad output")
+	err = ExecRunner{}.RunRead(context.Background(), "sh", []string{"-c", "echo nope >&2; exit 2"}, func(io.Reader) error { return readErr })
+	var ee *ExecError
+	if !errors.As(err, &ee) || !strings.Contains(ee.Stderr, "nope") {
+		t.Errorf("a failing program: %v", err)
+	}
+	if err := (ExecRunner{}).RunRead(context.Background(), "true", nil, func(io.Reader) error { return readErr }); !errors.Is(err, readErr) {
+		t.Errorf("a reader's error: %v", err)
 	}
 }
