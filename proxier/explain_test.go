@@ -2,6 +2,9 @@ package proxier
 
 import (
 	"errors"
+	"fmt"
+	"maps"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -131,15 +134,15 @@ func TestStatusRecorderKeepsWhatProgrammedEachPort(t *testing.T) {
 	tr.UpsertEndpointSlice(pt.Slice("ns", "web-1", "web", pt.SlicePort("http", "TCP", 8080), pt.Endpoints(readyRemote)))
 	first := sync(40*time.Millisecond, nil)
 	web := model.ServicePortName{Namespace: "ns", Name: "web", Port: "http", Protocol: model.TCP}
-	got, ok := first.Families[0].Programmed[web]
+	got, ok := first.Families[0].Programmed.Get(web)
 	if !ok || got.Waited != 50*time.Millisecond {
 		t.Fatalf("after the first sync: %+v (%v), want it programmed 50ms after its change", got, ok)
 	}
 
 	tr.UpsertService(webService(pt.Affinity(60)))
 	failed := sync(0, errors.New("iptables-restore: refused"))
-	if f := failed.Families[0]; f.LastError == "" || f.Programmed[web] != got {
-		t.Errorf("after a failed sync: error %q, programmed %+v; want the error and the record of the first", f.LastError, f.Programmed[web])
+	if f := failed.Families[0]; f.LastError == "" || f.Programmed != first.Families[0].Programmed {
+		t.Errorf("after a failed sync: error %q, programmed %+v; want the error and the record of the first", f.LastError, f.Programmed)
 	}
 	if first.Families[0].LastError != "" {
 		t.Error("the published status was modified")
@@ -147,7 +150,52 @@ func TestStatusRecorderKeepsWhatProgrammedEachPort(t *testing.T) {
 	clock.Advance(time.Second)
 	tr.UpsertService(webService(pt.Affinity(60)))
 	again := sync(0, nil)
-	if p := again.Families[0].Programmed[web]; !p.At.After(got.At) {
+	if p, _ := again.Families[0].Programmed.Get(web); !p.At.After(got.At) {
 		t.Errorf("after the retry the port is programmed at %v, no later than the first %v", p.At, got.At)
+	}
+}
+
+// A sync that changes one port of many copies one shard of the record:
+// the rest is shared with the published one, which stays as it was.
+func TestProgrammedCopiesOnlyTheChangedShard(t *testing.T) {
+	view := &model.NodeView{Family: model.IPv4, Services: map[model.ServicePortName]*model.ServicePort{}}
+	for i := range 1000 {
+		name := model.ServicePortName{Namespace: "ns", Name: fmt.Sprintf("svc-%d", i), Port: "http", Protocol: model.TCP}
+		view.Services[name] = &model.ServicePort{Port: 80}
+	}
+	t0 := time.Unix(1000, 0)
+	first := programmed(nil, nil, view, SyncInfo{At: t0}, &Snapshot{})
+	if first.Len() != 1000 {
+		t.Fatalf("%d ports recorded, want 1000", first.Len())
+	}
+
+	next := &model.NodeView{Family: model.IPv4, Services: maps.Clone(view.Services)}
+	moved := model.ServicePortName{Namespace: "ns", Name: "svc-7", Port: "http", Protocol: model.TCP}
+	gone := model.ServicePortName{Namespace: "ns", Name: "svc-8", Port: "http", Protocol: model.TCP}
+	next.Services[moved] = &model.ServicePort{Port: 81}
+	delete(next.Services, gone)
+	second := programmed(first, view, next, SyncInfo{At: t0.Add(time.Second)}, &Snapshot{})
+
+	if info, ok := second.Get(moved); !ok || !info.At.Equal(t0.Add(time.Second)) {
+		t.Errorf("the changed port: %+v, %v", info, ok)
+	}
+	if _, ok := second.Get(gone); ok || second.Len() != 999 {
+		t.Errorf("the deleted port still recorded, or %d ports, want 999", second.Len())
+	}
+	if info, _ := first.Get(moved); !info.At.Equal(t0) || first.Len() != 1000 {
+		t.Error("the published record was modified")
+	}
+	shared := 0
+	for i := range portShards {
+		if reflect.ValueOf(first.shards[i]).UnsafePointer() == reflect.ValueOf(second.shards[i]).UnsafePointer() {
+			shared++
+		}
+	}
+	changedShards := map[int]bool{portShard(moved): true, portShard(gone): true}
+	if shared != portShards-len(changedShards) {
+		t.Errorf("%d of %d shards shared, want all but the %d holding a change", shared, portShards, len(changedShards))
+	}
+	if programmed(second, next, next, SyncInfo{At: t0.Add(2 * time.Second)}, &Snapshot{}) != second {
+		t.Error("a sync that changed nothing made a new record")
 	}
 }

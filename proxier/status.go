@@ -34,7 +34,7 @@ type FamilyStatus struct {
 	LastSuccess time.Time
 	// Programmed holds, per port, the last successful sync that changed
 	// what the port needs of the kernel.
-	Programmed map[model.ServicePortName]SyncInfo
+	Programmed *PortSyncs
 
 	applied *model.NodeView
 }
@@ -87,11 +87,52 @@ func (s *StatusRecorder) Observe(r *SyncReport) {
 	s.cur.Store(next)
 }
 
+// PortSyncs maps service ports to a SyncInfo each. It is immutable: an
+// update makes a new one that shares what did not change, so that a sync
+// changing one port of 10,000 copies a shard of them, not all.
+type PortSyncs struct {
+	shards [portShards]map[model.ServicePortName]SyncInfo
+}
+
+const portShards = 64
+
+// Get returns a port's record.
+func (p *PortSyncs) Get(name model.ServicePortName) (SyncInfo, bool) {
+	if p == nil {
+		return SyncInfo{}, false
+	}
+	info, ok := p.shards[portShard(name)][name]
+	return info, ok
+}
+
+// Len is how many ports have a record.
+func (p *PortSyncs) Len() int {
+	n := 0
+	if p != nil {
+		for _, s := range p.shards {
+			n += len(s)
+		}
+	}
+	return n
+}
+
+// portShard spreads ports over the shards by service (FNV-1a).
+func portShard(name model.ServicePortName) int {
+	h := uint32(2166136261)
+	for _, s := range []string{name.Namespace, name.Name} {
+		for i := 0; i < len(s); i++ {
+			h = (h ^ uint32(s[i])) * 16777619
+		}
+		h = (h ^ '/') * 16777619
+	}
+	return int(h % portShards)
+}
+
 // programmed updates the per-port record with the ports a successful sync
 // changed, from applied (the view of the last one; nil: every port) to
-// view. The map is copied only when a port changed: the published one is
-// never modified.
-func programmed(old map[model.ServicePortName]SyncInfo, applied, view *model.NodeView, sync SyncInfo, snap *Snapshot) map[model.ServicePortName]SyncInfo {
+// view. Only the shards holding a changed port are copied: the published
+// record is never modified.
+func programmed(old *PortSyncs, applied, view *model.NodeView, sync SyncInfo, snap *Snapshot) *PortSyncs {
 	if applied == nil {
 		applied = &model.NodeView{Family: view.Family}
 	}
@@ -99,20 +140,29 @@ func programmed(old map[model.ServicePortName]SyncInfo, applied, view *model.Nod
 	if len(changed) == 0 && old != nil {
 		return old
 	}
-	out := maps.Clone(old)
-	if out == nil {
-		out = map[model.ServicePortName]SyncInfo{}
+	out := &PortSyncs{}
+	if old != nil {
+		*out = *old
 	}
+	copied := [portShards]bool{}
 	for _, name := range changed {
+		shard := portShard(name)
+		if !copied[shard] {
+			out.shards[shard] = maps.Clone(out.shards[shard])
+			if out.shards[shard] == nil {
+				out.shards[shard] = map[model.ServicePortName]SyncInfo{}
+			}
+			copied[shard] = true
+		}
 		if _, ok := view.Services[name]; !ok {
-			delete(out, name)
+			delete(out.shards[shard], name)
 			continue
 		}
 		info := sync
 		if queued, ok := snap.ChangeQueued[ServiceName{Namespace: name.Namespace, Name: name.Name}]; ok {
 			info.Waited = sync.At.Sub(queued)
 		}
-		out[name] = info
+		out.shards[shard][name] = info
 	}
 	return out
 }

@@ -99,7 +99,7 @@ func statusDocOf(setup *statusDoc, status *proxier.Status, only *proxier.Service
 				continue
 			}
 			pd := portStatusDoc{ServicePort: f.Wanted.Services[name]}
-			if info, ok := f.Programmed[name]; ok {
+			if info, ok := f.Programmed.Get(name); ok {
 				pd.Programmed = &info
 			}
 			if only != nil {
