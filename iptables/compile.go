@@ -59,11 +59,11 @@ func newCompiler(cfg netfilter.Config, family model.Family) *compiler {
 	// The nat table DNATs every source a restricted LB IP admits, so
 	// whatever is still addressed to the LB IP in the filter table is not.
 	c.shared = netfilter.Shared{
-		Rules:      c.Rules,
-		Filter:     func(rp *netfilter.Port) []string { return c.FilterRules(rp, "") },
-		Hairpin:    hairpinAddrs,
-		FilterHead: c.LocalnetFilterRules(),
-		Balanced:   "-m conntrack --ctstate DNAT",
+		Rules:     c.Rules,
+		Filter:    func(rp *netfilter.Port) []string { return c.FilterRules(rp, "") },
+		Hairpin:   hairpinAddrs,
+		InputHead: c.LocalnetFilterRules(),
+		Balanced:  "-m conntrack --ctstate DNAT",
 	}
 	return c
 }

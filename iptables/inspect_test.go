@@ -13,12 +13,16 @@ import (
 
 // What PortRules gives each port is what the full plan writes for it: its
 // own chains whole, its shared rules among the chain's; and every rule of
-// a chain that only ports fill is some port's.
+// a chain that only ports fill is some port's (HEALTHCHECK's fixed head,
+// the localnet filter, aside).
 func TestPortRulesAreWhatTheFullPlanWrites(t *testing.T) {
 	for _, sc := range scenarios() {
 		t.Run(sc.name, func(t *testing.T) {
 			full := iptables.Compile(sc.cfg, sc.view, nil)
 			claimed := map[netfilter.ChainKey]map[string]bool{}
+			for _, r := range netfilter.NewRules(sc.cfg, sc.view.Family).LocalnetFilterRules() {
+				claimed[netfilter.FilterKey(netfilter.ChainHealthCheck)] = map[string]bool{r: true}
+			}
 			claim := func(k netfilter.ChainKey, rule string) {
 				if claimed[k] == nil {
 					claimed[k] = map[string]bool{}

@@ -32,6 +32,7 @@ type traceCase struct {
 	proto              string // "" is tcp
 	srcLocal, dstLocal bool
 	iface              string // the interface it comes in on, if not from the node
+	invalid            bool   // a packet of no connection (ctstate INVALID)
 	// want lists every endpoint the connection may be DNATed to; empty:
 	// it must not be DNATed.
 	want []string
@@ -157,6 +158,8 @@ var traceCases = map[string][]traceCase{
 		{name: "endpointless NodePort on loopback rejected", src: "127.0.0.1", srcLocal: true, dst: "127.0.0.1", dstLocal: true, port: 30090, verdict: "REJECT", rejectWith: "tcp-reset"},
 		{name: "other loopback ports left to the node", src: "127.0.0.1", srcLocal: true, dst: "127.0.0.1", dstLocal: true, port: 22},
 		{name: "outside to a loopback service dropped (martian filter)", src: client, iface: "eth0", dst: "127.0.0.1", dstLocal: true, port: 22, verdict: "DROP"},
+		{name: "outside, a packet of no connection to loopback dropped too (the filter sees every packet, as kube-proxy's)", src: client, iface: "eth0", dst: "127.0.0.1", dstLocal: true, port: 22, invalid: true, verdict: "DROP"},
+		{name: "outside, a packet of no connection to the node IP is the node's", src: client, iface: "eth0", dst: nodeIP, dstLocal: true, port: 22, invalid: true},
 	},
 	"localhost-nodeports-not-in-nodeport-addresses": {
 		{name: "loopback not served", src: "127.0.0.1", srcLocal: true, dst: "127.0.0.1", dstLocal: true, port: 30080},
@@ -237,7 +240,7 @@ func checkTrace(t *testing.T, rs *tracer.Ruleset, tc traceCase) {
 	pkt := tracer.Packet{
 		Src: netip.MustParseAddr(tc.src), Dst: netip.MustParseAddr(tc.dst),
 		Proto: cmp.Or(tc.proto, "tcp"), DPort: tc.port,
-		SrcLocal: tc.srcLocal, DstLocal: tc.dstLocal, InIface: tc.iface,
+		SrcLocal: tc.srcLocal, DstLocal: tc.dstLocal, InIface: tc.iface, Invalid: tc.invalid,
 	}
 	outcomes, err := rs.Trace(pkt)
 	if err != nil {

@@ -19,7 +19,7 @@ const (
 	ChainHairpin     = ChainPrefix + "HAIRPIN"     // nat: mark pods reaching themselves
 	ChainFilter      = ChainPrefix + "FILTER"      // filter: reject / drop what has no endpoint
 	ChainForward     = ChainPrefix + "FORWARD"     // filter: let service traffic be forwarded
-	ChainHealthCheck = ChainPrefix + "HEALTHCHECK" // filter: open health check node ports
+	ChainHealthCheck = ChainPrefix + "HEALTHCHECK" // filter, every INPUT packet: the localnet filter, then open health check node ports
 )
 
 // HashLen is how many base32 characters of a sha256 name a chain or set:

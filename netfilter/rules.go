@@ -40,7 +40,7 @@ type Config struct {
 	// (--iptables-localhost-nodeports), when --nodeport-addresses lets
 	// loopback in (no IPv4 CIDR, or one holding 127.0.0.0). It needs
 	// route_localnet, which lets in packets to 127.0.0.0/8 from outside
-	// too: FILTER drops those (kube-proxy's martian filter). Never IPv6,
+	// too: HEALTHCHECK drops those (kube-proxy's martian filter). Never IPv6,
 	// never the IPVS mode.
 	LocalhostNodePorts bool
 	// NodeIPs are the node's primary IPs, at most one per family (its

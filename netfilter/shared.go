@@ -27,6 +27,10 @@ type Shared struct {
 	// every port's in FILTER, the same for every view.
 	FilterHead []string
 	FilterTail []string
+	// InputHead are the mode's rules before the health check ports' in
+	// HEALTHCHECK, the chain INPUT jumps to for every packet (FILTER sees
+	// only new connections), the same for every view.
+	InputHead []string
 	// Balanced matches the packets the mode balanced to an endpoint, the
 	// only ones that can hairpin: "-m conntrack --ctstate DNAT" when
 	// iptables DNATs them, "-m ipvs --ipvs --vdir ORIGINAL" when IPVS does
@@ -41,7 +45,7 @@ func (s Shared) WriteAll(plan *Plan, ports []Port) {
 	plan.Write[NatKey(ChainMarkMasq)] = s.Rules.markMasqRules()
 	plan.Write[FilterKey(ChainFilter)] = s.filterRules(ports)
 	plan.Write[FilterKey(ChainForward)] = s.Rules.forwardRules()
-	plan.Write[FilterKey(ChainHealthCheck)] = healthCheckRules(ports)
+	plan.Write[FilterKey(ChainHealthCheck)] = s.healthCheckRules(ports)
 }
 
 // SharedChanges records which shared chains the changed ports of a partial
@@ -66,8 +70,12 @@ func (s Shared) WriteChanged(plan *Plan, c SharedChanges, before, after func() [
 		DiffChain(plan, FilterKey(ChainFilter), s.filterRules(before()), s.filterRules(after()))
 	}
 	if c.healthCheck {
-		DiffChain(plan, FilterKey(ChainHealthCheck), healthCheckRules(before()), healthCheckRules(after()))
+		DiffChain(plan, FilterKey(ChainHealthCheck), s.healthCheckRules(before()), s.healthCheckRules(after()))
 	}
+}
+
+func (s Shared) healthCheckRules(ports []Port) []string {
+	return slices.Concat(s.InputHead, healthCheckRules(ports))
 }
 
 func (s Shared) filterRules(ports []Port) []string {

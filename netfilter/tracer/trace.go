@@ -21,6 +21,10 @@ type Packet struct {
 	// InIface is the interface a packet from elsewhere comes in on; ""
 	// for one the node sends, which "-i" never matches.
 	InIface string
+	// Invalid: the packet belongs to no connection conntrack knows (a
+	// stray TCP segment): its ctstate is INVALID, not NEW, and the nat
+	// table, which sees only a connection's first packet, never sees it.
+	Invalid bool
 }
 
 // Outcome is one way a packet can go. A packet meeting "-m statistic" has
@@ -51,8 +55,8 @@ const (
 	maxPaths = 4096
 )
 
-// Trace walks a new connection's first packet through the nat and filter
-// hooks it meets. "-m recent" checks never match (no client was seen
+// Trace walks a new connection's first packet (or an invalid one) through
+// the nat and filter hooks it meets. "-m recent" checks never match (no client was seen
 // before); "-m statistic" forks. It returns every possible outcome, in a
 // stable order: the branch that matches a statistic rule first.
 func (rs *Ruleset) Trace(p Packet) ([]Outcome, error) {
@@ -143,8 +147,12 @@ func (w *walk) afterDNAT() []hook {
 	return []hook{{"filter", "FORWARD"}, {"nat", "POSTROUTING"}}
 }
 
-// hook runs a built-in chain; its policy is ACCEPT.
+// hook runs a built-in chain; its policy is ACCEPT. An invalid packet
+// passes the nat chains untouched.
 func (w *walk) hook(h hook) (string, error) {
+	if w.pkt.Invalid && h.table == "nat" {
+		return "ACCEPT", nil
+	}
 	verdict, err := w.chain(h.table, h.chain, 0)
 	if verdict == "" {
 		verdict = "ACCEPT"
@@ -253,8 +261,11 @@ func (w *walk) match(m match) bool {
 	panic(fmt.Sprintf("tracer: match kind %d has no evaluation", m.kind))
 }
 
-// ctstate: every traced packet opens a new connection.
+// ctstate: a traced packet opens a new connection, unless it is invalid.
 func (w *walk) ctstate(state string) bool {
+	if w.pkt.Invalid {
+		return state == "INVALID"
+	}
 	switch state {
 	case "NEW":
 		return true
