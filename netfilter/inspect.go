@@ -93,17 +93,17 @@ func ParseSave(table Table, save []byte) SavedTable {
 	return t
 }
 
-// ParseForeignSave is ParseSave without the rules of svcproxy's own
+// parseForeignSave is ParseSave without the rules of svcproxy's own
 // chains (their names stay): all a look at other programs' rules needs,
 // at a fraction of the memory and time when svcproxy's chains hold 100k
 // rules.
-func ParseForeignSave(table Table, save []byte) SavedTable {
+func parseForeignSave(table Table, save []byte) SavedTable {
 	t, _ := parseSave(table, bytes.NewReader(save), foreignChain)
 	return t
 }
 
 // ReadForeignSave runs binary (an iptables-save) for one table and reads
-// what it prints as ParseForeignSave does, as it is printed where run can.
+// what it prints as parseForeignSave does, as it is printed where run can.
 func ReadForeignSave(ctx context.Context, run Runner, binary string, table Table) (SavedTable, error) {
 	args := []string{"-t", string(table)}
 	rr, ok := run.(ReadingRunner)
@@ -112,7 +112,7 @@ func ReadForeignSave(ctx context.Context, run Runner, binary string, table Table
 		if err != nil {
 			return SavedTable{}, err
 		}
-		return ParseForeignSave(table, out), nil
+		return parseForeignSave(table, out), nil
 	}
 	var t SavedTable
 	err := rr.RunRead(ctx, binary, args, func(r io.Reader) (err error) {

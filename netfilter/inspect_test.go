@@ -10,7 +10,7 @@ func TestParseForeignSaveSkipsOnlySvcproxysRules(t *testing.T) {
 	save := []byte("*nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n:SVCPROXY-SERVICES - [0:0]\n" +
 		"-A PREROUTING -j SVCPROXY-SERVICES\n-A PREROUTING -j KUBE-SERVICES\n" +
 		"-A KUBE-SERVICES -j RETURN\n-A SVCPROXY-SERVICES -j RETURN\nCOMMIT\n")
-	all, foreign := ParseSave(TableNAT, save), ParseForeignSave(TableNAT, save)
+	all, foreign := ParseSave(TableNAT, save), parseForeignSave(TableNAT, save)
 	if !slices.Equal(foreign.Chains, all.Chains) || len(all.Chains) != 3 {
 		t.Errorf("chains %v, want those of the whole parse, %v", foreign.Chains, all.Chains)
 	}

@@ -105,17 +105,6 @@ func (p *PortSyncs) Get(name model.ServicePortName) (SyncInfo, bool) {
 	return info, ok
 }
 
-// Len is how many ports have a record.
-func (p *PortSyncs) Len() int {
-	n := 0
-	if p != nil {
-		for _, s := range p.shards {
-			n += len(s)
-		}
-	}
-	return n
-}
-
 // portShard spreads ports over the shards by service (FNV-1a).
 func portShard(name model.ServicePortName) int {
 	h := uint32(2166136261)
