@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"net/netip"
 	"slices"
+	"strings"
 
 	"github.com/svcproxy/svcproxy/model"
 	"github.com/svcproxy/svcproxy/netfilter"
@@ -99,13 +100,21 @@ func withBit(a netip.Addr, i int) netip.Addr {
 	return out
 }
 
-// bucketRules renders a bucket's chain.
+// bucketRules renders a bucket's chain, its entries in descending order of
+// the chain each jumps to (an address's rules stay together, in order).
+// Their addresses and ports are distinct, so the order means nothing to a
+// packet; it is what lets iptables-nft-restore write the bucket rule by
+// rule right after the chain it jumps to (see netfilter's writeChains),
+// which at 10,000 services takes seconds off a full sync.
 func (c *compiler) bucketRules(b destBucket) []string {
-	var rules []string
-	for _, e := range b.entries {
-		rules = append(rules, c.dispatchEntryRules(e.port, e.kind, e.dst)...)
+	groups := make([][]string, len(b.entries))
+	for i, e := range b.entries {
+		groups[i] = c.dispatchEntryRules(e.port, e.kind, e.dst)
 	}
-	return rules
+	slices.SortStableFunc(groups, func(a, b []string) int {
+		return strings.Compare(netfilter.JumpTarget(b[len(b)-1]), netfilter.JumpTarget(a[len(a)-1]))
+	})
+	return slices.Concat(groups...)
 }
 
 // servicesRules renders SERVICES: a jump per bucket, then node ports last,

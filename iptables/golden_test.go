@@ -153,7 +153,7 @@ func partialScenario() scenario {
 func TestGolden(t *testing.T) {
 	for _, sc := range scenarios() {
 		t.Run(sc.name, func(t *testing.T) {
-			golden.Check(t, sc.name, sc.plan().Render(nil))
+			golden.Check(t, sc.name, []byte(sc.plan().String()))
 		})
 	}
 }

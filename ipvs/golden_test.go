@@ -147,7 +147,7 @@ func dump(p *ipvs.Plan) []byte {
 	if !p.Remove.Empty() {
 		b.WriteString("# remove\n" + p.Remove.Dump())
 	}
-	b.WriteString("# iptables\n" + string(p.Rules.Render(nil)))
+	b.WriteString("# iptables\n" + p.Rules.String())
 	return []byte(b.String())
 }
 

@@ -201,7 +201,7 @@ func TestFailedRestoreNamesTheLineAndChangesNothing(t *testing.T) {
 	if re.Binary != "iptables-legacy-restore" || re.Table != TableNAT || re.Text != "-A SVCPROXY-SVC-WEB -p tcp -m tcp -j DNAT --to-destination 10.244.0.66:8080" {
 		t.Errorf("error blames %s line %d %q, want the DNAT rule to 10.244.0.66", re.Binary, re.Line, re.Text)
 	}
-	if !strings.Contains(err.Error(), "line 8 failed") {
+	if !strings.Contains(err.Error(), fmt.Sprintf("line %d failed", re.Line)) {
 		t.Errorf("error %q does not carry iptables' message", err)
 	}
 	if after := k.Save(TableNAT) + k.Save(TableFilter); after != before {
