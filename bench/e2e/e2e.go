@@ -101,6 +101,13 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 	}
 	var results []Result
 	loaded := 0
+	base := map[string]Result{}
+	if len(cfg.Sizes) > 0 && cfg.Sizes[0] > baseServices {
+		if base, err = baseline(ctx, cfg, cp, cs, kubeProxy); err != nil {
+			return nil, err
+		}
+		loaded = baseServices
+	}
 	for _, n := range cfg.Sizes {
 		if err := load(ctx, cs, loaded, n, cfg.Endpoints, cfg.Progress); err != nil {
 			return results, err
@@ -120,10 +127,39 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 				r.Error = err.Error()
 				fmt.Fprintf(cfg.Progress, "  failed: %s\n", firstLine(r.Error))
 			}
+			r.ConnRateBase, r.ConnRateBaseServices = r.ConnRate, n
+			if b, ok := base[p.Label()]; ok {
+				r.ConnRateBase, r.ConnRateBaseServices = b.ConnRate, b.Services
+			}
 			results = append(results, r)
 		}
 	}
 	return results, nil
+}
+
+// baseline loads baseServices services and measures each proxy's data plane
+// there, the figure every size's is compared with. A proxy failing here
+// gets no baseline; the others still do.
+func baseline(ctx context.Context, cfg Config, cp *controlplane.ControlPlane, cs kubernetes.Interface, kubeProxy string) (map[string]Result, error) {
+	if err := load(ctx, cs, 0, baseServices, cfg.Endpoints, cfg.Progress); err != nil {
+		return nil, err
+	}
+	base := map[string]Result{}
+	for i, p := range cfg.Proxies {
+		run := &proxyRun{cfg: cfg, cp: cp, cs: cs, proxy: p, services: baseServices, kubeProxy: kubeProxy,
+			id: fmt.Sprintf("base-%d", i), dataPlaneOnly: true}
+		fmt.Fprintf(cfg.Progress, "== %s, %d services: the data plane's baseline\n", p.Label(), baseServices)
+		r, err := run.measure(ctx)
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("%s at %d services: %w", p.Label(), baseServices, ctx.Err())
+		}
+		if err != nil {
+			fmt.Fprintf(cfg.Progress, "  failed: %s\n", firstLine(err.Error()))
+			continue
+		}
+		base[p.Label()] = r
+	}
+	return base, nil
 }
 
 func needsKubeProxy(ps []Proxy) bool {
@@ -302,6 +338,12 @@ type Result struct {
 	// mode, of `nft list ruleset` in the nftables mode.
 	RulesLines int    `json:"rules_lines"`
 	RulesTool  string `json:"rules_tool"`
+	// ConnRate: new TCP connections per second a client pod opens through
+	// one ClusterIP with these N services programmed; ConnRateBase: the
+	// same proxy's with ConnRateBaseServices (10, or N when N is smaller).
+	ConnRate             float64 `json:"new_connections_per_s"`
+	ConnRateBase         float64 `json:"new_connections_per_s_base"`
+	ConnRateBaseServices int     `json:"base_services"`
 	// Error says why the proxy's figures stop where they do, if they do.
 	Error string `json:"error,omitempty"`
 }
@@ -328,6 +370,8 @@ func (r Result) Missing() []string {
 	check("peak own RSS", r.PeakOwnRSSBytes > 0)
 	check("CPU seconds", r.CPUSeconds > 0)
 	check("rules lines", r.RulesLines > 0)
+	check("new connections/s", r.ConnRate > 0)
+	check("new connections/s at the base size", r.ConnRateBase > 0 && r.ConnRateBaseServices > 0)
 	return missing
 }
 

@@ -30,6 +30,9 @@ type proxyRun struct {
 	services  int
 	kubeProxy string
 	id        string // unique within the run: names its node and services
+	// dataPlaneOnly: the baseline run, which measures the cold start and
+	// the data plane only.
+	dataPlaneOnly bool
 
 	sb      *sandbox.Sandbox
 	created []string // services this run made, deleted at its end
@@ -87,6 +90,9 @@ func (r *proxyRun) measure(ctx context.Context) (res Result, err error) {
 		return res, err
 	}
 	fmt.Fprintf(r.cfg.Progress, "  cold start: connection %.0f ms, first-sync metric %.0f ms\n", res.ColdStartConn, res.ColdStartSync)
+	if r.dataPlaneOnly {
+		return res, r.dataPlane(ctx, probe, &res)
+	}
 	if res.ServiceAdd, err = r.serviceAdds(ctx); err != nil {
 		return res, err
 	}
@@ -95,6 +101,9 @@ func (r *proxyRun) measure(ctx context.Context) (res Result, err error) {
 		return res, err
 	}
 	fmt.Fprintf(r.cfg.Progress, "  endpoint change: new p50 %.0f ms, old gone p50 %.0f ms\n", res.EndpointNew.P50, res.EndpointOldGone.P50)
+	if err := r.dataPlane(ctx, probe, &res); err != nil {
+		return res, err
+	}
 
 	res.CPUSeconds, err = cpuSeconds(p.PID())
 	if err != nil {
@@ -313,6 +322,20 @@ func (r *proxyRun) endpointChanges(ctx context.Context, probe string) (Stats, St
 		news, olds = append(news, firstNew), append(olds, lastOld)
 	}
 	return summarise(news), summarise(olds), nil
+}
+
+// dataPlane measures the rate of new connections through the probe's
+// ClusterIP.
+func (r *proxyRun) dataPlane(ctx context.Context, probe string, res *Result) error {
+	target, err := hostPort(probe)
+	if err != nil {
+		return err
+	}
+	if res.ConnRate, err = connRate(ctx, r.pod(0), target); err != nil {
+		return err
+	}
+	fmt.Fprintf(r.cfg.Progress, "  data plane: %.0f new connections/s through one ClusterIP\n", res.ConnRate)
+	return nil
 }
 
 // rulesSize counts what the proxy programmed in the node namespace.

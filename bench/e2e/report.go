@@ -30,31 +30,45 @@ type figure struct {
 	name string
 	get  func(Result) float64
 	unit string
+	// higher: more is better (a rate), so its ratio is svcproxy / kube-proxy.
+	higher bool
 }
 
 var figures = slices.Concat(
 	[]figure{
-		{"cold start: first connection", func(r Result) float64 { return r.ColdStartConn }, "ms"},
-		{"cold start: first-sync metric", func(r Result) float64 { return r.ColdStartSync }, "ms"},
+		{"cold start: first connection", func(r Result) float64 { return r.ColdStartConn }, "ms", false},
+		{"cold start: first-sync metric", func(r Result) float64 { return r.ColdStartSync }, "ms", false},
 	},
 	latencyFigures("service add", func(r Result) Stats { return r.ServiceAdd }),
 	latencyFigures("endpoint change, new reached", func(r Result) Stats { return r.EndpointNew }),
 	latencyFigures("endpoint change, old gone", func(r Result) Stats { return r.EndpointOldGone }),
 	[]figure{
-		{"peak RSS (children included)", func(r Result) float64 { return float64(r.PeakRSSBytes) / 1e6 }, "MB"},
-		{"peak RSS of the proxy alone", func(r Result) float64 { return float64(r.PeakOwnRSSBytes) / 1e6 }, "MB"},
-		{"CPU (children included)", func(r Result) float64 { return r.CPUSeconds }, "s"},
-		{"rules programmed", func(r Result) float64 { return float64(r.RulesLines) }, "lines"},
+		{"peak RSS (children included)", func(r Result) float64 { return float64(r.PeakRSSBytes) / 1e6 }, "MB", false},
+		{"peak RSS of the proxy alone", func(r Result) float64 { return float64(r.PeakOwnRSSBytes) / 1e6 }, "MB", false},
+		{"CPU (children included)", func(r Result) float64 { return r.CPUSeconds }, "s", false},
+		{"rules programmed", func(r Result) float64 { return float64(r.RulesLines) }, "lines", false},
+		{"new connections through one ClusterIP", func(r Result) float64 { return r.ConnRate }, "/s", true},
+		{"the same with 10 services (N if fewer)", func(r Result) float64 { return r.ConnRateBase }, "/s", true},
+		{"kept at N of its rate with 10", keptRate, "%", true},
 	},
 )
+
+// keptRate is the share of its new-connection rate with few services a
+// proxy keeps at N.
+func keptRate(r Result) float64 {
+	if r.ConnRateBase <= 0 {
+		return 0
+	}
+	return 100 * r.ConnRate / r.ConnRateBase
+}
 
 // latencyFigures are the p50, p90, p99 and max rows of one sampled latency.
 func latencyFigures(label string, of func(Result) Stats) []figure {
 	return []figure{
-		{label + " p50", func(r Result) float64 { return of(r).P50 }, "ms"},
-		{label + " p90", func(r Result) float64 { return of(r).P90 }, "ms"},
-		{label + " p99", func(r Result) float64 { return of(r).P99 }, "ms"},
-		{label + " max", func(r Result) float64 { return of(r).Max }, "ms"},
+		{label + " p50", func(r Result) float64 { return of(r).P50 }, "ms", false},
+		{label + " p90", func(r Result) float64 { return of(r).P90 }, "ms", false},
+		{label + " p99", func(r Result) float64 { return of(r).P99 }, "ms", false},
+		{label + " max", func(r Result) float64 { return of(r).Max }, "ms", false},
 	}
 }
 
@@ -89,7 +103,7 @@ func WriteTable(w io.Writer, rep Report) {
 	sort.Ints(ns)
 	for _, n := range ns {
 		rs := sizes[n]
-		fmt.Fprintf(w, "\nend to end: %d services x %d endpoints, %d samples each (ratio = kube-proxy / svcproxy of the same flavor)\n",
+		fmt.Fprintf(w, "\nend to end: %d services x %d endpoints, %d samples each (ratio of kube-proxy to svcproxy of the same flavor: above 1, svcproxy is faster or smaller)\n",
 			n, rep.Endpoints, rep.Samples)
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 		header := []string{"figure", "unit"}
@@ -115,7 +129,9 @@ func WriteTable(w io.Writer, rep Report) {
 			}
 			for _, r := range rs {
 				if r.Proxy == "kube-proxy" {
-					if sp, ok := peer(rs, r); ok {
+					if sp, ok := peer(rs, r); ok && f.higher {
+						row = append(row, ratio(f.get(sp), f.get(r)))
+					} else if ok {
 						row = append(row, ratio(f.get(r), f.get(sp)))
 					}
 				}
@@ -142,17 +158,18 @@ func format(v float64) string {
 	}
 }
 
-func ratio(kp, sp float64) string {
-	if sp <= 0 || kp <= 0 {
+// ratio is worse / better as a factor: above 1, the second is better.
+func ratio(worse, better float64) string {
+	if better <= 0 || worse <= 0 {
 		return "-"
 	}
-	return fmt.Sprintf("%.2fx", kp/sp)
+	return fmt.Sprintf("%.2fx", worse/better)
 }
 
-// SVG plots service-add p50 latency and peak RSS against N, one line per
-// proxy and mode.
+// SVG plots service-add p50 latency, peak RSS and the data plane's
+// new-connection rate against N, one line per proxy and mode.
 func SVG(rep Report) []byte {
-	const w, h, panelW, panelH, left, top = 960, 420, 380, 300, 70, 50
+	const w, h, panelW, panelH, left, top = 1440, 420, 380, 300, 70, 50
 	var b strings.Builder
 	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="12">`+"\n", w, h)
 	fmt.Fprintf(&b, `<rect width="%d" height="%d" fill="white"/>`+"\n", w, h)
@@ -171,8 +188,9 @@ func SVG(rep Report) []byte {
 	}{
 		{"service add p50 (ms): API write to first connection", func(r Result) float64 { return r.ServiceAdd.P50 }},
 		{"peak RSS (MB), children included", func(r Result) float64 { return float64(r.PeakRSSBytes) / 1e6 }},
+		{"new connections/s through one ClusterIP", func(r Result) float64 { return r.ConnRate }},
 	}
-	minN, maxN, maxY := math.Inf(1), math.Inf(-1), []float64{0, 0}
+	minN, maxN, maxY := math.Inf(1), math.Inf(-1), make([]float64, len(panels))
 	for _, r := range rep.Results {
 		minN, maxN = math.Min(minN, float64(r.Services)), math.Max(maxN, float64(r.Services))
 		for i, p := range panels {

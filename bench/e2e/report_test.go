@@ -37,6 +37,29 @@ func TestTableComparesKubeProxyWithSvcproxyOfItsFlavor(t *testing.T) {
 	}
 }
 
+// A rate is better when higher: its ratio puts svcproxy on top, so above 1
+// still means svcproxy is better.
+func TestTableRatioOfARateFavoursTheFaster(t *testing.T) {
+	rep := Report{Endpoints: 10, Samples: 1, Results: []Result{
+		{Proxy: "svcproxy", Flavor: "nft", Label: "svcproxy iptables-nft", Services: 1000, ConnRate: 8000, ConnRateBase: 8000},
+		{Proxy: "kube-proxy", Flavor: "nft", Label: "kube-proxy iptables-nft", Services: 1000, ConnRate: 2000, ConnRateBase: 8000},
+	}}
+	var b bytes.Buffer
+	WriteTable(&b, rep)
+	var row string
+	for _, line := range strings.Split(b.String(), "\n") {
+		if strings.HasPrefix(strings.TrimSpace(line), "kept at N") {
+			row = line
+		}
+	}
+	if f := strings.Fields(row); len(f) < 3 || f[len(f)-3] != "100" || f[len(f)-2] != "25.0" || f[len(f)-1] != "4.00x" {
+		t.Errorf("kept-rate row %q, want 100, 25.0 and a ratio of 4.00x; table:\n%s", row, b.String())
+	}
+	if !strings.Contains(b.String(), "4.00x") {
+		t.Errorf("no 4.00x ratio for the rate in:\n%s", b.String())
+	}
+}
+
 func TestCombinedPlotHoldsEveryRun(t *testing.T) {
 	dir := t.TempDir()
 	for i, n := range []int{1000, 10000} {

@@ -1,0 +1,93 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/svcproxy/svcproxy/internal/netnstest"
+)
+
+// The data-plane figure: how many new connections a client pod opens per
+// second through one ClusterIP. Only a connection's first packet meets the
+// proxy's NAT rules, so the figure moves with what that packet walks: a
+// chain of one rule per service (kube-proxy's iptables mode) slows down as
+// N grows, a map or a bucketed dispatch (nftables, svcproxy) stays flat.
+// Measured at N and at baseServices, with the same proxy, the pair says
+// how much of its speed the proxy keeps as the cluster grows.
+const (
+	// baseServices is the size the data plane is compared against.
+	baseServices = 10
+	// connWorkers open connections in parallel: enough to keep both
+	// cores busy with packets, few enough that the client is not the limit.
+	connWorkers = 4
+	// connWindow is how long the rate is measured; connTimeout bounds
+	// one connection attempt within it.
+	connWindow  = 2 * time.Second
+	connTimeout = time.Second
+)
+
+// connRate opens TCP connections from ns to target (host:port) with
+// connWorkers workers for connWindow, each closed at once with a reset (no
+// TIME_WAIT, so the client's ports never run out), and returns the
+// connections completed per second. A failed attempt counts as none; more
+// than a tenth failed is an error, since the rate of a broken path is not
+// a figure.
+func connRate(ctx context.Context, ns *netnstest.NS, target string) (float64, error) {
+	ctx, cancel := context.WithTimeout(ctx, connWindow)
+	defer cancel()
+	var ok, failed atomic.Int64
+	var firstErr error
+	var errOnce sync.Once
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range connWorkers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// Entering the namespace once per worker, not per connection:
+			// a socket belongs to the namespace of the thread that made it.
+			err := ns.Do(func() error {
+				d := net.Dialer{Timeout: connTimeout}
+				for ctx.Err() == nil {
+					c, err := d.DialContext(ctx, "tcp", target)
+					if err != nil {
+						if ctx.Err() == nil {
+							failed.Add(1)
+							errOnce.Do(func() { firstErr = err })
+						}
+						continue
+					}
+					_ = c.(*net.TCPConn).SetLinger(0)
+					_ = c.Close()
+					ok.Add(1)
+				}
+				return nil
+			})
+			if err != nil {
+				errOnce.Do(func() { firstErr = err })
+				failed.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	n, bad := ok.Load(), failed.Load()
+	if n == 0 || bad*10 > n+bad {
+		return 0, fmt.Errorf("data plane: %d of %d connections to %s failed, first: %v", bad, n+bad, target, firstErr)
+	}
+	return float64(n) / elapsed.Seconds(), nil
+}
+
+// hostPort is the host:port of an http URL.
+func hostPort(rawURL string) (string, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return "", err
+	}
+	return u.Host, nil
+}
