@@ -29,15 +29,20 @@ const (
 	// one connection attempt within it.
 	connWindow  = 2 * time.Second
 	connTimeout = time.Second
+	// maxConns ends the window early: well below the 28,000 ports of
+	// Linux's default ephemeral range, so that no client port is used
+	// twice while conntrack still holds its closed connection (10 s),
+	// which made a few thousand of 24,000 connections time out.
+	maxConns = 12000
 )
 
 // connRate opens TCP connections from ns to target (host:port) with
-// connWorkers workers for connWindow, each closed at once with a reset (no
-// TIME_WAIT, so the client's ports never run out), and returns the
-// connections completed per second. A failed attempt counts as none; more
-// than a tenth failed is an error, since the rate of a broken path is not
-// a figure.
-func connRate(ctx context.Context, ns *netnstest.NS, target string) (float64, error) {
+// connWorkers workers for connWindow or maxConns connections, each closed at
+// once with a reset (no TIME_WAIT), and returns the connections completed
+// per second and the share of attempts that failed (timed out or were
+// refused: a figure of the proxy's too). It fails only when none
+// completed.
+func connRate(ctx context.Context, ns *netnstest.NS, target string) (rate, failedShare float64, err error) {
 	ctx, cancel := context.WithTimeout(ctx, connWindow)
 	defer cancel()
 	var ok, failed atomic.Int64
@@ -53,7 +58,7 @@ func connRate(ctx context.Context, ns *netnstest.NS, target string) (float64, er
 			// a socket belongs to the namespace of the thread that made it.
 			err := ns.Do(func() error {
 				d := net.Dialer{Timeout: connTimeout}
-				for ctx.Err() == nil {
+				for ctx.Err() == nil && ok.Load()+failed.Load() < maxConns {
 					c, err := d.DialContext(ctx, "tcp", target)
 					if err != nil {
 						if ctx.Err() == nil {
@@ -70,17 +75,16 @@ func connRate(ctx context.Context, ns *netnstest.NS, target string) (float64, er
 			})
 			if err != nil {
 				errOnce.Do(func() { firstErr = err })
-				failed.Add(1)
 			}
 		}()
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
 	n, bad := ok.Load(), failed.Load()
-	if n == 0 || bad*10 > n+bad {
-		return 0, fmt.Errorf("data plane: %d of %d connections to %s failed, first: %v", bad, n+bad, target, firstErr)
+	if n == 0 {
+		return 0, 0, fmt.Errorf("data plane: no connection to %s completed (%d failed), first error: %v", target, bad, firstErr)
 	}
-	return float64(n) / elapsed.Seconds(), nil
+	return float64(n) / elapsed.Seconds(), float64(bad) / float64(n+bad), nil
 }
 
 // hostPort is the host:port of an http URL.

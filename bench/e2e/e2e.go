@@ -34,14 +34,14 @@ import (
 // Proxy is one proxy and mode under test.
 type Proxy struct {
 	Name   string           // "svcproxy" or "kube-proxy"
-	Mode   string           // iptables or nftables
-	Flavor netfilter.Flavor // the iptables flavor (iptables mode)
+	Mode   string           // iptables, nftables or ipvs
+	Flavor netfilter.Flavor // the iptables flavor (iptables and ipvs modes)
 }
 
 // Label names the proxy in tables and plots.
 func (p Proxy) Label() string {
-	if p.Mode == "nftables" {
-		return p.Name + " nftables"
+	if p.Mode == "nftables" || p.Mode == "ipvs" {
+		return p.Name + " " + p.Mode
 	}
 	return p.Name + " iptables-" + string(p.Flavor)
 }
@@ -54,6 +54,16 @@ func AllProxies() []Proxy {
 		{Name: "kube-proxy", Mode: "iptables", Flavor: netfilter.FlavorNFT},
 		{Name: "kube-proxy", Mode: "iptables", Flavor: netfilter.FlavorLegacy},
 		{Name: "kube-proxy", Mode: "nftables", Flavor: netfilter.FlavorNFT},
+	}
+}
+
+// IPVSProxies are the IPVS modes (with iptables-nft for their few
+// iptables rules): they run only on a kernel with IPVS, which make bench
+// boots in a VM.
+func IPVSProxies() []Proxy {
+	return []Proxy{
+		{Name: "svcproxy", Mode: "ipvs", Flavor: netfilter.FlavorNFT},
+		{Name: "kube-proxy", Mode: "ipvs", Flavor: netfilter.FlavorNFT},
 	}
 }
 
@@ -335,7 +345,8 @@ type Result struct {
 	PeakOwnRSSBytes int64   `json:"peak_own_rss_bytes"`
 	CPUSeconds      float64 `json:"cpu_seconds"` // user+system, waited-for children included
 	// RulesLines: lines of iptables-save (both families) in the iptables
-	// mode, of `nft list ruleset` in the nftables mode.
+	// mode, of `nft list ruleset` in the nftables mode, of /proc/net/ip_vs
+	// and iptables-save in the ipvs mode.
 	RulesLines int    `json:"rules_lines"`
 	RulesTool  string `json:"rules_tool"`
 	// ConnRate: new TCP connections per second a client pod opens through
@@ -344,6 +355,10 @@ type Result struct {
 	ConnRate             float64 `json:"new_connections_per_s"`
 	ConnRateBase         float64 `json:"new_connections_per_s_base"`
 	ConnRateBaseServices int     `json:"base_services"`
+	// ConnFailedShare: the share of those connection attempts that failed
+	// at N; DataPlaneError says why there is no rate, if there is none.
+	ConnFailedShare float64 `json:"new_connections_failed_share"`
+	DataPlaneError  string  `json:"data_plane_error,omitempty"`
 	// Error says why the proxy's figures stop where they do, if they do.
 	Error string `json:"error,omitempty"`
 }
@@ -370,7 +385,7 @@ func (r Result) Missing() []string {
 	check("peak own RSS", r.PeakOwnRSSBytes > 0)
 	check("CPU seconds", r.CPUSeconds > 0)
 	check("rules lines", r.RulesLines > 0)
-	check("new connections/s", r.ConnRate > 0)
+	check("new connections/s", r.ConnRate > 0 && r.DataPlaneError == "")
 	check("new connections/s at the base size", r.ConnRateBase > 0 && r.ConnRateBaseServices > 0)
 	return missing
 }

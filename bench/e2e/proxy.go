@@ -91,7 +91,8 @@ func (r *proxyRun) measure(ctx context.Context) (res Result, err error) {
 	}
 	fmt.Fprintf(r.cfg.Progress, "  cold start: connection %.0f ms, first-sync metric %.0f ms\n", res.ColdStartConn, res.ColdStartSync)
 	if r.dataPlaneOnly {
-		return res, r.dataPlane(ctx, probe, &res)
+		r.dataPlane(ctx, probe, &res)
+		return res, nil
 	}
 	if res.ServiceAdd, err = r.serviceAdds(ctx); err != nil {
 		return res, err
@@ -101,9 +102,7 @@ func (r *proxyRun) measure(ctx context.Context) (res Result, err error) {
 		return res, err
 	}
 	fmt.Fprintf(r.cfg.Progress, "  endpoint change: new p50 %.0f ms, old gone p50 %.0f ms\n", res.EndpointNew.P50, res.EndpointOldGone.P50)
-	if err := r.dataPlane(ctx, probe, &res); err != nil {
-		return res, err
-	}
+	r.dataPlane(ctx, probe, &res)
 
 	res.CPUSeconds, err = cpuSeconds(p.PID())
 	if err != nil {
@@ -325,17 +324,19 @@ func (r *proxyRun) endpointChanges(ctx context.Context, probe string) (Stats, St
 }
 
 // dataPlane measures the rate of new connections through the probe's
-// ClusterIP.
-func (r *proxyRun) dataPlane(ctx context.Context, probe string, res *Result) error {
+// ClusterIP. A data plane that fails is a finding, not the end of the
+// proxy's figures: it is noted and the others are still measured.
+func (r *proxyRun) dataPlane(ctx context.Context, probe string, res *Result) {
 	target, err := hostPort(probe)
+	if err == nil {
+		res.ConnRate, res.ConnFailedShare, err = connRate(ctx, r.pod(0), target)
+	}
 	if err != nil {
-		return err
+		res.DataPlaneError = err.Error()
+		fmt.Fprintf(r.cfg.Progress, "  data plane failed: %v\n", err)
+		return
 	}
-	if res.ConnRate, err = connRate(ctx, r.pod(0), target); err != nil {
-		return err
-	}
-	fmt.Fprintf(r.cfg.Progress, "  data plane: %.0f new connections/s through one ClusterIP\n", res.ConnRate)
-	return nil
+	fmt.Fprintf(r.cfg.Progress, "  data plane: %.0f new connections/s through one ClusterIP, %.1f%% failed\n", res.ConnRate, 100*res.ConnFailedShare)
 }
 
 // rulesSize counts what the proxy programmed in the node namespace.
@@ -345,7 +346,15 @@ func (r *proxyRun) rulesSize() (int, string, error) {
 		out, err := node.Run("nft", "list", "ruleset")
 		return countLines(out), "nft list ruleset", err
 	}
-	total := 0
+	total, tool := 0, "iptables-"+string(r.proxy.Flavor)+"-save (v4+v6)"
+	if r.proxy.Mode == "ipvs" {
+		// The virtual and real servers, one line each.
+		out, err := node.Run("cat", "/proc/net/ip_vs")
+		if err != nil {
+			return 0, "", err
+		}
+		total, tool = countLines(out), "/proc/net/ip_vs and "+tool
+	}
 	for _, fam := range []model.Family{model.IPv4, model.IPv6} {
 		out, err := node.Run(r.proxy.Flavor.Binary(fam, "-save"))
 		if err != nil {
@@ -353,7 +362,7 @@ func (r *proxyRun) rulesSize() (int, string, error) {
 		}
 		total += countLines(out)
 	}
-	return total, "iptables-" + string(r.proxy.Flavor) + "-save (v4+v6)", nil
+	return total, tool, nil
 }
 
 func tail(s string, n int) string {

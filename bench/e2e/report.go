@@ -50,6 +50,7 @@ var figures = slices.Concat(
 		{"new connections through one ClusterIP", func(r Result) float64 { return r.ConnRate }, "/s", true},
 		{"the same with 10 services (N if fewer)", func(r Result) float64 { return r.ConnRateBase }, "/s", true},
 		{"kept at N of its rate with 10", keptRate, "%", true},
+		{"new connections that failed", func(r Result) float64 { return 100 * r.ConnFailedShare }, "%", false},
 	},
 )
 
@@ -73,10 +74,16 @@ func latencyFigures(label string, of func(Result) Stats) []figure {
 }
 
 // peer is the svcproxy result a kube-proxy result is compared with: the
-// same size, the same iptables flavor (nft for the nftables mode).
+// same size, the same mode and flavor if there is one (the ipvs modes),
+// else the same iptables flavor (nft for the nftables mode).
 func peer(results []Result, kp Result) (Result, bool) {
 	for _, r := range results {
-		if r.Proxy == "svcproxy" && r.Services == kp.Services && r.Flavor == kp.Flavor {
+		if r.Proxy == "svcproxy" && r.Services == kp.Services && r.Mode == kp.Mode && r.Flavor == kp.Flavor {
+			return r, true
+		}
+	}
+	for _, r := range results {
+		if r.Proxy == "svcproxy" && r.Services == kp.Services && r.Flavor == kp.Flavor && r.Mode != "ipvs" {
 			return r, true
 		}
 	}
@@ -142,6 +149,9 @@ func WriteTable(w io.Writer, rep Report) {
 		for _, r := range rs {
 			if r.Error != "" {
 				fmt.Fprintf(w, "%s failed: %s\n", r.Label, firstLine(r.Error))
+			}
+			if r.DataPlaneError != "" {
+				fmt.Fprintf(w, "%s: %s\n", r.Label, r.DataPlaneError)
 			}
 		}
 	}

@@ -37,6 +37,23 @@ func TestTableComparesKubeProxyWithSvcproxyOfItsFlavor(t *testing.T) {
 	}
 }
 
+// kube-proxy's IPVS mode is compared with svcproxy's, not with svcproxy's
+// iptables mode of the same flavor.
+func TestPeerOfTheIPVSModeIsTheIPVSMode(t *testing.T) {
+	results := []Result{
+		{Proxy: "svcproxy", Mode: "iptables", Flavor: "nft", Services: 1000},
+		{Proxy: "svcproxy", Mode: "ipvs", Flavor: "nft", Services: 1000},
+	}
+	if p, ok := peer(results, Result{Proxy: "kube-proxy", Mode: "ipvs", Flavor: "nft", Services: 1000}); !ok || p.Mode != "ipvs" {
+		t.Errorf("kube-proxy ipvs is compared with %+v", p)
+	}
+	for _, mode := range []string{"iptables", "nftables"} {
+		if p, ok := peer(results, Result{Proxy: "kube-proxy", Mode: mode, Flavor: "nft", Services: 1000}); !ok || p.Mode != "iptables" {
+			t.Errorf("kube-proxy %s is compared with %+v", mode, p)
+		}
+	}
+}
+
 // A rate is better when higher: its ratio puts svcproxy on top, so above 1
 // still means svcproxy is better.
 func TestTableRatioOfARateFavoursTheFaster(t *testing.T) {

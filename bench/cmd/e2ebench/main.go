@@ -28,7 +28,7 @@ func main() {
 	sizes := flag.String("sizes", "", "comma-separated N to run one after the other, e.g. 1000,10000")
 	endpoints := flag.Int("endpoints", 10, "endpoints per service (M)")
 	rounds := flag.Int("rounds", 10, "samples (K) of each change")
-	proxies := flag.String("proxies", "all", "comma-separated labels to run (e.g. \"svcproxy iptables-nft,kube-proxy nftables\"), or all, or svcproxy")
+	proxies := flag.String("proxies", "all", "comma-separated labels to run (e.g. \"svcproxy iptables-nft,kube-proxy nftables\"), or all, or svcproxy, or ipvs (svcproxy's and kube-proxy's ipvs modes: a kernel with IPVS)")
 	out := flag.String("out", "bench/results", "results folder")
 	timeout := flag.Duration("timeout", 30*time.Minute, "bound on the whole run")
 	wait := flag.Duration("wait", 2*time.Minute, "bound on each wait for traffic")
@@ -92,7 +92,10 @@ func pick(spec string) []e2e.Proxy {
 		return all
 	case "svcproxy":
 		return all[:2]
+	case "ipvs":
+		return e2e.IPVSProxies()
 	}
+	all = append(all, e2e.IPVSProxies()...)
 	var ps []e2e.Proxy
 	for _, want := range strings.Split(spec, ",") {
 		found := false
