@@ -1,12 +1,19 @@
 package e2e
 
 import (
+	"cmp"
 	"context"
+	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/url"
+	"os"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/svcproxy/svcproxy/internal/netnstest"
@@ -40,14 +47,16 @@ const (
 // connWorkers workers for connWindow or maxConns connections, each closed at
 // once with a reset (no TIME_WAIT), and returns the connections completed
 // per second and the share of attempts that failed (timed out or were
-// refused: a figure of the proxy's too). It fails only when none
-// completed.
-func connRate(ctx context.Context, ns *netnstest.NS, target string) (rate, failedShare float64, err error) {
+// refused: a figure of the proxy's too) with the first failure's error.
+// It fails only when none completed.
+func connRate(ctx context.Context, ns *netnstest.NS, target string) (rate, failedShare float64, firstFailure string, err error) {
 	ctx, cancel := context.WithTimeout(ctx, connWindow)
 	defer cancel()
 	var ok, failed atomic.Int64
 	var firstErr error
 	var errOnce sync.Once
+	var kindsMu sync.Mutex
+	kinds := map[string]int{}
 	var wg sync.WaitGroup
 	start := time.Now()
 	for range connWorkers {
@@ -64,6 +73,9 @@ func connRate(ctx context.Context, ns *netnstest.NS, target string) (rate, faile
 						if ctx.Err() == nil {
 							failed.Add(1)
 							errOnce.Do(func() { firstErr = err })
+							kindsMu.Lock()
+							kinds[failureKind(err)]++
+							kindsMu.Unlock()
 						}
 						continue
 					}
@@ -82,9 +94,35 @@ func connRate(ctx context.Context, ns *netnstest.NS, target string) (rate, faile
 	elapsed := time.Since(start)
 	n, bad := ok.Load(), failed.Load()
 	if n == 0 {
-		return 0, 0, fmt.Errorf("data plane: no connection to %s completed (%d failed), first error: %v", target, bad, firstErr)
+		return 0, 0, "", fmt.Errorf("data plane: no connection to %s completed (%d failed), first error: %v", target, bad, firstErr)
 	}
-	return float64(n) / elapsed.Seconds(), float64(bad) / float64(n+bad), nil
+	if firstErr != nil {
+		firstFailure = firstErr.Error() + " (" + countKinds(kinds) + ")"
+	}
+	return float64(n) / elapsed.Seconds(), float64(bad) / float64(n+bad), firstFailure, nil
+}
+
+// failureKind names what went wrong with a connection attempt.
+func failureKind(err error) string {
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return "timed out"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "refused"
+	case errors.Is(err, syscall.EADDRNOTAVAIL):
+		return "no local port"
+	}
+	return err.Error()
+}
+
+// countKinds lists the failures by kind, most first.
+func countKinds(kinds map[string]int) string {
+	names := slices.SortedFunc(maps.Keys(kinds), func(a, b string) int { return cmp.Or(kinds[b]-kinds[a], strings.Compare(a, b)) })
+	parts := make([]string, len(names))
+	for i, k := range names {
+		parts[i] = fmt.Sprintf("%d %s", kinds[k], k)
+	}
+	return strings.Join(parts, ", ")
 }
 
 // hostPort is the host:port of an http URL.

@@ -356,9 +356,11 @@ type Result struct {
 	ConnRateBase         float64 `json:"new_connections_per_s_base"`
 	ConnRateBaseServices int     `json:"base_services"`
 	// ConnFailedShare: the share of those connection attempts that failed
-	// at N; DataPlaneError says why there is no rate, if there is none.
-	ConnFailedShare float64 `json:"new_connections_failed_share"`
-	DataPlaneError  string  `json:"data_plane_error,omitempty"`
+	// at N, ConnFirstFailure the first one's error; DataPlaneError says
+	// why there is no rate, if there is none.
+	ConnFailedShare  float64 `json:"new_connections_failed_share"`
+	ConnFirstFailure string  `json:"new_connections_first_failure,omitempty"`
+	DataPlaneError   string  `json:"data_plane_error,omitempty"`
 	// Error says why the proxy's figures stop where they do, if they do.
 	Error string `json:"error,omitempty"`
 }

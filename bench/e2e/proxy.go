@@ -329,7 +329,7 @@ func (r *proxyRun) endpointChanges(ctx context.Context, probe string) (Stats, St
 func (r *proxyRun) dataPlane(ctx context.Context, probe string, res *Result) {
 	target, err := hostPort(probe)
 	if err == nil {
-		res.ConnRate, res.ConnFailedShare, err = connRate(ctx, r.pod(0), target)
+		res.ConnRate, res.ConnFailedShare, res.ConnFirstFailure, err = connRate(ctx, r.pod(0), target)
 	}
 	if err != nil {
 		res.DataPlaneError = err.Error()
@@ -337,6 +337,9 @@ func (r *proxyRun) dataPlane(ctx context.Context, probe string, res *Result) {
 		return
 	}
 	fmt.Fprintf(r.cfg.Progress, "  data plane: %.0f new connections/s through one ClusterIP, %.1f%% failed\n", res.ConnRate, 100*res.ConnFailedShare)
+	if res.ConnFirstFailure != "" {
+		fmt.Fprintf(r.cfg.Progress, "    first failure: %s\n", res.ConnFirstFailure)
+	}
 }
 
 // rulesSize counts what the proxy programmed in the node namespace.
