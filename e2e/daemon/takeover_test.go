@@ -167,8 +167,10 @@ func kubeProxyLeft(node *netnstest.NS, c takeOverCase, virtualServers bool) erro
 		}
 	}
 	if tables, err := node.Run("nft", "list", "tables"); err == nil {
-		for _, t := range leftovers.KubeProxyNFTables([]byte(tables)) {
-			left = append(left, "nftables table "+t.String())
+		for _, line := range strings.Split(tables, "\n") {
+			if f := strings.Fields(line); len(f) == 3 && f[0] == "table" && (f[1] == "ip" || f[1] == "ip6") && f[2] == "kube-proxy" {
+				left = append(left, "nftables table "+f[1]+" "+f[2])
+			}
 		}
 	}
 	// The iptables mode destroys kube-proxy's sets once their virtual

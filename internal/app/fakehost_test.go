@@ -87,13 +87,13 @@ func (h *fakeHost) runNFT(name string, args []string, stdin []byte) ([]byte, err
 	if !h.nft {
 		return nil, &netfilter.ExecError{Name: name, Args: args, Err: exec.ErrNotFound}
 	}
-	switch strings.Join(args, " ") {
-	case "list tables":
-		var out strings.Builder
-		for _, t := range h.nftTables {
-			out.WriteString("table " + t + "\n")
+	if len(args) == 5 && strings.Join(args[:3], " ") == "-t list table" {
+		if !slices.Contains(h.nftTables, args[3]+" "+args[4]) {
+			return nil, &netfilter.ExecError{Name: name, Args: args, Stderr: "Error: No such file or directory", Err: errors.New("exit status 1")}
 		}
-		return []byte(out.String()), nil
+		return []byte("table " + args[3] + " " + args[4] + " {\n}\n"), nil
+	}
+	switch strings.Join(args, " ") {
 	case "-f -":
 		for _, line := range strings.Split(strings.TrimSpace(string(stdin)), "\n") {
 			table, ok := strings.CutPrefix(line, "delete table ")
