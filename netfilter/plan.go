@@ -355,10 +355,9 @@ func (w *chainWriter) blocks(chain, rule string) bool {
 	return target > chain && w.isWritten(target) && !w.complete[target]
 }
 
-// wait makes a pulled chain wait for the first chain one of its rules
-// blocks on, writing nothing yet: declared early, its name would sit in
-// the list for every line until then. With nothing to wait for, it is
-// written at once.
+// wait makes a pulled chain wait for the chain its first blocking rule
+// jumps to, writing nothing yet: its rules all come from there on, in
+// order. With nothing to wait for, it is written at once.
 func (w *chainWriter) wait(chain string) {
 	for _, rule := range w.written[chain] {
 		if w.blocks(chain, rule) {
