@@ -8,7 +8,6 @@ import (
 	"maps"
 	"net"
 	"net/url"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -104,8 +103,9 @@ func connRate(ctx context.Context, ns *netnstest.NS, target string) (rate, faile
 
 // failureKind names what went wrong with a connection attempt.
 func failureKind(err error) string {
+	var ne net.Error
 	switch {
-	case errors.Is(err, os.ErrDeadlineExceeded):
+	case errors.As(err, &ne) && ne.Timeout():
 		return "timed out"
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return "refused"

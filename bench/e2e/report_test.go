@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"bytes"
+	"context"
+	"net"
 	"os"
 	"strings"
 	"testing"
@@ -99,5 +101,19 @@ func TestCombinedPlotHoldsEveryRun(t *testing.T) {
 		if !strings.Contains(string(svg), want) {
 			t.Errorf("combined plot lacks N %s", want)
 		}
+	}
+}
+
+// A dial that runs out of time is a timeout, whatever its wrapping.
+func TestFailureKindOfADialTimeout(t *testing.T) {
+	ctx, cancel := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
+	defer cancel()
+	var d net.Dialer
+	_, err := d.DialContext(ctx, "tcp", "127.0.0.1:9") // out of time before it starts
+	if err == nil {
+		t.Skip("the dial did not fail")
+	}
+	if got := failureKind(err); got != "timed out" {
+		t.Errorf("failureKind(%v) = %q, want timed out", err, got)
 	}
 }
