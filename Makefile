@@ -75,7 +75,7 @@ bench: deps controlplane vmkernel
 	mkdir -p bench/results
 	$(GO) run ./hack/vmrun -mem 6144 -timeout 50m -share $(CURDIR)/bench/results -- $(CURDIR)/$(BIN)/e2ebench \
 		-controlplane-bin-dir "$$(hack/controlplane-bins.sh)" -svcproxy $(CURDIR)/$(BIN)/svcproxy \
-		-out $(CURDIR)/bench/results -proxies ipvs -timeout 45m -services 200 -rounds 5 $(E2E_VM_ARGS)
+		-out $(CURDIR)/bench/results -proxies ipvs -timeout 45m -wait 5m -services 200 -rounds 5 $(E2E_VM_ARGS)
 
 run: deps controlplane build
 	hack/run.sh
