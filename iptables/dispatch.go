@@ -102,19 +102,27 @@ func withBit(a netip.Addr, i int) netip.Addr {
 
 // bucketRules renders a bucket's chain, its entries in descending order of
 // the chain each jumps to (an address's rules stay together, in order).
-// Their addresses and ports are distinct, so the order means nothing to a
-// packet; it is what lets iptables-nft-restore write the bucket rule by
-// rule right after the chain it jumps to (see netfilter's writeChains),
-// which at 10,000 services takes seconds off a full sync.
+// The API server never gives two services one address and port, so the
+// order means nothing to a packet (of two given by hand, which a full sync
+// meets first still wins); it is what lets iptables-nft-restore write the
+// bucket rule by rule right after the chain it jumps to (see netfilter's
+// writeChains), which at 10,000 services takes seconds off a full sync.
 func (c *compiler) bucketRules(b destBucket) []string {
-	groups := make([][]string, len(b.entries))
-	for i, e := range b.entries {
-		groups[i] = c.dispatchEntryRules(e.port, e.kind, e.dst)
+	type group struct {
+		target string // what the address's last rule jumps to
+		rules  []string
 	}
-	slices.SortStableFunc(groups, func(a, b []string) int {
-		return strings.Compare(netfilter.JumpTarget(b[len(b)-1]), netfilter.JumpTarget(a[len(a)-1]))
-	})
-	return slices.Concat(groups...)
+	groups := make([]group, len(b.entries))
+	for i, e := range b.entries {
+		rules := c.dispatchEntryRules(e.port, e.kind, e.dst)
+		groups[i] = group{netfilter.JumpTarget(rules[len(rules)-1]), rules}
+	}
+	slices.SortStableFunc(groups, func(a, b group) int { return strings.Compare(b.target, a.target) })
+	var out []string
+	for _, g := range groups {
+		out = append(out, g.rules...)
+	}
+	return out
 }
 
 // servicesRules renders SERVICES: a jump per bucket, then node ports last,

@@ -234,15 +234,21 @@ func (p *Plan) writeSorted(put func(...string), writes []ChainKey) {
 // how long the restore takes (iptables-legacy-restore does not care).
 func (p *Plan) writeChains(put func(...string), writes []ChainKey) {
 	w := &chainWriter{put: put, written: make(map[string][]string, len(writes)),
+		targets:  make(map[string][]string, len(writes)),
 		declared: make(map[string]bool, len(writes)), complete: make(map[string]bool, len(writes)),
 		next: map[string]int{}, waiting: map[string][]string{}}
 	for _, k := range writes {
-		w.written[k.Name] = p.Write[k]
+		rules := p.Write[k]
+		targets := make([]string, len(rules))
+		for i, rule := range rules {
+			targets[i] = JumpTarget(rule)
+		}
+		w.written[k.Name], w.targets[k.Name] = rules, targets
 	}
 	pulled, first := map[string]bool{}, map[string]bool{}
 	for _, k := range writes {
-		for _, rule := range w.written[k.Name] {
-			switch target := JumpTarget(rule); {
+		for _, target := range w.targets[k.Name] {
+			switch {
 			case !w.isWritten(target):
 			case target > k.Name:
 				pulled[k.Name] = true
@@ -264,9 +270,7 @@ func (p *Plan) writeChains(put func(...string), writes []ChainKey) {
 		case w.leaf(name):
 			// Complete from the start (the masquerade mark), so that no
 			// pulled rule ever waits for it.
-			for _, rule := range w.written[name] {
-				w.rule(name, rule)
-			}
+			w.writeFrom(name, 0)
 			w.finish(name)
 		default:
 			w.declare(name)
@@ -279,9 +283,7 @@ func (p *Plan) writeChains(put func(...string), writes []ChainKey) {
 	}
 	for name := range descending {
 		if !pulled[name] && !w.complete[name] {
-			for _, rule := range w.written[name] {
-				w.rule(name, rule)
-			}
+			w.writeFrom(name, 0)
 			w.finish(name)
 		}
 	}
@@ -297,9 +299,7 @@ func (p *Plan) writeChains(put func(...string), writes []ChainKey) {
 	// pulled chain unfinished; write what is left as it comes.
 	for name := range descending {
 		if pulled[name] && !w.complete[name] {
-			for _, rule := range w.written[name][w.next[name]:] {
-				w.rule(name, rule)
-			}
+			w.writeFrom(name, w.next[name])
 			w.complete[name] = true
 		}
 	}
@@ -309,6 +309,7 @@ func (p *Plan) writeChains(put func(...string), writes []ChainKey) {
 type chainWriter struct {
 	put      func(...string)
 	written  map[string][]string // the table's chains the plan writes
+	targets  map[string][]string // what each of their rules jumps to (JumpTarget)
 	declared map[string]bool
 	complete map[string]bool     // declared, and its rules written
 	next     map[string]int      // a pulled chain's next rule
@@ -323,12 +324,7 @@ func (w *chainWriter) isWritten(name string) bool {
 // leaf reports whether none of a chain's rules jumps to a chain the table
 // writes.
 func (w *chainWriter) leaf(name string) bool {
-	for _, rule := range w.written[name] {
-		if w.isWritten(JumpTarget(rule)) {
-			return false
-		}
-	}
-	return true
+	return !slices.ContainsFunc(w.targets[name], w.isWritten)
 }
 
 func (w *chainWriter) declare(name string) {
@@ -338,20 +334,27 @@ func (w *chainWriter) declare(name string) {
 	}
 }
 
-// rule writes one rule, after declaring its chain and the written chain
-// it jumps to, if either is not yet.
-func (w *chainWriter) rule(chain, rule string) {
+// rule writes a chain's i-th rule, after declaring the chain and the
+// written chain it jumps to, if either is not yet.
+func (w *chainWriter) rule(chain string, i int) {
 	w.declare(chain)
-	if target := JumpTarget(rule); w.isWritten(target) {
+	if target := w.targets[chain][i]; w.isWritten(target) {
 		w.declare(target)
 	}
-	w.put("-A ", chain, " ", rule, "\n")
+	w.put("-A ", chain, " ", w.written[chain][i], "\n")
 }
 
-// blocks reports whether a pulled chain's rule must wait: it jumps to a
-// larger name the table writes that is not complete yet.
-func (w *chainWriter) blocks(chain, rule string) bool {
-	target := JumpTarget(rule)
+// writeFrom writes a chain's rules from the i-th on.
+func (w *chainWriter) writeFrom(chain string, i int) {
+	for ; i < len(w.written[chain]); i++ {
+		w.rule(chain, i)
+	}
+}
+
+// blocks reports whether a pulled chain's i-th rule must wait: it jumps
+// to a larger name the table writes that is not complete yet.
+func (w *chainWriter) blocks(chain string, i int) bool {
+	target := w.targets[chain][i]
 	return target > chain && w.isWritten(target) && !w.complete[target]
 }
 
@@ -359,9 +362,9 @@ func (w *chainWriter) blocks(chain, rule string) bool {
 // jumps to, writing nothing yet: its rules all come from there on, in
 // order. With nothing to wait for, it is written at once.
 func (w *chainWriter) wait(chain string) {
-	for _, rule := range w.written[chain] {
-		if w.blocks(chain, rule) {
-			target := JumpTarget(rule)
+	for i := range w.written[chain] {
+		if w.blocks(chain, i) {
+			target := w.targets[chain][i]
 			w.waiting[target] = append(w.waiting[target], chain)
 			return
 		}
@@ -372,15 +375,13 @@ func (w *chainWriter) wait(chain string) {
 // pull writes a pulled chain's rules up to the next one that blocks, and
 // waits there.
 func (w *chainWriter) pull(chain string) {
-	rules := w.written[chain]
-	for ; w.next[chain] < len(rules); w.next[chain]++ {
-		rule := rules[w.next[chain]]
-		if w.blocks(chain, rule) {
-			target := JumpTarget(rule)
+	for ; w.next[chain] < len(w.written[chain]); w.next[chain]++ {
+		if i := w.next[chain]; w.blocks(chain, i) {
+			target := w.targets[chain][i]
 			w.waiting[target] = append(w.waiting[target], chain)
 			return
 		}
-		w.rule(chain, rule)
+		w.rule(chain, w.next[chain])
 	}
 	w.finish(chain)
 }

@@ -112,7 +112,8 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 	var results []Result
 	loaded := 0
 	base := map[string]Result{}
-	if len(cfg.Sizes) > 0 && cfg.Sizes[0] > baseServices {
+	baselined := len(cfg.Sizes) > 0 && cfg.Sizes[0] > baseServices
+	if baselined {
 		if base, err = baseline(ctx, cfg, cp, cs, kubeProxy); err != nil {
 			return nil, err
 		}
@@ -137,10 +138,15 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 				r.Error = err.Error()
 				fmt.Fprintf(cfg.Progress, "  failed: %s\n", firstLine(r.Error))
 			}
-			r.ConnRateBase, r.ConnRateBaseServices = r.ConnRate, n
-			if b, ok := base[p.Label()]; ok {
+			switch b, ok := base[p.Label()]; {
+			case ok:
 				r.ConnRateBase, r.ConnRateBaseServices = b.ConnRate, b.Services
+			case !baselined:
+				// No baseline run: the first size is small enough to be one.
+				r.ConnRateBase, r.ConnRateBaseServices = r.ConnRate, n
 			}
+			// A proxy whose baseline failed has none, rather than its own
+			// rate at N, which would read as keeping all of it.
 			results = append(results, r)
 		}
 	}
