@@ -126,9 +126,11 @@ func TestDaemonProgramsServesAndStopsLeavingRules(t *testing.T) {
 	waitFor(t, "the service's ClusterIP in nft IPv4 nat", func() bool {
 		return strings.Contains(host.save("nft/IPv4", netfilter.TableNAT), "10.244.0.11:8080")
 	})
-	if nat6 := host.save("nft/IPv6", netfilter.TableNAT); !strings.Contains(nat6, ":SVCPROXY-SERVICES") {
-		t.Errorf("IPv6 works here, so it must be programmed too:\n%s", nat6)
-	}
+	// Both families are synced together but written one after the other,
+	// so IPv6 may land a moment after IPv4.
+	waitFor(t, "IPv6 programmed too, as it works here", func() bool {
+		return strings.Contains(host.save("nft/IPv6", netfilter.TableNAT), ":SVCPROXY-SERVICES")
+	})
 	if nat := host.save("legacy/IPv4", netfilter.TableNAT); strings.Contains(nat, "SVCPROXY") {
 		t.Errorf("--iptables-flavor=nft, yet legacy was programmed:\n%s", nat)
 	}
