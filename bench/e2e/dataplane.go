@@ -37,8 +37,8 @@ const (
 	connTimeout = time.Second
 	// maxConns ends the window early: well below the 28,000 ports of
 	// Linux's default ephemeral range, so that no client port is used
-	// twice while conntrack still holds its closed connection (10 s),
-	// which made a few thousand of 24,000 connections time out.
+	// twice in a window while conntrack (or IPVS) still holds its closed
+	// connection (10 s), which would measure that reuse, not the rules.
 	maxConns = 12000
 )
 
@@ -49,56 +49,101 @@ const (
 // refused: a figure of the proxy's too) with the first failure's error.
 // It fails only when none completed.
 func connRate(ctx context.Context, ns *netnstest.NS, target string) (rate, failedShare float64, firstFailure string, err error) {
-	ctx, cancel := context.WithTimeout(ctx, connWindow)
+	d := net.Dialer{Timeout: connTimeout}
+	p := connProbe{
+		workers: connWorkers, window: connWindow, max: maxConns, now: time.Now,
+		dial: func(ctx context.Context) (net.Conn, error) { return d.DialContext(ctx, "tcp", target) },
+		// Entering the namespace once per worker, not per connection: a
+		// socket belongs to the namespace of the thread that made it.
+		within: ns.Do,
+	}
+	res := p.run(ctx)
+	if res.ok == 0 {
+		return 0, 0, "", fmt.Errorf("data plane: no connection to %s completed (%d failed), first error: %v", target, res.failed, res.firstErr)
+	}
+	if res.firstErr != nil {
+		firstFailure = res.firstErr.Error() + " (" + countKinds(res.kinds) + ")"
+	}
+	return float64(res.ok) / res.elapsed.Seconds(), float64(res.failed) / float64(res.ok+res.failed), firstFailure, nil
+}
+
+// connProbe is one window of connection attempts; its clock, its dial and
+// the way a worker enters the client's namespace are a test's to replace.
+type connProbe struct {
+	workers int
+	window  time.Duration
+	max     int64
+	now     func() time.Time
+	// dial opens one connection; it gives up at ctx's deadline.
+	dial   func(ctx context.Context) (net.Conn, error)
+	within func(func() error) error
+}
+
+type probeResult struct {
+	ok, failed int64
+	firstErr   error
+	kinds      map[string]int
+	elapsed    time.Duration
+}
+
+// run opens connections until the window ends by the probe's clock. The
+// end is read from the clock, not from a context's cancellation: that
+// comes from a timer that fires a little late, and meanwhile every dial,
+// its deadline passed, fails at once with "i/o timeout" (thousands of
+// them on a busy machine, all counted as the proxy's failures until this
+// was found). For the same reason an attempt that ends with the window
+// is not counted: the window cut it short, the proxy did not fail it.
+func (p connProbe) run(ctx context.Context) probeResult {
+	start := p.now()
+	end := start.Add(p.window)
+	ctx, cancel := context.WithDeadline(ctx, end)
 	defer cancel()
 	var ok, failed atomic.Int64
-	var firstErr error
-	var errOnce sync.Once
-	var kindsMu sync.Mutex
-	kinds := map[string]int{}
+	var mu sync.Mutex
+	res := probeResult{kinds: map[string]int{}}
+	record := func(err error, kind string) {
+		mu.Lock()
+		defer mu.Unlock()
+		if res.firstErr == nil {
+			res.firstErr = err
+		}
+		if kind != "" {
+			res.kinds[kind]++
+		}
+	}
+	open := func() bool { return p.now().Before(end) && ok.Load()+failed.Load() < p.max }
 	var wg sync.WaitGroup
-	start := time.Now()
-	for range connWorkers {
+	for range p.workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			// Entering the namespace once per worker, not per connection:
-			// a socket belongs to the namespace of the thread that made it.
-			err := ns.Do(func() error {
-				d := net.Dialer{Timeout: connTimeout}
-				for ctx.Err() == nil && ok.Load()+failed.Load() < maxConns {
-					c, err := d.DialContext(ctx, "tcp", target)
+			err := p.within(func() error {
+				for open() {
+					c, err := p.dial(ctx)
 					if err != nil {
-						if ctx.Err() == nil {
-							failed.Add(1)
-							errOnce.Do(func() { firstErr = err })
-							kindsMu.Lock()
-							kinds[failureKind(err)]++
-							kindsMu.Unlock()
+						if ctx.Err() != nil || !p.now().Before(end) {
+							return nil // cut short by the window, or by the caller
 						}
+						failed.Add(1)
+						record(err, failureKind(err))
 						continue
 					}
-					_ = c.(*net.TCPConn).SetLinger(0)
+					if tc, isTCP := c.(*net.TCPConn); isTCP {
+						_ = tc.SetLinger(0)
+					}
 					_ = c.Close()
 					ok.Add(1)
 				}
 				return nil
 			})
 			if err != nil {
-				errOnce.Do(func() { firstErr = err })
+				record(err, "")
 			}
 		}()
 	}
 	wg.Wait()
-	elapsed := time.Since(start)
-	n, bad := ok.Load(), failed.Load()
-	if n == 0 {
-		return 0, 0, "", fmt.Errorf("data plane: no connection to %s completed (%d failed), first error: %v", target, bad, firstErr)
-	}
-	if firstErr != nil {
-		firstFailure = firstErr.Error() + " (" + countKinds(kinds) + ")"
-	}
-	return float64(n) / elapsed.Seconds(), float64(bad) / float64(n+bad), firstFailure, nil
+	res.ok, res.failed, res.elapsed = ok.Load(), failed.Load(), p.now().Sub(start)
+	return res
 }
 
 // failureKind names what went wrong with a connection attempt.
