@@ -44,22 +44,27 @@ test: deps controlplane vmkernel fmt-check vet
 	$(GO) test -count=1 -timeout 10m -race ./proxier/...
 	$(GO) test -count=1 -timeout 85m -v ./e2e/vm/
 
-# Rule-sync figures at 10,000 services x 10 endpoints, in each iptables
-# flavour, each run in a network namespace of its own (unshare --net) so the
-# host's rules are never touched; then the IPVS mode, and the iptables mode
-# for comparison, at 1,000 and 10,000 services in the VM (this kernel has
-# no IPVS; everything there runs 5-10 times slower). Between the two, the
-# end-to-end figures (bench/e2e): a real control plane, a sandbox node,
-# 1,000 services x 10 endpoints loaded through the API, then svcproxy and
-# kube-proxy each started with kube-proxy's flags and timed by real
-# connections from a pod namespace; a table on stdout, a JSON file and an
-# SVG plot in bench/results. BENCH_ARGS passes flags to both, e.g.
-# -services 10000; E2E_ARGS to the end-to-end run only, e.g.
-# -sizes 1000,10000 or -proxies svcproxy; E2E_TIMEOUT bounds it. Last, the
-# same end-to-end figures for svcproxy's and kube-proxy's IPVS modes in the
-# VM, at 200 services x 10 endpoints, 5 samples (emulated, everything is
-# 5-10 times slower); E2E_VM_ARGS pass flags to that run only, e.g.
-# -services 1000.
+# The figures at BENCH_N services x 10 endpoints (1,000: about a quarter
+# of an hour; BENCH_N=10000 for the big size, an hour or more, most of it
+# the VM's). First the in-process ones: Go benchmarks, and svcproxy's rule
+# sync in each iptables flavour, each run in a network namespace of its own
+# (unshare --net) so the host's rules are never touched. Then the
+# end-to-end figures (bench/e2e): a real control plane, a sandbox node, the
+# services loaded through the API, then svcproxy and kube-proxy each
+# started with kube-proxy's flags and timed by real connections from a pod
+# namespace; a table on stdout, a JSON file and an SVG plot in
+# bench/results. Last the IPVS mode, in the VM (this kernel has no IPVS;
+# everything there runs 5-10 times slower): its rule sync beside the
+# iptables mode's on the same emulated CPU, at 1,000 services and at
+# BENCH_N, and the end-to-end figures of svcproxy's and kube-proxy's IPVS
+# modes at BENCH_VM_N services (kube-proxy's IPVS mode takes minutes to its
+# first sync at 200). BENCH_ARGS pass flags to the host's parts and the VM's
+# rule sync, e.g. -rounds 5;
+# E2E_ARGS to the host's end-to-end run only, e.g. -sizes 1000,10000 or
+# -proxies svcproxy; E2E_VM_ARGS to the VM's; E2E_TIMEOUT bounds the host's.
+BENCH_N ?= 1000
+BENCH_VM_N ?= $(if $(filter 1000,$(BENCH_N)),50,200)
+BENCH_VM_ROUNDS ?= $(if $(filter 1000,$(BENCH_N)),3,5)
 E2E_TIMEOUT ?= 30m
 bench: deps controlplane vmkernel
 	$(GO) build -o $(BIN)/syncbench ./bench/cmd/syncbench
@@ -67,15 +72,15 @@ bench: deps controlplane vmkernel
 	$(GO) build -o $(BIN)/svcproxy ./cmd/svcproxy
 	$(GO) test -run '^$$' -bench . -benchmem ./proxier ./iptables ./ipvs
 	@for flavor in nft legacy; do \
-		unshare --net $(BIN)/syncbench -in-own-netns -flavor $$flavor $(BENCH_ARGS) || exit 1; \
+		unshare --net $(BIN)/syncbench -in-own-netns -flavor $$flavor -services $(BENCH_N) $(BENCH_ARGS) || exit 1; \
 	done
 	$(BIN)/e2ebench -controlplane-bin-dir "$$(hack/controlplane-bins.sh)" -svcproxy $(BIN)/svcproxy \
-		-out bench/results -timeout $(E2E_TIMEOUT) $(BENCH_ARGS) $(E2E_ARGS)
-	$(GO) run ./hack/vmrun -mem 4096 -timeout 60m -- $(CURDIR)/hack/bench-vm.sh $(CURDIR)/$(BIN)/syncbench $(BENCH_ARGS)
+		-out bench/results -timeout $(E2E_TIMEOUT) -services $(BENCH_N) $(BENCH_ARGS) $(E2E_ARGS)
+	$(GO) run ./hack/vmrun -mem 4096 -timeout 60m -- $(CURDIR)/hack/bench-vm.sh $(CURDIR)/$(BIN)/syncbench "1000 $(BENCH_N)" $(BENCH_ARGS)
 	mkdir -p bench/results
 	$(GO) run ./hack/vmrun -mem 6144 -timeout 50m -share $(CURDIR)/bench/results -- $(CURDIR)/$(BIN)/e2ebench \
 		-controlplane-bin-dir "$$(hack/controlplane-bins.sh)" -svcproxy $(CURDIR)/$(BIN)/svcproxy \
-		-out $(CURDIR)/bench/results -proxies ipvs -timeout 45m -wait 5m -services 200 -rounds 5 $(E2E_VM_ARGS)
+		-out $(CURDIR)/bench/results -proxies ipvs -timeout 45m -wait 5m -services $(BENCH_VM_N) -rounds $(BENCH_VM_ROUNDS) $(E2E_VM_ARGS)
 
 run: deps controlplane build
 	hack/run.sh
