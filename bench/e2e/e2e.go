@@ -77,7 +77,10 @@ type Config struct {
 	Proxies   []Proxy
 	WorkDir   string        // logs and control-plane data; removed by the caller
 	Timeout   time.Duration // bounds each wait for traffic (a sample, a cold start)
-	Progress  io.Writer
+	// ProxyFlags go after every proxy's own, e.g. --v=4 to read in the
+	// logs kept with -keep-logs what a figure was made of.
+	ProxyFlags []string
+	Progress   io.Writer
 }
 
 // namespace holds every object of a run.

@@ -156,11 +156,11 @@ func commonFlags() []string {
 func (r *proxyRun) start() (*sandbox.Process, time.Time, error) {
 	began := time.Now()
 	if r.proxy.Name == "kube-proxy" {
-		p, err := r.sb.StartKubeProxy(sandbox.KubeProxy{Binary: r.kubeProxy, Mode: r.proxy.Mode, Flavor: r.proxy.Flavor})
+		p, err := r.sb.StartKubeProxy(sandbox.KubeProxy{Binary: r.kubeProxy, Mode: r.proxy.Mode, Flavor: r.proxy.Flavor, Extra: r.cfg.ProxyFlags})
 		return p, began, err
 	}
 	args := append([]string{"--proxy-mode=" + r.proxy.Mode, "--iptables-flavor=" + string(r.proxy.Flavor)}, commonFlags()...)
-	p, err := r.sb.StartProxy(args...)
+	p, err := r.sb.StartProxy(append(args, r.cfg.ProxyFlags...)...)
 	return p, began, err
 }
 

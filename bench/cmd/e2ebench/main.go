@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -31,6 +32,8 @@ func main() {
 	proxies := flag.String("proxies", "all", "comma-separated labels to run (e.g. \"svcproxy iptables-nft,kube-proxy nftables\"), or all, or svcproxy, or ipvs (svcproxy's and kube-proxy's ipvs modes: a kernel with IPVS)")
 	out := flag.String("out", "bench/results", "results folder")
 	timeout := flag.Duration("timeout", 30*time.Minute, "bound on the whole run")
+	proxyFlags := flag.String("proxy-flags", "", "space-separated flags added to every proxy's, e.g. --v=4")
+	keepLogs := flag.Bool("keep-logs", false, "copy every proxy's log into the results folder (logs-<time>/)")
 	wait := flag.Duration("wait", 2*time.Minute, "bound on each wait for traffic")
 	// syncbench's flags, accepted so one BENCH_ARGS serves both.
 	flag.Int("nodes", 0, "ignored (syncbench's)")
@@ -60,6 +63,7 @@ func main() {
 		fail(err.Error())
 	}
 	cfg.WorkDir = work
+	cfg.ProxyFlags = strings.Fields(*proxyFlags)
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
@@ -67,6 +71,9 @@ func main() {
 	rep.Results, err = e2e.Run(ctx, cfg)
 	cancel()
 	stop()
+	if *keepLogs {
+		keepProxyLogs(work, filepath.Join(*out, "logs-"+rep.Started.Format("20060102-150405")))
+	}
 	os.RemoveAll(work)
 	if len(rep.Results) > 0 {
 		e2e.WriteTable(os.Stdout, rep)
@@ -114,4 +121,25 @@ func pick(spec string) []e2e.Proxy {
 func fail(msg string) {
 	fmt.Fprintln(os.Stderr, "e2ebench:", msg)
 	os.Exit(1)
+}
+
+// keepProxyLogs copies the proxies' logs of the work folder (one folder per
+// proxy run) to dst, where they outlive the run.
+func keepProxyLogs(work, dst string) {
+	logs, _ := filepath.Glob(filepath.Join(work, "node-*", "*proxy-*.log"))
+	for _, log := range logs {
+		b, err := os.ReadFile(log)
+		if err == nil {
+			err = os.MkdirAll(dst, 0o755)
+		}
+		if err == nil {
+			err = os.WriteFile(filepath.Join(dst, filepath.Base(filepath.Dir(log))+"-"+filepath.Base(log)), b, 0o644)
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "keeping %s: %v\n", log, err)
+		}
+	}
+	if len(logs) > 0 {
+		fmt.Fprintf(os.Stderr, "the proxies' logs: %s\n", dst)
+	}
 }
