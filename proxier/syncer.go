@@ -182,7 +182,12 @@ func (s *Syncer) logReport(r *SyncReport) {
 			zap.Int("servicePorts", len(f.View.Services)),
 			zap.Int("written", f.Result.Written), zap.Int("deleted", f.Result.Deleted),
 			zap.Int("rules", f.Result.Rules), zap.Int("bytes", f.Result.Bytes), zap.Int("kernelOps", f.Result.KernelOps),
-			zap.Duration("elapsed", r.Duration),
+			// The family's own time (its conntrack cleanup included),
+			// and the whole sync's, which syncs the families in turn.
+			zap.Duration("elapsed", f.Duration), zap.Duration("syncElapsed", r.Duration),
+		}
+		if ct := f.Conntrack; ct != nil {
+			fields = append(fields, zap.Duration("conntrackElapsed", ct.Duration))
 		}
 		if f.Err != nil {
 			s.log.Error("sync failed", append(fields, zap.Error(f.Err))...)
