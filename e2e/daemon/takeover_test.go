@@ -100,7 +100,7 @@ func testTakeOver(t *testing.T, c takeOverCase) {
 	established := dialKeepAlive(t, from, web.Spec.ClusterIP+":80")
 
 	kp.stop()
-	probe := startProbe(from, webURL)
+	probe := startProbe(from, webURL, func() string { return flowsTo(n.sb.Bed.Node(), web.Spec.ClusterIP) })
 	n.startProxy(n.sb.Kubeconfig, "--proxy-mode="+c.svcproxyMode)
 	n.eventually("kube-proxy's rules and sets gone", time.Now(), func() error { return kubeProxyLeft(n.sb.Bed.Node(), c, false) })
 	failures := probe.stop()
@@ -112,8 +112,10 @@ func testTakeOver(t *testing.T, c takeOverCase) {
 		// an earlier connection; into the IPVS mode once, one of 457
 		// (CI of 2026-12-03). Up to 1% is logged, not failed.
 		t.Logf("known gap: %d of %d requests to web failed during the take-over, the first: %v", len(failures), probe.count(), failures[0])
+		t.Logf("the node's flows to web when the first failed:\n%s", probe.atFirstFailure)
 	case len(failures) > 0:
 		t.Errorf("%d of %d requests to web failed during the take-over, the first: %v", len(failures), probe.count(), failures[0])
+		t.Logf("the node's flows to web when the first failed:\n%s", probe.atFirstFailure)
 	default:
 		t.Logf("%d requests to web during the take-over, all answered", probe.count())
 	}
@@ -282,16 +284,18 @@ func (c *keptConn) ask() error {
 }
 
 // probe fetches a URL over and over, each time on a new connection,
-// until stopped: at most every 50 ms and 3,000 times.
+// until stopped: at most every 50 ms and 3,000 times. At its first
+// failure it keeps what snapshot says of the node then.
 type probe struct {
-	done     chan struct{}
-	wg       sync.WaitGroup
-	mu       sync.Mutex
-	n        int
-	failures []error
+	done           chan struct{}
+	wg             sync.WaitGroup
+	mu             sync.Mutex
+	n              int
+	failures       []error
+	atFirstFailure string
 }
 
-func startProbe(from *netnstest.NS, url string) *probe {
+func startProbe(from *netnstest.NS, url string, snapshot func() string) *probe {
 	p := &probe{done: make(chan struct{})}
 	// The client's timeout is stretched with the suite's: in the emulated
 	// VM one request in some hundreds outlasted 1.5 s.
@@ -299,8 +303,16 @@ func startProbe(from *netnstest.NS, url string) *probe {
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
+		failed := false
 		for range 3000 {
 			_, err := sandbox.Get(c, url)
+			if err != nil && !failed {
+				failed = true
+				seen := snapshot()
+				p.mu.Lock()
+				p.atFirstFailure = seen
+				p.mu.Unlock()
+			}
 			p.mu.Lock()
 			p.n++
 			if err != nil {
@@ -315,6 +327,18 @@ func startProbe(from *netnstest.NS, url string) *probe {
 		}
 	}()
 	return p
+}
+
+// flowsTo is what the node's conntrack table and, where IPVS is loaded,
+// its IPVS connection table hold of flows to addr: which entry a request
+// that hung met.
+func flowsTo(node *netnstest.NS, addr string) string {
+	ct, err := node.Run("conntrack", "-L", "-p", "tcp", "-d", addr)
+	if err != nil {
+		ct += err.Error()
+	}
+	ipvs, _ := node.Run("cat", "/proc/net/ip_vs_conn")
+	return "conntrack:\n" + ct + "\nIPVS connections:\n" + ipvs
 }
 
 func (p *probe) stop() []error {
