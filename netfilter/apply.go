@@ -265,10 +265,18 @@ func (h hooks) owned() []ChainKey {
 // hasJump reports whether a jump rule is in place: found in the save by
 // its text, or else (should some iptables print it otherwise) by asking
 // iptables, so that a difference in spelling costs a call, never a
-// duplicate rule or a resync.
+// duplicate rule or a resync. Where no rule of the chain jumps to the
+// rule's target, the save already says no in any spelling (iptables-save
+// always names a rule's target) and nothing is asked: at a cold start
+// that is every jump rule, and a program start each.
 func (a *Applier) hasJump(h hooks, j JumpRule) (ok bool, asked bool, err error) {
-	if slices.Contains(h[j.Table].Rules[j.Chain], j.Text()) {
+	saved := h[j.Table].Rules[j.Chain]
+	if slices.Contains(saved, j.Text()) {
 		return true, false, nil
+	}
+	target := JumpTarget(j.Text())
+	if !slices.ContainsFunc(saved, func(rule string) bool { return JumpTarget(rule) == target }) {
+		return false, false, nil
 	}
 	ok, err = a.rules.Exists(string(j.Table), j.Chain, j.Rule...)
 	return ok, true, err

@@ -90,15 +90,37 @@ COMMIT
 		"iptables-nft-save -t filter",
 		"iptables-nft-save -t nat",
 		"iptables-nft-restore --noflush --wait",
-		"-t filter -C FORWARD -j SVCPROXY-FILTER",
 		"-t filter -I FORWARD 1 -j SVCPROXY-FILTER",
-		`-t nat -C OUTPUT -m comment --comment "svcproxy portals" -j SVCPROXY-SERVICES`,
 		`-t nat -I OUTPUT 1 -m comment --comment "svcproxy portals" -j SVCPROXY-SERVICES`,
-		`-t nat -C PREROUTING -m comment --comment "svcproxy portals" -j SVCPROXY-SERVICES`,
 		`-t nat -I PREROUTING 1 -m comment --comment "svcproxy portals" -j SVCPROXY-SERVICES`,
 	}
 	if got := strings.Join(k.Calls, "\n"); got != strings.Join(wantCalls, "\n") {
 		t.Errorf("calls:\n%s\nwant:\n%s", got, strings.Join(wantCalls, "\n"))
+	}
+}
+
+// A jump rule missing from the save is asked about only when some rule of
+// its chain jumps to its target (the same rule, printed otherwise): other
+// programs' rules in the chain cost no call.
+func TestJumpRulesAskedAboutOnlyWhenTheSaveIsInDoubt(t *testing.T) {
+	a, k := fakeApplier(t, model.IPv4, FlavorNFT)
+	k.AddChain(TableNAT, "KUBE-SERVICES")
+	k.AddChain(TableNAT, "SVCPROXY-SERVICES")
+	k.AddChain(TableNAT, "PREROUTING", "-j KUBE-SERVICES", "-m comment --comment svcproxy-portals -j SVCPROXY-SERVICES")
+	k.AddChain(TableNAT, "OUTPUT", "-j KUBE-SERVICES")
+	mustApply(t, a, testPlan("10.244.0.11:8080"))
+	var asked []string
+	for _, c := range k.Calls {
+		if strings.Contains(c, " -C ") {
+			asked = append(asked, c)
+		}
+	}
+	want := `-t nat -C PREROUTING -m comment --comment "svcproxy portals" -j SVCPROXY-SERVICES`
+	if len(asked) != 1 || asked[0] != want {
+		t.Errorf("asked iptables:\n%s\nwant only:\n%s", strings.Join(asked, "\n"), want)
+	}
+	if got := strings.Count(k.Save(TableNAT), "\"svcproxy portals\" -j SVCPROXY-SERVICES\n"); got != 2 {
+		t.Errorf("%d jump rules to SVCPROXY-SERVICES as svcproxy spells them, want 2 (PREROUTING and OUTPUT):\n%s", got, k.Save(TableNAT))
 	}
 }
 
