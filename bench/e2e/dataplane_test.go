@@ -4,29 +4,11 @@ import (
 	"context"
 	"net"
 	"os"
-	"sync"
 	"testing"
 	"time"
+
+	clocktesting "k8s.io/utils/clock/testing"
 )
-
-// probeClock is the connection probe's clock: it moves only when a fake
-// dial says the attempt took time.
-type probeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *probeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *probeClock) advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
 
 // A window of connection attempts against a fake dial: nine of every ten
 // connect in a minute, the tenth times out after 30 (its timeout). The
@@ -36,7 +18,7 @@ func (c *probeClock) advance(d time.Duration) {
 // inside the window count as failures: not the one the window cut short,
 // and none after it.
 func TestConnProbeCountsOnlyFailuresInsideTheWindow(t *testing.T) {
-	clk := &probeClock{now: time.Now()}
+	clk := clocktesting.NewFakeClock(time.Now())
 	const window, took, timeout = 100 * time.Minute, time.Minute, 30 * time.Minute
 	attempts := 0
 	dial := func(ctx context.Context) (net.Conn, error) {
@@ -46,12 +28,12 @@ func TestConnProbeCountsOnlyFailuresInsideTheWindow(t *testing.T) {
 		}
 		attempts++
 		if attempts%10 != 0 {
-			clk.advance(took)
+			clk.Step(took)
 			client, server := net.Pipe()
 			_ = server.Close()
 			return client, nil
 		}
-		clk.advance(min(timeout, deadline.Sub(clk.Now())))
+		clk.Step(min(timeout, deadline.Sub(clk.Now())))
 		return nil, &net.OpError{Op: "dial", Net: "tcp", Err: os.ErrDeadlineExceeded}
 	}
 	p := connProbe{workers: 1, window: window, max: 1000, now: clk.Now, dial: dial,
@@ -74,12 +56,12 @@ func TestConnProbeCountsOnlyFailuresInsideTheWindow(t *testing.T) {
 // The cap on connections ends the window early, and a cancelled caller
 // ends it without counting the dials it cut short.
 func TestConnProbeStopsAtItsCapAndOnCancel(t *testing.T) {
-	clk := &probeClock{now: time.Now()}
+	clk := clocktesting.NewFakeClock(time.Now())
 	dial := func(ctx context.Context) (net.Conn, error) {
 		if err := ctx.Err(); err != nil {
 			return nil, &net.OpError{Op: "dial", Net: "tcp", Err: err}
 		}
-		clk.advance(time.Millisecond)
+		clk.Step(time.Millisecond)
 		client, server := net.Pipe()
 		_ = server.Close()
 		return client, nil
