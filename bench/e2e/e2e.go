@@ -80,8 +80,15 @@ type Config struct {
 	// ProxyFlags go after every proxy's own, e.g. --v=4 to read in the
 	// logs kept with -keep-logs what a figure was made of.
 	ProxyFlags []string
+	// IdleWindow is how long each proxy is watched with no API change,
+	// for its idle CPU; 0 means DefaultIdleWindow.
+	IdleWindow time.Duration
 	Progress   io.Writer
 }
+
+// DefaultIdleWindow is kube-proxy's --sync-period: a window that long
+// holds one of its periodic syncs, as every 30 s of an idle node does.
+const DefaultIdleWindow = 30 * time.Second
 
 // namespace holds every object of a run.
 const namespace = "bench"
@@ -93,6 +100,9 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 	}
 	if cfg.Timeout == 0 {
 		cfg.Timeout = time.Minute
+	}
+	if cfg.IdleWindow == 0 {
+		cfg.IdleWindow = DefaultIdleWindow
 	}
 	cp, err := controlplane.Start(ctx, controlplane.Options{BinDir: cfg.BinDir, WorkDir: cfg.WorkDir})
 	if err != nil {
@@ -353,6 +363,11 @@ type Result struct {
 	// nft it runs (at 10,000 services those are most of the peak).
 	PeakOwnRSSBytes int64   `json:"peak_own_rss_bytes"`
 	CPUSeconds      float64 `json:"cpu_seconds"` // user+system, waited-for children included
+	// IdleCPU: the share of one core the proxy and the programs it ran
+	// used over IdleSeconds with no API change (its periodic work: an
+	// integrity check, a periodic sync).
+	IdleCPU     float64 `json:"idle_cpu_share_of_a_core"`
+	IdleSeconds float64 `json:"idle_seconds"`
 	// RulesLines: lines of iptables-save (both families) in the iptables
 	// mode, of `nft list ruleset` in the nftables mode, of /proc/net/ip_vs
 	// and iptables-save in the ipvs mode.
@@ -395,6 +410,7 @@ func (r Result) Missing() []string {
 	check("peak RSS", r.PeakRSSBytes > 0)
 	check("peak own RSS", r.PeakOwnRSSBytes > 0)
 	check("CPU seconds", r.CPUSeconds > 0)
+	check("idle CPU", r.IdleSeconds > 0) // an idle proxy may well use none
 	check("rules lines", r.RulesLines > 0)
 	check("new connections/s", r.ConnRate > 0 && r.DataPlaneError == "")
 	check("new connections/s at the base size", r.ConnRateBase > 0 && r.ConnRateBaseServices > 0)

@@ -32,7 +32,7 @@ func TestTinyRunMeasuresEveryFigure(t *testing.T) {
 	defer cancel()
 	var progress bytes.Buffer
 	cfg := Config{BinDir: binDir, Svcproxy: svcproxy, Sizes: []int{5}, Endpoints: 2, Samples: 2,
-		Proxies: AllProxies()[:1], WorkDir: t.TempDir(), Timeout: 30 * time.Second, Progress: &progress}
+		Proxies: AllProxies()[:1], WorkDir: t.TempDir(), Timeout: 30 * time.Second, IdleWindow: 2 * time.Second, Progress: &progress}
 	results, err := Run(ctx, cfg)
 	if err != nil {
 		t.Fatalf("%v\nprogress:\n%s", err, progress.String())

@@ -103,6 +103,10 @@ func (r *proxyRun) measure(ctx context.Context) (res Result, err error) {
 	}
 	fmt.Fprintf(r.cfg.Progress, "  endpoint change: new p50 %.0f ms, old gone p50 %.0f ms\n", res.EndpointNew.P50, res.EndpointOldGone.P50)
 	r.dataPlane(ctx, probe, &res)
+	if res.IdleCPU, res.IdleSeconds, err = r.idleCPU(ctx, p); err != nil {
+		return res, err
+	}
+	fmt.Fprintf(r.cfg.Progress, "  idle: %.1f%% of a core over %.0f s\n", 100*res.IdleCPU, res.IdleSeconds)
 
 	res.CPUSeconds, err = cpuSeconds(p.PID())
 	if err != nil {
@@ -359,6 +363,30 @@ func (r *proxyRun) dataPlane(ctx context.Context, probe string, res *Result) {
 	if res.ConnFirstFailure != "" {
 		fmt.Fprintf(r.cfg.Progress, "    first failure: %s\n", res.ConnFirstFailure)
 	}
+}
+
+// idleCPU watches the proxy for IdleWindow with no API change (the last
+// write, an endpoint change's, is seconds old by now) and returns the
+// share of one core it and its children used, and the window's length.
+// A child still running at either end is counted when it ends, so a
+// window may gain or lose one program's run.
+func (r *proxyRun) idleCPU(ctx context.Context, p *sandbox.Process) (share, seconds float64, err error) {
+	before, err := cpuSeconds(p.PID())
+	if err != nil {
+		return 0, 0, err
+	}
+	start := time.Now()
+	select {
+	case <-ctx.Done():
+		return 0, 0, ctx.Err()
+	case <-time.After(r.cfg.IdleWindow):
+	}
+	after, err := cpuSeconds(p.PID())
+	if err != nil {
+		return 0, 0, err
+	}
+	seconds = time.Since(start).Seconds()
+	return (after - before) / seconds, seconds, nil
 }
 
 // rulesSize counts what the proxy programmed in the node namespace.

@@ -46,6 +46,7 @@ var figures = slices.Concat(
 		{"peak RSS (children included)", func(r Result) float64 { return float64(r.PeakRSSBytes) / 1e6 }, "MB", false},
 		{"peak RSS of the proxy alone", func(r Result) float64 { return float64(r.PeakOwnRSSBytes) / 1e6 }, "MB", false},
 		{"CPU (children included)", func(r Result) float64 { return r.CPUSeconds }, "s", false},
+		{"CPU while idle (children included)", func(r Result) float64 { return 100 * r.IdleCPU }, "% core", false},
 		{"rules programmed", func(r Result) float64 { return float64(r.RulesLines) }, "lines", false},
 		{"new connections through one ClusterIP", func(r Result) float64 { return r.ConnRate }, "/s", true},
 		{"the same with 10 services (N if fewer)", func(r Result) float64 { return r.ConnRateBase }, "/s", true},

@@ -35,6 +35,7 @@ func main() {
 	proxyFlags := flag.String("proxy-flags", "", "space-separated flags added to every proxy's, e.g. --v=4")
 	keepLogs := flag.Bool("keep-logs", false, "copy every proxy's log into the results folder (logs-<time>/)")
 	wait := flag.Duration("wait", 2*time.Minute, "bound on each wait for traffic")
+	idle := flag.Duration("idle", e2e.DefaultIdleWindow, "how long each proxy is watched with no API change, for its idle CPU")
 	// syncbench's flags, accepted so one BENCH_ARGS serves both.
 	flag.Int("nodes", 0, "ignored (syncbench's)")
 	flag.String("mode", "", "ignored (syncbench's)")
@@ -46,7 +47,7 @@ func main() {
 		fail("-controlplane-bin-dir is required")
 	}
 	cfg := e2e.Config{BinDir: *binDir, Svcproxy: *svcproxy, Endpoints: *endpoints, Samples: *rounds,
-		Timeout: *wait, Progress: os.Stderr, Sizes: []int{*services}}
+		Timeout: *wait, IdleWindow: *idle, Progress: os.Stderr, Sizes: []int{*services}}
 	if *sizes != "" {
 		cfg.Sizes = nil
 		for _, s := range strings.Split(*sizes, ",") {
