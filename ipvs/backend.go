@@ -111,7 +111,8 @@ func (b *Backend) sameNodeAddrs(k Kernel, nodeAddrs []netip.Addr) bool {
 // Intact implements proxier.Backend: the jump rules and top chains are in
 // place, and the kernel holds every virtual server (with its real servers
 // and their weights), address, set entry and sysctl the applied view
-// needs. It reads the whole IPVS table, one request per virtual server.
+// needs. It reads the whole IPVS table (one read of /proc/net/ip_vs),
+// kube-ipvs0's addresses and the sets: its cost grows with the services.
 func (b *Backend) Intact(ctx context.Context, applied *model.NodeView) (bool, error) {
 	if ok, err := b.rules.Intact(ctx); !ok || err != nil || applied == nil {
 		return ok, err

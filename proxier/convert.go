@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unique"
 
 	"github.com/svcproxy/svcproxy/model"
 	v1 "k8s.io/api/core/v1"
@@ -141,6 +142,10 @@ type EndpointPort struct {
 }
 
 // SliceEndpoint is one endpoint of a slice, with its conditions resolved.
+// It is held for every endpoint of the cluster as long as svcproxy runs,
+// so it is kept small: node and zone names are interned (a cluster has few
+// of them, and 100,000 endpoints each held their own copies), and the
+// hints, which most endpoints lack, sit behind a pointer.
 type SliceEndpoint struct {
 	Addr        netip.Addr
 	Ready       bool
@@ -148,8 +153,29 @@ type SliceEndpoint struct {
 	Terminating bool
 	NodeName    string
 	Zone        string
-	ZoneHints   []string // hints.forZones, sorted
-	NodeHints   []string // hints.forNodes, sorted
+	Hints       *Hints // nil: none
+}
+
+// Hints are an endpoint's topology hints.
+type Hints struct {
+	Zones []string // hints.forZones, sorted
+	Nodes []string // hints.forNodes, sorted
+}
+
+// ZoneHints are the zones the endpoint is hinted for.
+func (e *SliceEndpoint) ZoneHints() []string {
+	if e.Hints == nil {
+		return nil
+	}
+	return e.Hints.Zones
+}
+
+// NodeHints are the nodes the endpoint is hinted for.
+func (e *SliceEndpoint) NodeHints() []string {
+	if e.Hints == nil {
+		return nil
+	}
+	return e.Hints.Nodes
 }
 
 // Equal reports whether two parsed slices would be programmed identically.
@@ -163,7 +189,7 @@ func (s *EndpointSlice) Equal(o *EndpointSlice) bool {
 func (e SliceEndpoint) equal(o SliceEndpoint) bool {
 	return e.Addr == o.Addr && e.Ready == o.Ready && e.Serving == o.Serving &&
 		e.Terminating == o.Terminating && e.NodeName == o.NodeName && e.Zone == o.Zone &&
-		slices.Equal(e.ZoneHints, o.ZoneHints) && slices.Equal(e.NodeHints, o.NodeHints)
+		slices.Equal(e.ZoneHints(), o.ZoneHints()) && slices.Equal(e.NodeHints(), o.NodeHints())
 }
 
 // IgnoredError says an object is deliberately not programmed (ExternalName
@@ -481,18 +507,20 @@ func sliceEndpoint(addr netip.Addr, ep *discoveryv1.Endpoint) SliceEndpoint {
 		Ready:       c.Ready == nil || *c.Ready,
 		Serving:     c.Serving == nil || *c.Serving,
 		Terminating: c.Terminating != nil && *c.Terminating,
-		NodeName:    deref(ep.NodeName),
-		Zone:        deref(ep.Zone),
+		NodeName:    intern(deref(ep.NodeName)),
+		Zone:        intern(deref(ep.Zone)),
 	}
-	if ep.Hints != nil {
+	if ep.Hints != nil && len(ep.Hints.ForZones)+len(ep.Hints.ForNodes) > 0 {
+		h := &Hints{}
 		for _, z := range ep.Hints.ForZones {
-			out.ZoneHints = append(out.ZoneHints, z.Name)
+			h.Zones = append(h.Zones, intern(z.Name))
 		}
 		for _, n := range ep.Hints.ForNodes {
-			out.NodeHints = append(out.NodeHints, n.Name)
+			h.Nodes = append(h.Nodes, intern(n.Name))
 		}
-		out.ZoneHints = sortedUnique(out.ZoneHints, strings.Compare)
-		out.NodeHints = sortedUnique(out.NodeHints, strings.Compare)
+		h.Zones = sortedUnique(h.Zones, strings.Compare)
+		h.Nodes = sortedUnique(h.Nodes, strings.Compare)
+		out.Hints = h
 	}
 	return out
 }
@@ -552,6 +580,15 @@ func parsePrefix(s string) (netip.Prefix, bool) {
 		return netip.Prefix{}, false
 	}
 	return netip.PrefixFrom(ip, n).Masked(), true
+}
+
+// intern returns the one copy of s that every parse shares; copies no
+// endpoint names any longer are collected.
+func intern(s string) string {
+	if s == "" {
+		return ""
+	}
+	return unique.Make(s).Value()
 }
 
 func deref(s *string) string {

@@ -239,7 +239,7 @@ func TestParseEndpointSlice(t *testing.T) {
 		Ports: []EndpointPort{{Name: "http", Protocol: model.TCP, Port: 8080}, {Name: "dns", Protocol: model.UDP, Port: 53}},
 		Endpoints: []SliceEndpoint{
 			{Addr: netip.MustParseAddr("10.0.0.1"), Ready: true, Serving: true, NodeName: "node-a", Zone: "z1",
-				ZoneHints: []string{"z1", "z2"}, NodeHints: []string{"node-a"}},
+				Hints: &Hints{Zones: []string{"z1", "z2"}, Nodes: []string{"node-a"}}},
 			{Addr: netip.MustParseAddr("10.0.0.2"), Serving: true, Terminating: true, NodeName: "node-b"},
 			// Not ready, serving unset: serving, as kube-proxy reads it.
 			{Addr: netip.MustParseAddr("10.0.0.3"), Serving: true},

@@ -110,9 +110,9 @@ func why(c *candidate, sp *model.ServicePort, mode topologyMode, node model.Node
 func (m topologyMode) describe(e *SliceEndpoint) string {
 	switch m {
 	case topologyNodeHints:
-		return "hints for nodes " + strings.Join(e.NodeHints, ",")
+		return "hints for nodes " + strings.Join(e.NodeHints(), ",")
 	case topologyZoneHints:
-		return "hints for zones " + strings.Join(e.ZoneHints, ",")
+		return "hints for zones " + strings.Join(e.ZoneHints(), ",")
 	case topologySameNode:
 		return "trafficDistribution PreferSameNode, endpoint on " + orNone(e.NodeName)
 	case topologySameZone:

@@ -42,8 +42,16 @@ func TestInformersStoreTheParsedObjects(t *testing.T) {
 	if key, err := cache.MetaNamespaceKeyFunc(stored); key != "ns/web" || err != nil {
 		t.Errorf("stored Service's key %q, %v", key, err)
 	}
-	if !reflect.DeepEqual(stored.ObjectMeta, metav1.ObjectMeta{Namespace: "ns", Name: "web"}) {
-		t.Errorf("stored Service keeps metadata: %+v", stored.ObjectMeta)
+	if stored.key != (key{Namespace: "ns", Name: "web"}) {
+		t.Errorf("stored Service's name %+v", stored.key)
+	}
+	// The informers' caches index by namespace, and name tombstones.
+	if ns, err := cache.MetaNamespaceIndexFunc(stored); !reflect.DeepEqual(ns, []string{"ns"}) || err != nil {
+		t.Errorf("stored Service's namespace index %q, %v", ns, err)
+	}
+	tombstone := cache.DeletedFinalStateUnknown{Key: "ns/web", Obj: stored}
+	if key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(tombstone); key != "ns/web" || err != nil {
+		t.Errorf("a stored Service's tombstone's key %q, %v", key, err)
 	}
 	bad := pt.Service("ns", "bad", []string{"10.96.0.300"}, pt.Port("http", "TCP", 80))
 	if stored := mustStore(t, bad).(*storedService); stored.err == nil || stored.parsed != nil {

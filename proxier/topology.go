@@ -80,11 +80,11 @@ func surveyHints(cands []candidate, node model.NodeInfo) hintSurvey {
 		}
 		e := c.src
 		h.anyReady = true
-		h.anyHints = h.anyHints || len(e.NodeHints) > 0 || len(e.ZoneHints) > 0
-		h.allNodeHints = h.allNodeHints && len(e.NodeHints) > 0
-		h.allZoneHints = h.allZoneHints && len(e.ZoneHints) > 0
-		h.nodeHinted = h.nodeHinted || slices.Contains(e.NodeHints, node.Name)
-		h.zoneHinted = h.zoneHinted || slices.Contains(e.ZoneHints, node.Zone)
+		h.anyHints = h.anyHints || len(e.NodeHints()) > 0 || len(e.ZoneHints()) > 0
+		h.allNodeHints = h.allNodeHints && len(e.NodeHints()) > 0
+		h.allZoneHints = h.allZoneHints && len(e.ZoneHints()) > 0
+		h.nodeHinted = h.nodeHinted || slices.Contains(e.NodeHints(), node.Name)
+		h.zoneHinted = h.zoneHinted || slices.Contains(e.ZoneHints(), node.Zone)
 		h.readyOnNode = h.readyOnNode || c.Local
 		h.readyInZone = h.readyInZone || (node.Zone != "" && e.Zone == node.Zone)
 	}
@@ -95,9 +95,9 @@ func surveyHints(cands []candidate, node model.NodeInfo) hintSurvey {
 func (m topologyMode) allows(e *SliceEndpoint, node model.NodeInfo) bool {
 	switch m {
 	case topologyNodeHints:
-		return slices.Contains(e.NodeHints, node.Name)
+		return slices.Contains(e.NodeHints(), node.Name)
 	case topologyZoneHints:
-		return slices.Contains(e.ZoneHints, node.Zone)
+		return slices.Contains(e.ZoneHints(), node.Zone)
 	case topologySameNode:
 		return node.Name != "" && e.NodeName == node.Name
 	case topologySameZone:
