@@ -163,14 +163,8 @@ func (p *Plan) String() string {
 // write renders the input into w, in the restore order or as String lays
 // it out; it stops at w's first error.
 func (p *Plan) write(w io.StringWriter, deletes map[ChainKey]bool, restoreOrder bool) error {
-	var err error
-	put := func(parts ...string) {
-		for _, s := range parts {
-			if err == nil {
-				_, err = w.WriteString(s)
-			}
-		}
-	}
+	out := &inputWriter{w: w}
+	put := out.put // a method value: for the few lines of this function only
 	for _, table := range []Table{TableFilter, TableNAT} {
 		writes := sortedKeys(p.Write, table)
 		dels := sortedKeys(deletes, table)
@@ -179,9 +173,9 @@ func (p *Plan) write(w io.StringWriter, deletes map[ChainKey]bool, restoreOrder 
 		}
 		put("*", string(table), "\n")
 		if restoreOrder {
-			p.writeChains(put, writes)
+			p.writeChains(out, writes)
 		} else {
-			p.writeSorted(put, writes)
+			p.writeSorted(out, writes)
 		}
 		// Deleted chains are declared (so flushed) before any is deleted,
 		// so that rules jumping from one to another are gone by then.
@@ -193,17 +187,34 @@ func (p *Plan) write(w io.StringWriter, deletes map[ChainKey]bool, restoreOrder 
 		}
 		put("COMMIT\n")
 	}
-	return err
+	return out.err
+}
+
+// inputWriter writes the restore input's pieces and keeps the first error.
+// Its put is a method, not a closure, so that the pieces of each of a
+// full sync's 100,000 lines stay on the caller's stack: through a func
+// value they escaped, 10 MB of garbage per render at 10,000 services.
+type inputWriter struct {
+	w   io.StringWriter
+	err error
+}
+
+func (o *inputWriter) put(parts ...string) {
+	for _, s := range parts {
+		if o.err == nil {
+			_, o.err = o.w.WriteString(s)
+		}
+	}
 }
 
 // writeSorted writes one table's chains as iptables-save does.
-func (p *Plan) writeSorted(put func(...string), writes []ChainKey) {
+func (p *Plan) writeSorted(out *inputWriter, writes []ChainKey) {
 	for _, k := range writes {
-		put(":", k.Name, " - [0:0]\n")
+		out.put(":", k.Name, " - [0:0]\n")
 	}
 	for _, k := range writes {
 		for _, rule := range p.Write[k] {
-			put("-A ", k.Name, " ", rule, "\n")
+			out.put("-A ", k.Name, " ", rule, "\n")
 		}
 	}
 }
@@ -232,8 +243,8 @@ func (p *Plan) writeSorted(put func(...string), writes []ChainKey) {
 //
 // Every order this writes means the same ruleset; the order only changes
 // how long the restore takes (iptables-legacy-restore does not care).
-func (p *Plan) writeChains(put func(...string), writes []ChainKey) {
-	w := &chainWriter{put: put, written: make(map[string][]string, len(writes)),
+func (p *Plan) writeChains(out *inputWriter, writes []ChainKey) {
+	w := &chainWriter{out: out, written: make(map[string][]string, len(writes)),
 		targets:  make(map[string][]string, len(writes)),
 		declared: make(map[string]bool, len(writes)), complete: make(map[string]bool, len(writes)),
 		next: map[string]int{}, waiting: map[string][]string{}}
@@ -307,7 +318,7 @@ func (p *Plan) writeChains(put func(...string), writes []ChainKey) {
 
 // chainWriter is writeChains' state for one table.
 type chainWriter struct {
-	put      func(...string)
+	out      *inputWriter
 	written  map[string][]string // the table's chains the plan writes
 	targets  map[string][]string // what each of their rules jumps to (JumpTarget)
 	declared map[string]bool
@@ -330,7 +341,7 @@ func (w *chainWriter) leaf(name string) bool {
 func (w *chainWriter) declare(name string) {
 	if !w.declared[name] {
 		w.declared[name] = true
-		w.put(":", name, " - [0:0]\n")
+		w.out.put(":", name, " - [0:0]\n")
 	}
 }
 
@@ -341,7 +352,7 @@ func (w *chainWriter) rule(chain string, i int) {
 	if target := w.targets[chain][i]; w.isWritten(target) {
 		w.declare(target)
 	}
-	w.put("-A ", chain, " ", w.written[chain][i], "\n")
+	w.out.put("-A ", chain, " ", w.written[chain][i], "\n")
 }
 
 // writeFrom writes a chain's rules from the i-th on.
