@@ -236,9 +236,26 @@ func TestKernelIntactBySaveFindsTheRealJumpRules(t *testing.T) {
 				bySave := *k
 				bySave.a = &Applier{}
 				*bySave.a = *k.a
-				bySave.a.small = true
-				if !k.intact() || !bySave.intact() {
-					t.Fatalf("right after a full apply: intact by rule %v, by save %v; rules:\n%s", k.intact(), bySave.intact(), k.save())
+				bySave.a.small, bySave.a.hooks = true, nil
+				// k reads iptables-nft's tables over netlink; byRule runs
+				// iptables -C, as k does with legacy.
+				byRule := *k
+				byRule.a = &Applier{}
+				*byRule.a = *k.a
+				byRule.a.hooks, byRule.a.small = nil, false
+				if (k.a.hooks != nil) != (flavor == FlavorNFT) {
+					t.Fatalf("%s: reads the tables over netlink: %v", flavor, k.a.hooks != nil)
+				}
+				if !k.intact() || !bySave.intact() || !byRule.intact() {
+					t.Fatalf("right after a full apply: intact %v, by save %v, by rule %v; rules:\n%s", k.intact(), bySave.intact(), byRule.intact(), k.save())
+				}
+				// Others' rules in the same chains, of every kind, are
+				// read past.
+				k.iptables("-t", "nat", "-I", "PREROUTING", "1", "-m", "addrtype", "--dst-type", "LOCAL", "-m", "comment", "--comment", "someone else's", "-j", "RETURN")
+				k.iptables("-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-m", "statistic", "--mode", "random", "--probability", "0.5", "-j", "REDIRECT", "--to-ports", "8080")
+				k.iptables("-t", "filter", "-A", "FORWARD", "-m", "limit", "--limit", "5/min", "-j", "LOG", "--log-prefix", "fwd ")
+				if !k.intact() || !byRule.intact() {
+					t.Errorf("with others' rules beside: intact %v, by rule %v; rules:\n%s", k.intact(), byRule.intact(), k.save())
 				}
 				// A full apply finds them in its save too: two saves and a
 				// restore, no iptables call per jump rule.
@@ -248,13 +265,18 @@ func TestKernelIntactBySaveFindsTheRealJumpRules(t *testing.T) {
 				}
 				k.iptables("-t", "filter", "-D", "FORWARD", "-m", "conntrack", "--ctstate", "NEW",
 					"-m", "comment", "--comment", "svcproxy service firewall", "-j", ChainFilter)
-				if k.intact() || bySave.intact() {
-					t.Errorf("a jump rule deleted: intact by rule %v, by save %v", k.intact(), bySave.intact())
+				if k.intact() || bySave.intact() || byRule.intact() {
+					t.Errorf("a jump rule deleted: intact %v, by save %v, by rule %v", k.intact(), bySave.intact(), byRule.intact())
 				}
 				k.mustApply(plan)
 				k.iptables("-t", "nat", "-X", ChainHairpin)
-				if k.intact() || bySave.intact() {
-					t.Errorf("a top chain deleted: intact by rule %v, by save %v", k.intact(), bySave.intact())
+				if k.intact() || bySave.intact() || byRule.intact() {
+					t.Errorf("a top chain deleted: intact %v, by save %v, by rule %v", k.intact(), bySave.intact(), byRule.intact())
+				}
+				k.mustApply(plan)
+				k.iptables("-t", "nat", "-F")
+				if k.intact() || byRule.intact() {
+					t.Errorf("the nat table flushed: intact %v, by rule %v", k.intact(), byRule.intact())
 				}
 			})
 		}

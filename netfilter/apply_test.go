@@ -246,16 +246,30 @@ func TestRestoreErrorFindsTheLineInEachMessageStyle(t *testing.T) {
 	}
 }
 
+// How Intact reads the tables: a program per jump rule, a save per table
+// (small tables), or netlink (iptables-nft's tables).
+type intactWay string
+
+const (
+	byRule    intactWay = "by rule"
+	bySave    intactWay = "by save"
+	byNetlink intactWay = "over netlink"
+)
+
 func TestIntactNoticesFlushesAndMissingJumps(t *testing.T) {
-	for _, small := range []bool{false, true} {
-		t.Run(fmt.Sprintf("small tables %v", small), func(t *testing.T) { testIntactNotices(t, small) })
+	for _, way := range []intactWay{byRule, bySave, byNetlink} {
+		t.Run(string(way), func(t *testing.T) { testIntactNotices(t, way) })
 	}
 }
 
-func testIntactNotices(t *testing.T, small bool) {
+func testIntactNotices(t *testing.T, way intactWay) {
 	ctx := context.Background()
 	a, k := fakeApplier(t, model.IPv4, FlavorNFT)
+	small := way == bySave
 	a.small = small
+	if way == byNetlink {
+		a.hooks = k
+	}
 	intact := func() bool {
 		t.Helper()
 		ok, err := a.Intact(ctx)
@@ -274,10 +288,13 @@ func testIntactNotices(t *testing.T, small bool) {
 	}
 	saves := 0
 	for _, c := range k.Calls {
-		if strings.Contains(c, "-save") {
+		switch {
+		case strings.Contains(c, "-save"):
 			saves++
-		} else if small {
+		case small:
 			t.Errorf("Intact by save ran %s", c)
+		case way == byNetlink && !strings.HasPrefix(c, "netlink: "):
+			t.Errorf("Intact over netlink ran %s", c)
 		}
 	}
 	if want := map[bool]int{false: 0, true: 2}[small]; saves != want {
@@ -402,6 +419,23 @@ func TestIntactChecksTopChainsNoJumpLeadsTo(t *testing.T) {
 	delete(k.tables[TableNAT], nodePorts.Name)
 	if ok, _ := a.Intact(context.Background()); ok {
 		t.Error("Intact with SVCPROXY-NODEPORTS gone")
+	}
+
+	// Over netlink: each built-in chain read once, whatever the number of
+	// jump rules in it, and no program run.
+	mustApply(t, a, plan)
+	a.hooks = k
+	k.Calls = nil
+	if ok, err := a.Intact(context.Background()); !ok || err != nil {
+		t.Fatalf("Intact over netlink after a full apply: %v, %v", ok, err)
+	}
+	want = "netlink: rules of nat PREROUTING\nnetlink: rules of nat OUTPUT\nnetlink: rules of filter FORWARD\nnetlink: chain nat SVCPROXY-NODEPORTS"
+	if got := strings.Join(k.Calls, "\n"); got != want {
+		t.Errorf("Intact over netlink asked:\n%s\nwant:\n%s", got, want)
+	}
+	delete(k.tables[TableNAT], nodePorts.Name)
+	if ok, _ := a.Intact(context.Background()); ok {
+		t.Error("Intact over netlink with SVCPROXY-NODEPORTS gone")
 	}
 }
 

@@ -328,3 +328,22 @@ func (k *FakeKernel) ChainExists(table, chain string) (bool, error) {
 	_, ok := k.tables[Table(table)][chain]
 	return ok, nil
 }
+
+// JumpTargets implements HookReader.
+func (k *FakeKernel) JumpTargets(table Table, chain string) ([]string, error) {
+	k.Calls = append(k.Calls, fmt.Sprintf("netlink: rules of %s %s", table, chain))
+	var targets []string
+	for _, rule := range k.tables[table][chain] {
+		if target := JumpTarget(rule); target != "" {
+			targets = append(targets, target)
+		}
+	}
+	return targets, nil
+}
+
+// HasChain implements HookReader.
+func (k *FakeKernel) HasChain(table Table, chain string) (bool, error) {
+	k.Calls = append(k.Calls, fmt.Sprintf("netlink: chain %s %s", table, chain))
+	_, ok := k.tables[table][chain]
+	return ok, nil
+}
