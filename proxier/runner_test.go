@@ -647,23 +647,41 @@ func TestScheduleAfterSyncPaces(t *testing.T) {
 func TestRunnerSpacesOutSlowIntegrityChecks(t *testing.T) {
 	clk := clocktesting.NewFakeClock(time.Unix(0, 0))
 	checks := 0
+	cost := 500 * time.Millisecond
 	slowCheck := func(context.Context) bool {
 		checks++
-		clk.Step(500 * time.Millisecond) // the check itself takes half a second
+		clk.Step(cost) // the check itself takes this long
 		return true
 	}
 	r := NewRunner(RunnerConfig{CheckPeriod: time.Second}, clk, nil, slowCheck, zap.NewNop())
-	_, next := r.runCheck(context.Background())
-	if got := next.Sub(time.Unix(0, 0)); got != 5*time.Second {
-		t.Fatalf("next check after %v, want 5s (10x the check's own duration)", got)
+	var costs checkCosts
+	waits := func() time.Duration {
+		t.Helper()
+		start := clk.Now()
+		_, next := r.runCheck(context.Background(), &costs)
+		return next.Sub(start)
 	}
+	if got := waits(); got != 25*time.Second {
+		t.Fatalf("next check after %v, want 25s (50x the check's own duration)", got)
+	}
+	// One check slowed by a busy moment does not put the next one off.
+	cost = 5 * time.Second
+	if got := waits(); got != 25*time.Second {
+		t.Errorf("after one slow check the next waits %v, want 25s (50x the cheapest of the last three)", got)
+	}
+	// Checks that stay slow are spaced by what they cost.
+	waits()
+	if got := waits(); got != 250*time.Second {
+		t.Errorf("after three 5s checks the next waits %v, want 250s", got)
+	}
+	if checks != 4 {
+		t.Fatalf("checks = %d", checks)
+	}
+
 	fast := NewRunner(RunnerConfig{CheckPeriod: time.Second}, clk, nil, func(context.Context) bool { return true }, zap.NewNop())
 	start := clk.Now()
-	_, next = fast.runCheck(context.Background())
+	_, next := fast.runCheck(context.Background(), &checkCosts{})
 	if got := next.Sub(start); got != time.Second {
 		t.Fatalf("a quick check is due again after %v, want the 1s check period", got)
-	}
-	if checks != 1 {
-		t.Fatalf("checks = %d", checks)
 	}
 }
