@@ -472,3 +472,48 @@ func (r ctxRunner) Run(ctx context.Context, name string, args []string, stdin []
 	}
 	return r.run.Run(ctx, name, args, stdin)
 }
+
+// With iptables-legacy a check saves the tables only when their stamps
+// changed since it last found them intact: an idle node's checks run no
+// program.
+func TestIntactBySaveSkipsTheSaveWhileTheStampsStand(t *testing.T) {
+	a, k := fakeApplier(t, model.IPv4, FlavorLegacy)
+	a.stamps = k
+	mustApply(t, a, testPlan("10.244.0.11:8080"))
+	saves := func() (bool, int) {
+		t.Helper()
+		k.Calls = nil
+		ok, err := a.Intact(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, c := range k.Calls {
+			if strings.Contains(c, "-save") {
+				n++
+			}
+		}
+		return ok, n
+	}
+	if ok, n := saves(); !ok || n != 2 {
+		t.Fatalf("the first check: intact %v after %d saves, want true after 2", ok, n)
+	}
+	if ok, n := saves(); !ok || n != 0 {
+		t.Errorf("a check with nothing changed: intact %v after %d saves, want true after none", ok, n)
+	}
+	// Someone else's change: saved once, then standing again.
+	k.AddChain(TableNAT, "KUBE-SERVICES", "-j RETURN")
+	if ok, n := saves(); !ok || n != 2 {
+		t.Errorf("after another program's change: intact %v after %d saves, want true after 2", ok, n)
+	}
+	if ok, n := saves(); !ok || n != 0 {
+		t.Errorf("then nothing changed: intact %v after %d saves, want true after none", ok, n)
+	}
+	k.DeleteRule(TableFilter, "FORWARD", "-j SVCPROXY-FILTER")
+	if ok, _ := saves(); ok {
+		t.Error("Intact after a jump rule was deleted")
+	}
+	if ok, n := saves(); ok || n != 2 {
+		t.Errorf("still broken: intact %v after %d saves; a failed check must not be remembered", ok, n)
+	}
+}

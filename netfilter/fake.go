@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"maps"
 	"slices"
@@ -346,4 +347,12 @@ func (k *FakeKernel) HasChain(table Table, chain string) (bool, error) {
 	k.Calls = append(k.Calls, fmt.Sprintf("netlink: chain %s %s", table, chain))
 	_, ok := k.tables[table][chain]
 	return ok, nil
+}
+
+// Stamp implements StampReader: any change to the table's rules changes it.
+func (k *FakeKernel) Stamp(t Table) (TableStamp, error) {
+	k.Calls = append(k.Calls, "stamp of "+string(t))
+	h := fnv.New32a()
+	h.Write([]byte(k.Save(t)))
+	return TableStamp{Size: h.Sum32()}, nil
 }
