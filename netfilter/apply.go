@@ -336,10 +336,14 @@ func (a *Applier) ensureJumps(saved hooks) (ops int, err error) {
 // Intact reports whether svcproxy's programming is still hooked in: every
 // jump rule and top chain exists.
 func (a *Applier) Intact(ctx context.Context) (bool, error) {
-	switch {
-	case a.hooks != nil:
-		return a.intactByHooks()
-	case a.small:
+	if a.hooks != nil {
+		// Netlink is the cheap way, not the only one: if it fails, this
+		// check asks iptables, as it would without it.
+		if ok, err := a.intactByHooks(); err == nil {
+			return ok, nil
+		}
+	}
+	if a.small {
 		return a.intactBySave(ctx)
 	}
 	return a.intactByRule(ctx)

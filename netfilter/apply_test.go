@@ -517,3 +517,31 @@ func TestIntactBySaveSkipsTheSaveWhileTheStampsStand(t *testing.T) {
 		t.Errorf("still broken: intact %v after %d saves; a failed check must not be remembered", ok, n)
 	}
 }
+
+// A netlink read that fails costs the check its cheapness, not its answer.
+func TestIntactAsksIPTablesWhenNetlinkFails(t *testing.T) {
+	a, k := fakeApplier(t, model.IPv4, FlavorNFT)
+	mustApply(t, a, testPlan("10.244.0.11:8080"))
+	a.hooks = failingHooks{}
+	k.Calls = nil
+	if ok, err := a.Intact(context.Background()); !ok || err != nil {
+		t.Fatalf("Intact with netlink failing: %v, %v; want true from iptables", ok, err)
+	}
+	if len(k.Calls) == 0 || !strings.HasPrefix(k.Calls[0], "-t nat -C PREROUTING") {
+		t.Errorf("Intact with netlink failing ran %q, want iptables -C", k.Calls)
+	}
+	k.DeleteRule(TableFilter, "FORWARD", "-j SVCPROXY-FILTER")
+	if ok, _ := a.Intact(context.Background()); ok {
+		t.Error("Intact with netlink failing missed a deleted jump rule")
+	}
+}
+
+type failingHooks struct{}
+
+func (failingHooks) JumpTargets(Table, string) ([]string, error) {
+	return nil, errors.New("netlink: operation not permitted")
+}
+
+func (failingHooks) HasChain(Table, string) (bool, error) {
+	return false, errors.New("netlink: operation not permitted")
+}
