@@ -106,41 +106,18 @@ func ruleJumpTargets(msg []byte) []string {
 // immediateJump reads one expression: an immediate verdict jump or goto
 // to a chain.
 func immediateJump(expr []byte) (string, bool) {
-	var name string
-	var data []byte
-	for _, a := range attrs(expr) {
-		switch a.typ {
-		case unix.NFTA_EXPR_NAME:
-			name = cString(a.data)
-		case unix.NFTA_EXPR_DATA:
-			data = a.data
-		}
-	}
-	if name != "immediate" {
+	if unix.ByteSliceToString(attrData(expr, unix.NFTA_EXPR_NAME)) != "immediate" {
 		return "", false
 	}
-	for _, a := range attrs(data) {
-		if a.typ != unix.NFTA_IMMEDIATE_DATA {
-			continue
-		}
-		for _, d := range attrs(a.data) {
-			if d.typ != unix.NFTA_DATA_VERDICT {
-				continue
-			}
-			var code int32
-			var chain string
-			for _, v := range attrs(d.data) {
-				switch {
-				case v.typ == unix.NFTA_VERDICT_CODE && len(v.data) >= 4:
-					code = int32(binary.BigEndian.Uint32(v.data))
-				case v.typ == unix.NFTA_VERDICT_CHAIN:
-					chain = cString(v.data)
-				}
-			}
-			if (code == unix.NFT_JUMP || code == unix.NFT_GOTO) && chain != "" {
-				return chain, true
-			}
-		}
+	data := attrData(attrData(expr, unix.NFTA_EXPR_DATA), unix.NFTA_IMMEDIATE_DATA)
+	verdict := attrData(data, unix.NFTA_DATA_VERDICT)
+	code, chain := attrData(verdict, unix.NFTA_VERDICT_CODE), attrData(verdict, unix.NFTA_VERDICT_CHAIN)
+	if len(code) < 4 || len(chain) == 0 {
+		return "", false
+	}
+	switch int32(binary.BigEndian.Uint32(code)) {
+	case unix.NFT_JUMP, unix.NFT_GOTO:
+		return unix.ByteSliceToString(chain), true
 	}
 	return "", false
 }
@@ -150,29 +127,27 @@ type attr struct {
 	data []byte
 }
 
-// attrs splits a run of netlink attributes, the nested flag cleared from
-// their types; a truncated one ends the run.
+// attrs splits a run of netlink attributes, the nested and byte-order
+// flags cleared from their types; a malformed run has none.
 func attrs(b []byte) []attr {
-	var out []attr
-	for len(b) >= unix.SizeofNlAttr {
-		size := int(nl.NativeEndian().Uint16(b[0:2]))
-		typ := nl.NativeEndian().Uint16(b[2:4]) &^ (unix.NLA_F_NESTED | unix.NLA_F_NET_BYTEORDER)
-		if size < unix.SizeofNlAttr || size > len(b) {
-			break
-		}
-		out = append(out, attr{typ: typ, data: b[unix.SizeofNlAttr:size]})
-		b = b[min(nlaAlign(size), len(b)):]
+	parsed, err := nl.ParseRouteAttr(b)
+	if err != nil {
+		return nil
+	}
+	out := make([]attr, len(parsed))
+	for i, a := range parsed {
+		out[i] = attr{typ: a.Attr.Type &^ (unix.NLA_F_NESTED | unix.NLA_F_NET_BYTEORDER), data: a.Value}
 	}
 	return out
 }
 
-func nlaAlign(n int) int { return (n + unix.NLA_ALIGNTO - 1) &^ (unix.NLA_ALIGNTO - 1) }
-
-func cString(b []byte) string {
-	for i, c := range b {
-		if c == 0 {
-			return string(b[:i])
+// attrData is the data of the first attribute of a type in a run; nil if
+// there is none.
+func attrData(b []byte, typ uint16) []byte {
+	for _, a := range attrs(b) {
+		if a.typ == typ {
+			return a.data
 		}
 	}
-	return string(b)
+	return nil
 }
