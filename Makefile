@@ -44,9 +44,10 @@ test: deps controlplane vmkernel fmt-check vet
 	$(GO) test -count=1 -timeout 10m -race ./proxier/...
 	$(GO) test -count=1 -timeout 85m -v ./e2e/vm/
 
-# The figures at BENCH_N services x 10 endpoints (1,000: about a quarter
-# of an hour; BENCH_N=10000 for the big size, an hour or more, most of it
-# the VM's). First the in-process ones: Go benchmarks, and svcproxy's rule
+# The figures at BENCH_N services x 10 endpoints (1,000: about six
+# minutes, with 5 samples of each change and 10 s idle windows;
+# BENCH_N=10000 for the big size, 10 samples and kube-proxy's 30 s
+# --sync-period as the idle window, an hour or more, most of it the VM's). First the in-process ones: Go benchmarks, and svcproxy's rule
 # sync in each iptables flavour, each run in a network namespace of its own
 # (unshare --net) so the host's rules are never touched. Then the
 # end-to-end figures (bench/e2e): a real control plane, a sandbox node, the
@@ -65,6 +66,8 @@ test: deps controlplane vmkernel fmt-check vet
 BENCH_N ?= 1000
 BENCH_VM_N ?= $(if $(filter 1000,$(BENCH_N)),50,200)
 BENCH_VM_ROUNDS ?= $(if $(filter 1000,$(BENCH_N)),3,5)
+BENCH_E2E_ROUNDS ?= $(if $(filter 1000,$(BENCH_N)),5,10)
+BENCH_IDLE ?= $(if $(filter 1000,$(BENCH_N)),10s,30s)
 E2E_TIMEOUT ?= 30m
 bench: deps controlplane vmkernel
 	$(GO) build -o $(BIN)/syncbench ./bench/cmd/syncbench
@@ -75,12 +78,13 @@ bench: deps controlplane vmkernel
 		unshare --net $(BIN)/syncbench -in-own-netns -flavor $$flavor -services $(BENCH_N) $(BENCH_ARGS) || exit 1; \
 	done
 	$(BIN)/e2ebench -controlplane-bin-dir "$$(hack/controlplane-bins.sh)" -svcproxy $(BIN)/svcproxy \
-		-out bench/results -timeout $(E2E_TIMEOUT) -services $(BENCH_N) $(BENCH_ARGS) $(E2E_ARGS)
+		-out bench/results -timeout $(E2E_TIMEOUT) -services $(BENCH_N) -rounds $(BENCH_E2E_ROUNDS) -idle $(BENCH_IDLE) \
+		$(BENCH_ARGS) $(E2E_ARGS)
 	$(GO) run ./hack/vmrun -mem 4096 -timeout 60m -- $(CURDIR)/hack/bench-vm.sh $(CURDIR)/$(BIN)/syncbench "1000 $(BENCH_N)" $(BENCH_ARGS)
 	mkdir -p bench/results
 	$(GO) run ./hack/vmrun -mem 6144 -timeout 50m -share $(CURDIR)/bench/results -- $(CURDIR)/$(BIN)/e2ebench \
 		-controlplane-bin-dir "$$(hack/controlplane-bins.sh)" -svcproxy $(CURDIR)/$(BIN)/svcproxy \
-		-out $(CURDIR)/bench/results -proxies ipvs -timeout 45m -wait 5m -services $(BENCH_VM_N) -rounds $(BENCH_VM_ROUNDS) $(E2E_VM_ARGS)
+		-out $(CURDIR)/bench/results -proxies ipvs -timeout 45m -wait 5m -services $(BENCH_VM_N) -rounds $(BENCH_VM_ROUNDS) -idle $(BENCH_IDLE) $(E2E_VM_ARGS)
 
 run: deps controlplane build
 	hack/run.sh

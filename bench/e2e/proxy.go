@@ -36,6 +36,10 @@ type proxyRun struct {
 
 	sb      *sandbox.Sandbox
 	created []string // services this run made, deleted at its end
+	// settled is when the proxy last showed, by a connection, the state
+	// the last write asked for: the next measured write waits for quiet
+	// after it.
+	settled time.Time
 }
 
 // Probe pods: pod-0 is the client, pods 1 and 2 serve.
@@ -89,6 +93,7 @@ func (r *proxyRun) measure(ctx context.Context) (res Result, err error) {
 	if err := r.coldStart(p, probe, began, &res); err != nil {
 		return res, err
 	}
+	r.settled = time.Now()
 	fmt.Fprintf(r.cfg.Progress, "  cold start: connection %.0f ms, first-sync metric %.0f ms\n", res.ColdStartConn, res.ColdStartSync)
 	if r.dataPlaneOnly {
 		r.dataPlane(ctx, probe, &res)
@@ -262,7 +267,7 @@ func (r *proxyRun) serviceAdds(ctx context.Context) (Stats, error) {
 	c := r.client()
 	for k := range r.cfg.Samples {
 		name := fmt.Sprintf("add-%s-%d", r.id, k)
-		time.Sleep(quiet)
+		r.waitQuiet()
 		t0 := time.Now()
 		url, err := r.create(ctx, name, r.pod(1+k%2))
 		if err != nil {
@@ -273,7 +278,8 @@ func (r *proxyRun) serviceAdds(ctx context.Context) (Stats, error) {
 		if err != nil {
 			return Stats{}, err
 		}
-		ds = append(ds, time.Since(t0))
+		r.settled = time.Now()
+		ds = append(ds, r.settled.Sub(t0))
 	}
 	return summarise(ds), nil
 }
@@ -292,10 +298,16 @@ func (r *proxyRun) pollNoProcess(ctx context.Context, what string, f func() bool
 	return nil
 }
 
-// quiet is how long the API stays still before each measured write:
-// longer than both proxies' default --min-sync-period (1 s), so a sample
-// times the proxy's reaction to a change, not its rate limit on syncs.
+// quiet is how long the API and the proxy stay still before each
+// measured write: longer than both proxies' default --min-sync-period
+// (1 s), so a sample times the proxy's reaction to a change, not its rate
+// limit on syncs.
 const quiet = 1200 * time.Millisecond
+
+// waitQuiet sleeps until quiet has passed since the proxy last settled.
+// An endpoint change's sample ends with settle, longer than quiet, so
+// the next one starts at once.
+func (r *proxyRun) waitQuiet() { time.Sleep(time.Until(r.settled.Add(quiet))) }
 
 // settle is how long the old endpoint must stay unseen, with the new one
 // answering, before it counts as gone.
@@ -316,7 +328,7 @@ func (r *proxyRun) endpointChanges(ctx context.Context, probe string) (Stats, St
 		}
 		s := slice(name, []string{newPod.IPv4().String()})
 		s.ResourceVersion = cur.ResourceVersion
-		time.Sleep(quiet)
+		r.waitQuiet()
 		t0 := time.Now()
 		if _, err := r.cs.DiscoveryV1().EndpointSlices(namespace).Update(ctx, s, metav1.UpdateOptions{}); err != nil {
 			return Stats{}, Stats{}, err
@@ -341,6 +353,7 @@ func (r *proxyRun) endpointChanges(ctx context.Context, probe string) (Stats, St
 		if lastOld == 0 {
 			lastOld = firstNew
 		}
+		r.settled = t0.Add(max(lastOld, firstNew))
 		news, olds = append(news, firstNew), append(olds, lastOld)
 	}
 	return summarise(news), summarise(olds), nil

@@ -41,6 +41,7 @@ func main() {
 	flag.String("mode", "", "ignored (syncbench's)")
 	flag.String("flavor", "", "ignored (syncbench's)")
 	flag.String("cpuprofile", "", "ignored (syncbench's)")
+	flag.String("check-cpuprofile", "", "ignored (syncbench's)")
 	flag.Parse()
 
 	if *binDir == "" {
