@@ -595,9 +595,37 @@ func (a *Applier) holds(k Kernel, want *State) (bool, error) {
 }
 
 // realsHold reports whether the kernel's real servers are the wanted ones
-// with their weights, plus perhaps some of weight 0 being drained.
+// with their weights, plus perhaps some of weight 0 being drained. Lists
+// are short (a service's endpoints), and the integrity check asks this of
+// every virtual server: a search of cur for each wanted one costs less
+// than a map per virtual server, up to a few dozen.
 func realsHold(want []RealServer, cur []RealStatus) bool {
-	have := map[netip.AddrPort]int{}
+	if len(want) > 32 {
+		return realsHoldLong(want, cur)
+	}
+	matched := 0
+	for _, rs := range want {
+		i := slices.IndexFunc(cur, func(c RealStatus) bool { return c.Addr == rs.Addr })
+		if i < 0 || cur[i].Weight != rs.Weight {
+			return false
+		}
+		matched++
+	}
+	if matched == len(cur) {
+		return true
+	}
+	// The rest must be draining: every one not wanted has weight 0.
+	for _, c := range cur {
+		if c.Weight != 0 && !slices.ContainsFunc(want, func(rs RealServer) bool { return rs.Addr == c.Addr }) {
+			return false
+		}
+	}
+	return true
+}
+
+// realsHoldLong is realsHold for a service of many endpoints, by a map.
+func realsHoldLong(want []RealServer, cur []RealStatus) bool {
+	have := make(map[netip.AddrPort]int, len(cur))
 	for _, rs := range cur {
 		have[rs.Addr] = rs.Weight
 	}

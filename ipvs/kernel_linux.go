@@ -59,8 +59,9 @@ const (
 type kernel struct {
 	nl *netlink.Handle
 	// nf is a netfilter socket of its own, for the ipset requests netlink
-	// cannot spell (see bitmapPortCmd).
-	nf *nl.SocketHandle
+	// cannot spell (see bitmapPortCmd); route a routing one, for the
+	// address dumps read without netlink's parse (see addrDump).
+	nf, route *nl.SocketHandle
 	// ipvs is nil when the kernel had no IPVS when the Kernel was opened;
 	// noIPVS then says why.
 	ipvs   *libipvs.Handle
@@ -114,6 +115,11 @@ func OpenKernel() (Kernel, error) {
 		return nil, fmt.Errorf("opening netlink: %w", err)
 	}
 	k.nf = &nl.SocketHandle{Socket: nf}
+	route, err := nl.GetNetlinkSocketAt(netns.None(), netns.None(), unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, fmt.Errorf("opening netlink: %w", err)
+	}
+	k.route = &nl.SocketHandle{Socket: route}
 	// moby/ipvs resolves IPVS's generic netlink family once per process and
 	// never again; resolved while IPVS is missing, its requests would go to
 	// family 0, which the kernel acknowledges without doing anything (and
@@ -145,9 +151,11 @@ func (k *kernel) Close() {
 		k.nl.Close()
 		k.nl = nil
 	}
-	if k.nf != nil {
-		k.nf.Close()
-		k.nf = nil
+	for _, h := range []**nl.SocketHandle{&k.nf, &k.route} {
+		if *h != nil {
+			(*h).Close()
+			*h = nil
+		}
 	}
 	if k.ns >= 0 {
 		_ = k.ns.Close()
@@ -545,16 +553,46 @@ func nlFamily(f model.Family) int {
 	return netlink.FAMILY_V4
 }
 
-// addrList dumps the addresses of one family (of one link, or of all when
-// l is nil), retrying a dump the kernel interrupted because addresses
-// changed meanwhile.
-func (k *kernel) addrList(l netlink.Link, family model.Family) ([]netlink.Addr, error) {
+// addrDump dumps the addresses of one family and returns, sorted and
+// without duplicates or IPv6 link-local addresses, those of the links
+// keep admits. It reads each message's link index before anything else,
+// and parses only the addresses it keeps: netlink's own AddrList builds a
+// whole Addr for every address of the namespace, and kube-ipvs0 holds one
+// per service, which HostAddrs skips. At 10,000 services that parse was
+// half of a one-endpoint sync's CPU. A dump the kernel interrupted
+// because addresses changed meanwhile is retried.
+func (k *kernel) addrDump(family model.Family, keep func(linkIndex int) bool) ([]netip.Addr, error) {
 	var err error
 	for range 3 {
-		var addrs []netlink.Addr
-		addrs, err = k.nl.AddrList(l, nlFamily(family))
+		var out []netip.Addr
+		req := nl.NewNetlinkRequest(unix.RTM_GETADDR, unix.NLM_F_DUMP)
+		req.AddData(nl.NewIfAddrmsg(nlFamily(family)))
+		req.Sockets = map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: k.route}
+		var parseErr error
+		err = req.ExecuteIter(unix.NETLINK_ROUTE, unix.RTM_NEWADDR, func(m []byte) bool {
+			if len(m) < unix.SizeofIfAddrmsg {
+				return true
+			}
+			msg := nl.DeserializeIfAddrmsg(m)
+			if int(msg.Family) != nlFamily(family) || !keep(int(msg.Index)) {
+				return true
+			}
+			a, ok, perr := ifaddr(m[unix.SizeofIfAddrmsg:])
+			if perr != nil {
+				parseErr = perr
+				return false
+			}
+			if ok && model.FamilyOf(a) == family && !(family == model.IPv6 && a.IsLinkLocalUnicast()) {
+				out = append(out, a)
+			}
+			return true
+		})
+		if err == nil && parseErr != nil {
+			err = parseErr
+		}
 		if err == nil {
-			return addrs, nil
+			slices.SortFunc(out, netip.Addr.Compare)
+			return slices.Compact(out), nil
 		}
 		if !errors.Is(err, netlink.ErrDumpInterrupted) {
 			break
@@ -563,22 +601,28 @@ func (k *kernel) addrList(l netlink.Link, family model.Family) ([]netlink.Addr, 
 	return nil, fmt.Errorf("listing %s addresses: %w", family, err)
 }
 
-// hostAddrs turns netlink's addresses into a sorted, deduplicated list of
-// one family, without IPv6 link-local addresses.
-func hostAddrs(list []netlink.Addr, family model.Family, skipIndex int) []netip.Addr {
-	var out []netip.Addr
-	for _, a := range list {
-		if a.IPNet == nil || (skipIndex > 0 && a.LinkIndex == skipIndex) {
-			continue
-		}
-		addr, ok := addrFromIP(a.IP, addressFamily(family))
-		if !ok || model.FamilyOf(addr) != family || (family == model.IPv6 && addr.IsLinkLocalUnicast()) {
-			continue
-		}
-		out = append(out, addr.WithZone(""))
+// ifaddr reads an address message's attributes: the local address (IPv4
+// sends it as IFA_LOCAL, and IFA_ADDRESS is then the peer's), or else
+// IFA_ADDRESS (IPv6 sends only that).
+func ifaddr(attrs []byte) (netip.Addr, bool, error) {
+	list, err := nl.ParseRouteAttr(attrs)
+	if err != nil {
+		return netip.Addr{}, false, err
 	}
-	slices.SortFunc(out, netip.Addr.Compare)
-	return slices.Compact(out)
+	var local, address []byte
+	for _, a := range list {
+		switch a.Attr.Type {
+		case unix.IFA_LOCAL:
+			local = a.Value
+		case unix.IFA_ADDRESS:
+			address = a.Value
+		}
+	}
+	if local == nil {
+		local = address
+	}
+	a, ok := netip.AddrFromSlice(local)
+	return a, ok, nil
 }
 
 // LinkAddrs is the address dump, after the link by name (the first time
@@ -590,11 +634,12 @@ func (k *kernel) LinkAddrs(name string, family model.Family) ([]netip.Addr, erro
 	if err != nil || l == nil {
 		return nil, err
 	}
-	list, err := k.addrList(l, family)
+	index := l.Attrs().Index
+	addrs, err := k.addrDump(family, func(i int) bool { return i == index })
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	return hostAddrs(list, family, 0), nil
+	return addrs, nil
 }
 
 func hostPrefix(a netip.Addr) *netlink.Addr {
@@ -659,11 +704,7 @@ func (k *kernel) HostAddrs(family model.Family, exclude string) ([]netip.Addr, e
 			skip = l.Attrs().Index
 		}
 	}
-	list, err := k.addrList(nil, family)
-	if err != nil {
-		return nil, err
-	}
-	return hostAddrs(list, family, skip), nil
+	return k.addrDump(family, func(i int) bool { return skip == 0 || i != skip })
 }
 
 // DeleteLink is two requests (the link by name, its deletion); a missing

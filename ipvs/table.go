@@ -1,9 +1,6 @@
 package ipvs
 
 import (
-	"bufio"
-	"bytes"
-	"encoding/hex"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -29,10 +26,15 @@ import (
 func parseTable(b []byte) (map[VSKey]Listed, error) {
 	out := map[VSKey]Listed{}
 	var cur *Listed // the virtual server whose real servers follow; nil: skip them
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	sc.Buffer(nil, 1<<20)
-	for line := 0; sc.Scan(); line++ {
-		f := strings.Fields(sc.Text())
+	// One string for the whole listing, cut into lines and fields without
+	// a copy each: at 10,000 services it has 100,000 lines, and every
+	// integrity check reads it.
+	rest := string(b)
+	var buf [8]string
+	for line := 0; rest != ""; line++ {
+		var text string
+		text, rest, _ = strings.Cut(rest, "\n")
+		f := fields(text, buf[:0])
 		switch {
 		case line < 3 || len(f) == 0:
 		case f[0] == "->":
@@ -41,13 +43,13 @@ func parseTable(b []byte) (map[VSKey]Listed, error) {
 			}
 			rs, err := parseListedReal(f)
 			if err != nil {
-				return nil, fmt.Errorf("line %d %q: %w", line+1, sc.Text(), err)
+				return nil, fmt.Errorf("line %d %q: %w", line+1, text, err)
 			}
 			cur.Status = append(cur.Status, rs)
 		default:
 			vs, ok, err := parseListedServer(f)
 			if err != nil {
-				return nil, fmt.Errorf("line %d %q: %w", line+1, sc.Text(), err)
+				return nil, fmt.Errorf("line %d %q: %w", line+1, text, err)
 			}
 			if cur != nil {
 				out[cur.VSKey] = cur.sorted()
@@ -61,13 +63,36 @@ func parseTable(b []byte) (map[VSKey]Listed, error) {
 	if cur != nil {
 		out[cur.VSKey] = cur.sorted()
 	}
-	return out, sc.Err()
+	return out, nil
+}
+
+// fields splits s at runs of spaces into buf's room (the listing's lines
+// have at most eight fields; a longer line keeps its first ones).
+func fields(s string, buf []string) []string {
+	space := func(c byte) bool { return c == ' ' || c == '\t' }
+	for i := 0; i < len(s) && len(buf) < cap(buf); {
+		if space(s[i]) {
+			i++
+			continue
+		}
+		j := i + 1
+		for j < len(s) && !space(s[j]) {
+			j++
+		}
+		buf, i = append(buf, s[i:j]), j
+	}
+	return buf
 }
 
 // sorted puts the real servers in address order, as RealServers lists
-// them: the kernel lists them newest first.
+// them: the kernel lists them newest first, so real servers added in
+// address order come reversed, and are checked, not sorted, once turned.
 func (l *Listed) sorted() Listed {
-	slices.SortFunc(l.Status, func(a, b RealStatus) int { return a.Addr.Compare(b.Addr) })
+	byAddr := func(a, b RealStatus) int { return a.Addr.Compare(b.Addr) }
+	slices.Reverse(l.Status)
+	if !slices.IsSortedFunc(l.Status, byAddr) {
+		slices.SortFunc(l.Status, byAddr)
+	}
 	return *l
 }
 
@@ -127,12 +152,12 @@ func parseListedAddrPort(s string) (netip.AddrPort, error) {
 	var addr netip.Addr
 	if strings.HasPrefix(host, "[") {
 		addr, err = netip.ParseAddr(strings.Trim(host, "[]"))
+	} else if len(host) != 8 {
+		err = fmt.Errorf("%d hexadecimal digits, want 8", len(host))
 	} else {
-		var b []byte
-		if b, err = hex.DecodeString(host); err == nil && len(b) == 4 {
-			addr = netip.AddrFrom4([4]byte(b))
-		} else if err == nil {
-			err = fmt.Errorf("%d bytes", len(b))
+		var v uint64
+		if v, err = strconv.ParseUint(host, 16, 32); err == nil {
+			addr = netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
 		}
 	}
 	if err != nil {

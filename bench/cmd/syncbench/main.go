@@ -143,7 +143,6 @@ func run(w bench.Workload, mode string, flavor netfilter.Flavor, rounds int) err
 		if err := pprof.StartCPUProfile(f); err != nil {
 			return err
 		}
-		defer pprof.StopCPUProfile()
 	}
 	var changes []sample
 	for r := 1; r <= rounds; r++ {
@@ -169,6 +168,9 @@ func run(w bench.Workload, mode string, flavor netfilter.Flavor, rounds int) err
 		adds = append(adds, s)
 	}
 	report("one service add (partial)", adds)
+	if cpuProfile != "" {
+		pprof.StopCPUProfile()
+	}
 
 	resync, err := h.sync(true)
 	if err != nil {
