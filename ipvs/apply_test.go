@@ -282,6 +282,38 @@ func TestTCPRealServerDrainsThenGoes(t *testing.T) {
 	}
 }
 
+// A drain is looked at again a second after it began, then after half
+// its age, and at its bound: a TCP connection's entries outlive it by
+// minutes, and a look every second would cost a sync every second.
+func TestDrainRechecksSpaceOut(t *testing.T) {
+	cfg := testCfg
+	cfg.DrainTimeout = 10 * time.Minute
+	b := newBed(t, cfg)
+	both := webView(twoRemote)
+	b.sync(both, nil)
+	b.k.SetConnections(vsKey("TCP 10.96.0.10:80"), netip.MustParseAddrPort("10.244.3.7:8080"), 0, 3)
+	one := webView(mt.Eps("10.244.2.5:8080"))
+	start := b.clock.Now()
+	for _, step := range []struct {
+		after, recheck time.Duration
+	}{
+		{0, time.Second},
+		{time.Second, time.Second},
+		{10 * time.Second, 5 * time.Second},
+		{2 * time.Minute, time.Minute},
+		{9*time.Minute + 50*time.Second, 10 * time.Second}, // the bound comes sooner than half the age
+	} {
+		b.clock.SetTime(start.Add(step.after))
+		prev := one
+		if step.after == 0 {
+			prev = both
+		}
+		if res := b.sync(one, prev); res.RecheckAfter != step.recheck {
+			t.Errorf("%v into the drain: recheck after %v, want %v", step.after, res.RecheckAfter, step.recheck)
+		}
+	}
+}
+
 // A connection that never ends does not keep a gone endpoint for good.
 func TestDrainIsBounded(t *testing.T) {
 	cfg := testCfg
@@ -459,6 +491,25 @@ func TestIntactNoticesWhatWentMissing(t *testing.T) {
 				t.Fatalf("Intact after the repairing full sync: %v %v", ok, err)
 			}
 		})
+	}
+}
+
+// A check the runner stopped (a change came) stops before the kernel's
+// table is read, and says it did not finish rather than "intact".
+func TestIntactStopsWhenItsContextEnds(t *testing.T) {
+	b := newBed(t, testCfg)
+	view := webView(twoRemote)
+	b.sync(view, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	calls := len(b.k.Calls)
+	if ok, err := b.backends[model.IPv4].Intact(ctx, view); ok || !errors.Is(err, context.Canceled) {
+		t.Fatalf("Intact with its context ended: %v %v; want not intact, context.Canceled", ok, err)
+	}
+	for _, c := range b.k.Calls[calls:] {
+		if strings.HasPrefix(c, "Table") || strings.HasPrefix(c, "ListSets") {
+			t.Errorf("a stopped check still read the kernel's state: %q", b.k.Calls[calls:])
+		}
 	}
 }
 
