@@ -247,7 +247,11 @@ func (r *Runner) Run(ctx context.Context, changed <-chan struct{}) {
 		// whether the runner is idle.
 		timer.Stop()
 		if tick && r.check != nil && s.failures == 0 && !r.clock.Now().Before(nextCheck) {
-			intact, next := r.runCheck(ctx, &costs)
+			intact, next, interrupted := r.runCheck(ctx, changed, &costs)
+			if interrupted {
+				s.pending = true // the check runs again at a later tick
+				continue
+			}
 			nextCheck = next
 			if !intact {
 				r.log.Warn("programmed rules went missing; resyncing everything")
@@ -266,12 +270,32 @@ func (r *Runner) Run(ctx context.Context, changed <-chan struct{}) {
 const maxCheckShare = 50
 
 // runCheck runs the integrity check and says when the next one may run:
-// after CheckPeriod, or later if checks are slow.
-func (r *Runner) runCheck(ctx context.Context, costs *checkCosts) (bool, time.Time) {
+// after CheckPeriod, or later if checks are slow. A change that comes
+// meanwhile stops it: a check may take seconds (the IPVS mode's at 10,000
+// services), and a change must not wait behind one. interrupted then says
+// so, and intact means nothing; a change that came as the check ended
+// counts as an interruption too, so that no change is lost.
+func (r *Runner) runCheck(ctx context.Context, changed <-chan struct{}, costs *checkCosts) (intact bool, next time.Time, interrupted bool) {
+	checkCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done, stopped := make(chan struct{}), make(chan bool, 1)
+	go func() {
+		select {
+		case <-changed:
+			cancel()
+			stopped <- true
+		case <-done:
+			stopped <- false
+		}
+	}()
 	start := r.clock.Now()
-	intact := r.check(ctx)
+	intact = r.check(checkCtx)
+	close(done)
+	if <-stopped {
+		return false, time.Time{}, true
+	}
 	costs.add(r.clock.Since(start))
-	return intact, start.Add(max(r.cfg.CheckPeriod, maxCheckShare*costs.cheapest()))
+	return intact, start.Add(max(r.cfg.CheckPeriod, maxCheckShare*costs.cheapest())), false
 }
 
 // checkCosts are how long the last few integrity checks took. The next

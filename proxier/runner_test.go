@@ -31,6 +31,10 @@ type runnerHarness struct {
 	inSync func(n int)
 	// checkTakes is how long each integrity check takes.
 	checkTakes time.Duration
+	// inCheck, if set, runs first in every check (n counts checks from 0),
+	// on the runner's goroutine; a false return fails the check.
+	inCheck func(ctx context.Context, n int) bool
+	checks  int
 	// flushAt, if set, is when another program removes the rules: from
 	// then the check fails, until a full sync repairs them. Set ahead in
 	// fake time, it does not race with the runner's goroutine.
@@ -108,6 +112,13 @@ func newRunnerHarness(t *testing.T, setup ...func(*runnerHarness)) *runnerHarnes
 		return recheck, nil
 	}
 	check := func(ctx context.Context) bool {
+		h.mu.Lock()
+		inCheck, n := h.inCheck, h.checks
+		h.checks++
+		h.mu.Unlock()
+		if inCheck != nil && !inCheck(ctx, n) {
+			return false
+		}
 		h.mu.Lock()
 		defer h.mu.Unlock()
 		h.clock.Step(h.checkTakes)
@@ -658,7 +669,7 @@ func TestRunnerSpacesOutSlowIntegrityChecks(t *testing.T) {
 	waits := func() time.Duration {
 		t.Helper()
 		start := clk.Now()
-		_, next := r.runCheck(context.Background(), &costs)
+		_, next, _ := r.runCheck(context.Background(), nil, &costs)
 		return next.Sub(start)
 	}
 	if got := waits(); got != 25*time.Second {
@@ -680,8 +691,57 @@ func TestRunnerSpacesOutSlowIntegrityChecks(t *testing.T) {
 
 	fast := NewRunner(RunnerConfig{CheckPeriod: time.Second}, clk, nil, func(context.Context) bool { return true }, zap.NewNop())
 	start := clk.Now()
-	_, next := fast.runCheck(context.Background(), &checkCosts{})
+	_, next, _ := fast.runCheck(context.Background(), nil, &checkCosts{})
 	if got := next.Sub(start); got != time.Second {
 		t.Fatalf("a quick check is due again after %v, want the 1s check period", got)
 	}
+}
+
+// A change that comes while an integrity check runs stops the check (one
+// can take seconds at 10,000 services): the change syncs at once, the
+// stopped check's verdict starts no full sync, and the check runs again
+// at a later tick.
+func TestRunnerChangeInterruptsAnIntegrityCheck(t *testing.T) {
+	checking, stopped := make(chan int, 10), make(chan struct{}, 1)
+	h := newRunnerHarness(t, func(h *runnerHarness) {
+		h.inCheck = func(ctx context.Context, n int) bool {
+			checking <- n
+			if n > 0 {
+				return true
+			}
+			select { // the first check lasts until it is stopped
+			case <-ctx.Done():
+				stopped <- struct{}{}
+				return false
+			case <-time.After(5 * time.Second):
+				return true
+			}
+		}
+	})
+	h.expect(0, true)
+	h.step(3 * time.Second) // past the pacing of the first sync: the change may sync at once
+	waitFor := func(what string, c <-chan struct{}) {
+		t.Helper()
+		select {
+		case <-c:
+		case <-time.After(5 * time.Second):
+			t.Fatal(what)
+		}
+	}
+	started := make(chan struct{})
+	go func() { <-checking; close(started) }()
+	waitFor("no integrity check started", started)
+	h.queue() // the API server's change, mid-check
+	waitFor("the change did not stop the integrity check", stopped)
+	h.expect(3*time.Second, false)
+	h.step(time.Second)
+	select {
+	case n := <-checking:
+		if n != 1 {
+			t.Fatalf("check %d, want the second", n)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no integrity check after the interrupted one")
+	}
+	h.expectNone() // the second check passed: no full sync
 }
