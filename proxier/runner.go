@@ -211,6 +211,7 @@ func (r *Runner) Run(ctx context.Context, changed <-chan struct{}) {
 	defer checks.Stop()
 	var nextCheck time.Time
 	var costs checkCosts
+	stops := 0 // checks stopped in a row by changes
 
 	for {
 		// A change queued during the last sync goes before a check tick
@@ -247,11 +248,17 @@ func (r *Runner) Run(ctx context.Context, changed <-chan struct{}) {
 		// whether the runner is idle.
 		timer.Stop()
 		if tick && r.check != nil && s.failures == 0 && !r.clock.Now().Before(nextCheck) {
-			intact, next, interrupted := r.runCheck(ctx, changed, &costs)
+			stoppable := changed
+			if stops >= maxCheckStops {
+				stoppable = nil // a steady stream of changes must not starve the check
+			}
+			intact, next, interrupted := r.runCheck(ctx, stoppable, &costs)
 			if interrupted {
+				stops++
 				s.pending = true // the check runs again at a later tick
 				continue
 			}
+			stops = 0
 			nextCheck = next
 			if !intact {
 				r.log.Warn("programmed rules went missing; resyncing everything")
@@ -269,12 +276,18 @@ func (r *Runner) Run(ctx context.Context, changed <-chan struct{}) {
 // legacy at 10,000 services idled at 10% of a core.
 const maxCheckShare = 50
 
+// maxCheckStops is how many checks in a row changes may stop; the next
+// one runs to its end, changes or not, so that drift is still repaired on
+// a node whose services never stop changing.
+const maxCheckStops = 3
+
 // runCheck runs the integrity check and says when the next one may run:
 // after CheckPeriod, or later if checks are slow. A change that comes
 // meanwhile stops it: a check may take seconds (the IPVS mode's at 10,000
 // services), and a change must not wait behind one. interrupted then says
 // so, and intact means nothing; a change that came as the check ended
-// counts as an interruption too, so that no change is lost.
+// counts as an interruption too, so that no change is lost. With changed
+// nil the check runs to its end.
 func (r *Runner) runCheck(ctx context.Context, changed <-chan struct{}, costs *checkCosts) (intact bool, next time.Time, interrupted bool) {
 	checkCtx, cancel := context.WithCancel(ctx)
 	defer cancel()

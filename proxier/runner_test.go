@@ -745,3 +745,58 @@ func TestRunnerChangeInterruptsAnIntegrityCheck(t *testing.T) {
 	}
 	h.expectNone() // the second check passed: no full sync
 }
+
+// Changes stop at most maxCheckStops checks in a row: the next one runs
+// to its end, so a node whose services never stop changing still has
+// its drift repaired.
+func TestRunnerChangesDoNotStarveTheIntegrityCheck(t *testing.T) {
+	checking, release := make(chan int, 10), make(chan struct{})
+	h := newRunnerHarness(t, func(h *runnerHarness) {
+		h.inCheck = func(ctx context.Context, n int) bool {
+			checking <- n
+			if n < maxCheckStops {
+				select {
+				case <-ctx.Done():
+					return false
+				case <-time.After(5 * time.Second):
+					return true
+				}
+			}
+			<-release // the test has queued a change meanwhile
+			if ctx.Err() != nil {
+				t.Errorf("check %d was stopped too", n)
+			}
+			return true
+		}
+	})
+	h.expect(0, true)
+	nextCheck := func() int {
+		t.Helper()
+		h.step(3 * time.Second) // a check tick, past the pacing of the last sync
+		select {
+		case n := <-checking:
+			return n
+		case <-time.After(5 * time.Second):
+			t.Fatal("no integrity check")
+		}
+		return -1
+	}
+	for i := range maxCheckStops {
+		if n := nextCheck(); n != i {
+			t.Fatalf("check %d, want %d", n, i)
+		}
+		h.queue()
+		if c := h.next(); c.full {
+			t.Fatalf("the change after stopped check %d synced fully", i)
+		}
+	}
+	if n := nextCheck(); n != maxCheckStops {
+		t.Fatalf("check %d, want %d", n, maxCheckStops)
+	}
+	h.queue()
+	time.Sleep(50 * ms) // room for a wrong stop
+	close(release)
+	if c := h.next(); c.full {
+		t.Fatal("the change after the check synced fully")
+	}
+}
