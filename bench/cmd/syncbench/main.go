@@ -134,15 +134,9 @@ func run(w bench.Workload, mode string, flavor netfilter.Flavor, rounds int) err
 	}
 	report("cold-start full sync", []sample{cold})
 
-	if cpuProfile != "" {
-		f, err := os.Create(cpuProfile)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
+	stopProfile, err := startProfile(cpuProfile)
+	if err != nil {
+		return err
 	}
 	var changes []sample
 	for r := 1; r <= rounds; r++ {
@@ -168,9 +162,7 @@ func run(w bench.Workload, mode string, flavor netfilter.Flavor, rounds int) err
 		adds = append(adds, s)
 	}
 	report("one service add (partial)", adds)
-	if cpuProfile != "" {
-		pprof.StopCPUProfile()
-	}
+	stopProfile()
 
 	resync, err := h.sync(true)
 	if err != nil {
@@ -186,20 +178,31 @@ func run(w bench.Workload, mode string, flavor netfilter.Flavor, rounds int) err
 	return nil
 }
 
+// startProfile starts a CPU profile into path (none if path is empty);
+// stop ends it and closes the file.
+func startProfile(path string) (stop func(), err error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
+}
+
 // measureChecks runs the integrity check n times on the last applied
 // view and prints the median, profiling the checks if asked.
 func measureChecks(h *harness, n int) error {
-	if checkProfile != "" {
-		f, err := os.Create(checkProfile)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
-		defer pprof.StopCPUProfile()
+	stopProfile, err := startProfile(checkProfile)
+	if err != nil {
+		return err
 	}
+	defer stopProfile()
 	var took []time.Duration
 	for range n {
 		start := time.Now()
