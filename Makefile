@@ -44,7 +44,7 @@ test: deps controlplane vmkernel fmt-check vet
 	$(GO) test -count=1 -timeout 10m -race ./proxier/...
 	$(GO) test -count=1 -timeout 85m -v ./e2e/vm/
 
-# The figures at BENCH_N services x 10 endpoints (1,000: about six
+# The figures at BENCH_N services x 10 endpoints (1,000: about seven
 # minutes, with 5 samples of each change and 10 s idle windows;
 # BENCH_N=10000 for the big size, 10 samples and kube-proxy's 30 s
 # --sync-period as the idle window, an hour or more, most of it the VM's). First the in-process ones: Go benchmarks, and svcproxy's rule
