@@ -257,27 +257,14 @@ func newClient(cfg Config) (kubernetes.Interface, error) {
 	return kubernetes.NewForConfig(rc)
 }
 
-// waitForAPI waits for the informers' first lists. It gives up after
-// --api-timeout when a list failed (an unreachable or refusing API
-// server), but waits on, with a warning every --api-timeout, while the
-// lists are merely slow, as kube-proxy waits: a loaded API server may
-// take longer than that to list 10,000 services, and a proxy that exits
-// then would only be restarted to wait again.
 func (d *daemon) waitForAPI(ctx context.Context, source *proxier.Source) error {
-	start := time.Now()
-	for {
-		wait, cancel := context.WithTimeout(ctx, d.cfg.APITimeout)
-		err := source.WaitForSync(wait)
-		cancel()
-		if err == nil || ctx.Err() != nil {
-			return nil
-		}
-		if !errors.Is(err, proxier.ErrStillListing) {
-			return fmt.Errorf("waited %v for the API server %s: %w", d.cfg.APITimeout, apiServer(d.cfg), err)
-		}
-		d.log.Warn("the API server has not finished listing yet; waiting on", zap.String("apiServer", apiServer(d.cfg)),
-			zap.Duration("waited", time.Since(start).Round(time.Second)), zap.Error(err))
+	wait, cancel := context.WithTimeout(ctx, d.cfg.APITimeout)
+	defer cancel()
+	err := source.WaitForSync(wait)
+	if err == nil || ctx.Err() != nil {
+		return nil
 	}
+	return fmt.Errorf("waited %v for the API server %s: %w", d.cfg.APITimeout, apiServer(d.cfg), err)
 }
 
 // apiServer names the API server cfg points at, for the error that says

@@ -240,37 +240,6 @@ func TestDaemonStartFailuresAreOneClearError(t *testing.T) {
 	}
 }
 
-// A list that is slow, not failing, is waited for past --api-timeout (1s
-// here), as kube-proxy waits: a loaded API server may take longer than
-// that to list 10,000 services, and exiting would only restart the wait.
-func TestDaemonWaitsForASlowList(t *testing.T) {
-	host := newFakeHost("nft/IPv4")
-	client := fake.NewClientset(append(webObjects(), dualStackNode())...)
-	release := make(chan struct{})
-	client.PrependReactor("list", "services", func(k8stesting.Action) (bool, runtime.Object, error) {
-		<-release
-		return false, nil, nil // then the usual answer
-	})
-	td := newTestDaemon(t, client, host)
-	exited := make(chan error, 1)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() { exited <- td.d.run(ctx) }()
-	select {
-	case err := <-exited:
-		t.Fatalf("the daemon gave up on a slow list: %v", err)
-	case <-time.After(2500 * time.Millisecond): // two --api-timeouts
-	}
-	close(release)
-	waitFor(t, "the service programmed once the list came", func() bool {
-		return strings.Contains(host.save("nft/IPv4", netfilter.TableNAT), "10.244.0.11:8080")
-	})
-	cancel()
-	if err := <-exited; err != nil {
-		t.Fatalf("run after cancel: %v", err)
-	}
-}
-
 func TestDaemonRunsWithoutItsNode(t *testing.T) {
 	host := newFakeHost("nft/IPv4")
 	td := newTestDaemon(t, fake.NewClientset(webObjects()...), host, "--node-timeout=100ms")
