@@ -57,8 +57,9 @@ func NewApplier(cfg Config, family model.Family, rules *netfilter.Applier, clk c
 // DrainCheckPeriod is how soon a sync looks again at a real server that
 // began draining its connections. Later looks wait half the drain's age:
 // a TCP connection's last IPVS entry (TIME_WAIT) lasts two minutes, and
-// a look every second through them cost every sync's fixed work over
-// again, 18% of the VM's core at 10,000 services. So a real server is
+// a look every second through them paid a sync's fixed work each time
+// (an idle svcproxy in the VM at 50 services: 3.0% of a core, 1.1% with
+// the spacing; 17.9% at 10,000 before it). So a real server is
 // deleted at most half its drain's age after its last connection ended
 // (it takes no new one meanwhile: its weight is 0), and at its bound.
 const DrainCheckPeriod = time.Second
@@ -626,7 +627,8 @@ func (a *Applier) holds(ctx context.Context, k Kernel, want *State) (bool, error
 // with their weights, plus perhaps some of weight 0 being drained. Lists
 // are short (a service's endpoints), and the integrity check asks this of
 // every virtual server: a search of cur for each wanted one costs less
-// than a map per virtual server, up to a few dozen.
+// than a map per virtual server, up to a few dozen (12,000 virtual
+// servers of 10: 1.0 ms and no allocation, against 8.3 ms and 9 MB).
 func realsHold(want []RealServer, cur []RealStatus) bool {
 	if len(want) > 32 {
 		return realsHoldLong(want, cur)
