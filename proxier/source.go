@@ -197,8 +197,13 @@ func (s *Source) notSynced() error {
 			return fmt.Errorf("could not list %s from the API server: %w", name, err)
 		}
 	}
-	return fmt.Errorf("no answer from the API server listing %v", names)
+	return fmt.Errorf("%w listing %v", ErrStillListing, names)
 }
+
+// ErrStillListing is WaitForSync's error when no list has failed: the API
+// server has not answered yet (at 10,000 services a loaded one takes
+// tens of seconds to).
+var ErrStillListing = errors.New("no answer from the API server")
 
 // WaitForNode waits, until ctx ends, for this node's Node object to exist
 // with an address (and podCIDRs, with WaitForPodCIDRs), as kube-proxy does

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"net/netip"
+	"net/url"
 	"os"
 	"slices"
 	"strings"
@@ -63,6 +64,9 @@ type proxy struct {
 	tracker  *proxier.Tracker
 	health   *proxier.Health
 	source   *proxier.Source
+	// answers reports whether the API server answers at all (a GET of
+	// /version), which tells a slow first list from an unreachable server.
+	answers  func(context.Context) error
 	node     model.NodeInfo
 	families []model.Family
 	flavor   netfilter.Flavor
@@ -191,7 +195,8 @@ func (d *daemon) newProxy() (*proxy, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &proxy{tracker: proxier.NewTracker(d.log.Named("tracker"), time.Now), podCIDRs: make(chan []netip.Prefix, 1)}
+	p := &proxy{tracker: proxier.NewTracker(d.log.Named("tracker"), time.Now), podCIDRs: make(chan []netip.Prefix, 1),
+		answers: serverAnswers(client, d.cfg.APITimeout)}
 	if p.nodeName, err = d.nodeName(); err != nil {
 		return nil, err
 	}
@@ -214,7 +219,7 @@ func (d *daemon) newProxy() (*proxy, error) {
 // waiting (ctx done), it returns nil early: not an error.
 func (d *daemon) start(ctx context.Context, p *proxy) error {
 	p.source.Start(ctx)
-	if err := d.waitForAPI(ctx, p.source); err != nil || ctx.Err() != nil {
+	if err := d.waitForAPI(ctx, p); err != nil || ctx.Err() != nil {
 		return err
 	}
 	p.node = d.waitForNode(ctx, p.source, p.nodeName)
@@ -257,14 +262,65 @@ func newClient(cfg Config) (kubernetes.Interface, error) {
 	return kubernetes.NewForConfig(rc)
 }
 
-func (d *daemon) waitForAPI(ctx context.Context, source *proxier.Source) error {
-	wait, cancel := context.WithTimeout(ctx, d.cfg.APITimeout)
-	defer cancel()
-	err := source.WaitForSync(wait)
-	if err == nil || ctx.Err() != nil {
-		return nil
+// waitForAPI waits for the informers' first lists. It gives up after
+// --api-timeout when a list failed or the API server does not answer
+// (unreachable, refusing), but waits on, with a warning every
+// --api-timeout, while the server answers and its lists are merely slow,
+// as kube-proxy waits: a loaded API server may take longer than that to
+// list 10,000 services, and a proxy that exits then is only restarted
+// into the same wait, adding its own list to the load.
+func (d *daemon) waitForAPI(ctx context.Context, p *proxy) error {
+	start := time.Now()
+	for {
+		wait, cancel := context.WithTimeout(ctx, d.cfg.APITimeout)
+		err := p.source.WaitForSync(wait)
+		cancel()
+		if err == nil || ctx.Err() != nil {
+			return nil
+		}
+		if errors.Is(err, proxier.ErrStillListing) {
+			// A refused connection may leave no list error behind
+			// (client-go retries it inside the request), so ask.
+			if probeErr := p.answers(ctx); probeErr != nil {
+				err = fmt.Errorf("%w; and /version: %w", err, probeErr)
+			} else {
+				d.log.Warn("the API server answers but has not finished listing; waiting on",
+					zap.String("apiServer", apiServer(d.cfg)), zap.Duration("waited", time.Since(start).Round(time.Second)),
+					zap.Error(err))
+				continue
+			}
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("waited %v for the API server %s: %w", time.Since(start).Round(time.Second), apiServer(d.cfg), err)
 	}
-	return fmt.Errorf("waited %v for the API server %s: %w", d.cfg.APITimeout, apiServer(d.cfg), err)
+}
+
+// serverAnswers asks the API server for its version, waiting up to
+// within: the cheapest request every server answers, whatever its load.
+func serverAnswers(client kubernetes.Interface, within time.Duration) func(context.Context) error {
+	return func(ctx context.Context) error {
+		ctx, cancel := context.WithTimeout(ctx, within)
+		defer cancel()
+		answered := make(chan error, 1)
+		// ServerVersion takes no context; a hung request is left to the
+		// client's own timeouts and ends with the process.
+		go func() {
+			_, err := client.Discovery().ServerVersion()
+			answered <- err
+		}()
+		select {
+		case err := <-answered:
+			var ue *url.Error
+			if errors.As(err, &ue) {
+				err = ue.Err // the URL is in the message already
+			}
+			return err
+		case <-ctx.Done():
+			return fmt.Errorf("no answer within %v", within)
+		}
+	}
 }
 
 // apiServer names the API server cfg points at, for the error that says

@@ -168,7 +168,7 @@ func (c *commandLine) addSvcproxyFlags() {
 	c.fs.StringVar(&c.flavor, "iptables-flavor", "auto", "svcproxy: iptables implementation, nft, legacy, or auto (the one the host's rules already use).")
 	c.fs.BoolVar(&c.checkBinaries, "check-binaries", false, "svcproxy: look up every program the mode runs with --iptables-flavor (both flavors for auto) in PATH, print where each is, and exit; fails naming any required one missing. svcproxy checks the same at start.")
 	c.fs.StringVar(&c.logFormat, "log-format", "", "svcproxy: log format, console (same as text) or json; overrides --logging-format.")
-	c.fs.DurationVar(&c.apiTimeout, "api-timeout", 30*time.Second, "svcproxy: how long to wait at startup for the API server to list Services, EndpointSlices and the Node before giving up.")
+	c.fs.DurationVar(&c.apiTimeout, "api-timeout", 30*time.Second, "svcproxy: how long to wait at startup for the API server to list Services, EndpointSlices and the Node before giving up when a list failed or the server does not answer /version; while it answers, slow lists are waited for, with a warning every --api-timeout.")
 	c.fs.DurationVar(&c.nodeTimeout, "node-timeout", 30*time.Second, "svcproxy: how long to wait at startup for this node's Node object to have addresses; after that svcproxy runs without node information.")
 	c.fs.DurationVar(&c.drainTimeout, "ipvs-drain-timeout", ipvs.DefaultDrainTimeout, "svcproxy: in ipvs mode, how long a TCP real server that left waits at weight 0 for its connections to end before it is removed (kube-proxy waits without bound).")
 }
