@@ -2,7 +2,6 @@ package proxier
 
 import (
 	"github.com/svcproxy/svcproxy/model"
-	"maps"
 	"net/netip"
 	"slices"
 )
@@ -13,11 +12,7 @@ import (
 // A NodeView and its ServicePorts must be treated as immutable: Update
 // shares ServicePorts between views.
 func Compute(snap *Snapshot, family model.Family) *model.NodeView {
-	view := &model.NodeView{
-		Family:   family,
-		Node:     snap.Node,
-		Services: make(map[model.ServicePortName]*model.ServicePort, snap.NumServices()),
-	}
+	view := model.NewNodeView(family, snap.Node, snap.NumServices())
 	// scratch is reused across ports: candidates never outlive one port.
 	var scratch []candidate
 	for svc := range snap.Services() {
@@ -40,18 +35,18 @@ func Update(snap *Snapshot, family model.Family, prevSnap *Snapshot, prev *model
 		!nodeEqual(prev.Node, snap.Node) || !nodeEqual(prevSnap.Node, snap.Node) {
 		return Compute(snap, family)
 	}
-	view := &model.NodeView{Family: family, Node: snap.Node, Services: maps.Clone(prev.Services)}
+	view := prev.Derive(snap.Node)
 	changed := changedBetween(prevSnap, snap)
 	for _, name := range changed {
-		if old, ok := prevSnap.services[name]; ok {
+		if old, ok := prevSnap.services.Get(name); ok {
 			for _, spec := range old.Ports {
-				delete(view.Services, name.PortName(spec.Name, spec.Protocol))
+				view.Delete(name.PortName(spec.Name, spec.Protocol))
 			}
 		}
 	}
 	var scratch []candidate
 	for _, name := range changed {
-		if svc, ok := snap.services[name]; ok {
+		if svc, ok := snap.services.Get(name); ok {
 			scratch = addServicePorts(view, svc, snap, scratch)
 		}
 	}
@@ -67,13 +62,13 @@ func changedBetween(prevSnap, snap *Snapshot) []ServiceName {
 		return snap.ChangedServices
 	}
 	var changed []ServiceName
-	for name := range prevSnap.services {
+	for name := range prevSnap.services.All() {
 		if !sameInputs(prevSnap, snap, name) {
 			changed = append(changed, name)
 		}
 	}
-	for name := range snap.services {
-		if _, known := prevSnap.services[name]; !known {
+	for name := range snap.services.All() {
+		if _, known := prevSnap.services.Get(name); !known {
 			changed = append(changed, name)
 		}
 	}
@@ -83,10 +78,10 @@ func changedBetween(prevSnap, snap *Snapshot) []ServiceName {
 // sameInputs reports whether a service's stored objects are identical in
 // two snapshots.
 func sameInputs(a, b *Snapshot, name ServiceName) bool {
-	if a.services[name] != b.services[name] {
+	if a.services.Value(name) != b.services.Value(name) {
 		return false
 	}
-	return slices.Equal(a.slices[name], b.slices[name])
+	return slices.Equal(a.slices.Value(name), b.slices.Value(name))
 }
 
 // addServicePorts adds a service's ports in the view's family, if it has a
@@ -101,7 +96,7 @@ func addServicePorts(view *model.NodeView, svc *Service, snap *Snapshot, scratch
 		sp := servicePort(svc, spec, clusterIP, view.Family)
 		scratch = collectCandidates(scratch[:0], svcSlices, view.Family, spec, snap.Node.Name)
 		selectEndpoints(sp, scratch, svc.TrafficDistribution, snap.Node)
-		view.Services[sp.Name] = sp
+		view.Set(sp)
 	}
 	return scratch
 }

@@ -198,8 +198,15 @@ func checkSnapshot(t *testing.T, snap *Snapshot, history []computedViews) comput
 		view := Compute(snap, family)
 		checkView(t, snap, view)
 		for _, earlier := range history {
-			if d := viewDiff(Update(snap, family, earlier.snap, earlier.views[family]), view); d != "" {
+			updated := Update(snap, family, earlier.snap, earlier.views[family])
+			if d := viewDiff(updated, view); d != "" {
 				t.Fatalf("Update from snapshot %d differs from Compute: %s", earlier.snap.seq, d)
+			}
+			// The ports an updated view says it changed are those a walk
+			// of both views finds (a view literal has no lineage).
+			walked := &model.NodeView{Family: updated.Family, Node: updated.Node, Services: updated.Services}
+			if got, want := model.ChangedPorts(updated, earlier.views[family]), model.ChangedPorts(walked, earlier.views[family]); !slices.Equal(got, want) {
+				t.Fatalf("Update from snapshot %d: changed ports %v, a walk finds %v", earlier.snap.seq, got, want)
 			}
 		}
 		c.views[family] = view
