@@ -105,16 +105,9 @@ func (p *PortSyncs) Get(name model.ServicePortName) (SyncInfo, bool) {
 	return info, ok
 }
 
-// portShard spreads ports over the shards by service (FNV-1a).
+// portShard spreads ports over the shards by service.
 func portShard(name model.ServicePortName) int {
-	h := uint32(2166136261)
-	for _, s := range []string{name.Namespace, name.Name} {
-		for i := 0; i < len(s); i++ {
-			h = (h ^ uint32(s[i])) * 16777619
-		}
-		h = (h ^ '/') * 16777619
-	}
-	return int(h % portShards)
+	return int(shardOf(name.Namespace, name.Name) % portShards)
 }
 
 // programmed updates the per-port record with the ports a successful sync

@@ -3,7 +3,6 @@ package proxier
 import (
 	"errors"
 	"iter"
-	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -20,23 +19,20 @@ import (
 // Informer handlers call it concurrently; each call parses its object, then
 // holds the lock only to swap a pointer or two.
 //
-// Snapshots are copy-on-write: a Snapshot shares the tracker's maps, and the
-// first change after it clones them. Stored services and slice lists are
-// never modified in place (a change replaces them), so a shallow clone is a
-// consistent copy. This keeps Snapshot O(changes) on the sync path; the
-// clone, O(services) pointer copies, is paid once per sync by the first
-// informer event that follows it.
+// Snapshots are copy-on-write: a Snapshot shares the tracker's maps, and a
+// change after it copies the shard of a map it writes (see serviceMap).
+// Stored services and slice lists are never modified in place (a change
+// replaces them), so a shallow copy is a consistent one. This keeps
+// Snapshot, and the changes between two, O(changes).
 type Tracker struct {
 	log     *zap.Logger
 	clock   func() time.Time
 	start   time.Time // when the tracker was made: older trigger times are not this process's to measure
 	changed chan struct{}
 
-	mu sync.Mutex
-	// services and slices are shared with last while shared is true.
-	services map[ServiceName]*Service
-	slices   map[ServiceName][]*EndpointSlice // per service, sorted by slice name
-	shared   bool
+	mu       sync.Mutex
+	services serviceMap[*Service]
+	slices   serviceMap[[]*EndpointSlice] // per service, sorted by slice name
 	// sliceOwner remembers which service each slice was filed under, so a
 	// slice whose service label changes is removed from the old service.
 	sliceOwner map[sliceKey]ServiceName
@@ -97,8 +93,8 @@ type Snapshot struct {
 	// per service.
 	ChangeQueued map[ServiceName]time.Time
 
-	services map[ServiceName]*Service
-	slices   map[ServiceName][]*EndpointSlice
+	services serviceMap[*Service]
+	slices   serviceMap[[]*EndpointSlice]
 	// origin and seq identify the snapshot, so Update can tell that two
 	// snapshots are consecutive and ChangedServices is all that differs.
 	origin *Tracker
@@ -124,8 +120,6 @@ func NewTracker(log *zap.Logger, clock func() time.Time) *Tracker {
 		clock:      clock,
 		start:      clock(),
 		changed:    make(chan struct{}, 1),
-		services:   map[ServiceName]*Service{},
-		slices:     map[ServiceName][]*EndpointSlice{},
 		sliceOwner: map[sliceKey]ServiceName{},
 		pending:    newPendingChanges(),
 		last:       &Snapshot{},
@@ -156,11 +150,10 @@ func (t *Tracker) upsertService(name ServiceName, parsed *Service, err error) {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if old, ok := t.services[name]; ok && old.Equal(parsed) {
+	if old, ok := t.services.Get(name); ok && old.Equal(parsed) {
 		return
 	}
-	t.writable()
-	t.services[name] = parsed
+	t.services.Set(name, parsed)
 	t.touch(name, serviceChange)
 }
 
@@ -173,11 +166,10 @@ func (t *Tracker) DeleteService(namespace, name string) {
 func (t *Tracker) removeService(name ServiceName) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if _, ok := t.services[name]; !ok {
+	if _, ok := t.services.Get(name); !ok {
 		return false
 	}
-	t.writable()
-	delete(t.services, name)
+	t.services.Delete(name)
 	t.touch(name, serviceChange)
 	return true
 }
@@ -207,18 +199,17 @@ func (t *Tracker) upsertSlice(key sliceKey, parsed *EndpointSlice, dropped []str
 	t.countSliceEvent(parsed.Family)
 	owner, known := t.sliceOwner[key]
 	if known && owner == parsed.Service {
-		if old := findSlice(t.slices[owner], key.name); old != nil && old.Equal(parsed) {
+		if old := findSlice(t.slices.Value(owner), key.name); old != nil && old.Equal(parsed) {
 			return
 		}
 	}
-	t.writable()
 	t.pending.sliceChanges++
 	if known && owner != parsed.Service {
 		t.unfileSlice(owner, key.name)
 		t.touch(owner, endpointsChange)
 	}
 	t.sliceOwner[key] = parsed.Service
-	t.slices[parsed.Service] = withSlice(t.slices[parsed.Service], parsed)
+	t.slices.Set(parsed.Service, withSlice(t.slices.Value(parsed.Service), parsed))
 	t.touch(parsed.Service, endpointsChange)
 	if parsed.TriggerTime.After(t.start) {
 		t.pending.triggerTimes[parsed.Service] = append(t.pending.triggerTimes[parsed.Service],
@@ -235,7 +226,7 @@ func (t *Tracker) DeleteEndpointSlice(namespace, name string) {
 	// and an IP address type), so a delete of one svcproxy never stored
 	// is one kube-proxy does not count either.
 	if owner, ok := t.sliceOwner[key]; ok {
-		if s := findSlice(t.slices[owner], name); s != nil {
+		if s := findSlice(t.slices.Value(owner), name); s != nil {
 			t.countSliceEvent(s.Family)
 		}
 		t.pending.sliceChanges++
@@ -249,7 +240,6 @@ func (t *Tracker) removeSlice(key sliceKey) {
 	if !ok {
 		return
 	}
-	t.writable()
 	delete(t.sliceOwner, key)
 	t.unfileSlice(owner, key.name)
 	t.touch(owner, endpointsChange)
@@ -318,9 +308,9 @@ func (t *Tracker) SliceWaitEnds(wait time.Duration) time.Time {
 	}
 	var first time.Time
 	for name, kinds := range t.pending.services {
-		_, known := t.last.services[name]
-		_, exists := t.services[name]
-		if kinds != serviceChange || known || !exists || len(t.slices[name]) > 0 {
+		_, known := t.last.services.Get(name)
+		_, exists := t.services.Get(name)
+		if kinds != serviceChange || known || !exists || len(t.slices.Value(name)) > 0 {
 			return time.Time{}
 		}
 		if q := t.pending.queuedAt[name]; first.IsZero() || q.Before(first) {
@@ -371,8 +361,8 @@ func (t *Tracker) Snapshot() *Snapshot {
 		NodeChanged:  t.pending.node,
 		OldestChange: t.pending.oldest,
 		ChangeQueued: t.pending.queuedAt,
-		services:     t.services,
-		slices:       t.slices,
+		services:     t.services.Share(),
+		slices:       t.slices.Share(),
 		origin:       t,
 		seq:          t.last.seq + 1,
 	}
@@ -381,7 +371,6 @@ func (t *Tracker) Snapshot() *Snapshot {
 	}
 	slices.SortFunc(snap.TriggerTimes, func(a, b TriggerTime) int { return a.Time.Compare(b.Time) })
 	snap.ChangedServices = t.effectiveChanges(snap)
-	t.shared = true
 	t.last = snap
 	t.pending = newPendingChanges()
 	// Everything signalled so far is in this snapshot; a stale signal would
@@ -407,24 +396,14 @@ func (t *Tracker) effectiveChanges(snap *Snapshot) []ServiceName {
 }
 
 func serviceStateEqual(a, b *Snapshot, name ServiceName) bool {
-	sa, okA := a.services[name]
-	sb, okB := b.services[name]
+	sa, okA := a.services.Get(name)
+	sb, okB := b.services.Get(name)
 	if okA != okB || (okA && sa != sb && !sa.Equal(sb)) {
 		return false
 	}
-	return slices.EqualFunc(a.slices[name], b.slices[name], func(x, y *EndpointSlice) bool {
+	return slices.EqualFunc(a.slices.Value(name), b.slices.Value(name), func(x, y *EndpointSlice) bool {
 		return x == y || x.Equal(y)
 	})
-}
-
-// writable unshares the maps from the last snapshot before a mutation.
-func (t *Tracker) writable() {
-	if !t.shared {
-		return
-	}
-	t.services = maps.Clone(t.services)
-	t.slices = maps.Clone(t.slices)
-	t.shared = false
 }
 
 // changeKinds says what changed about a pending service: its Service, its
@@ -462,12 +441,12 @@ func (t *Tracker) queued() {
 }
 
 func (t *Tracker) unfileSlice(owner ServiceName, name string) {
-	rest := withoutSlice(t.slices[owner], name)
+	rest := withoutSlice(t.slices.Value(owner), name)
 	if len(rest) == 0 {
-		delete(t.slices, owner)
+		t.slices.Delete(owner)
 		return
 	}
-	t.slices[owner] = rest
+	t.slices.Set(owner, rest)
 }
 
 func (t *Tracker) logRejected(err error) {
@@ -523,14 +502,13 @@ func nodeEqual(a, b model.NodeInfo) bool {
 
 // Service returns the parsed Service called name.
 func (s *Snapshot) Service(name ServiceName) (*Service, bool) {
-	svc, ok := s.services[name]
-	return svc, ok
+	return s.services.Get(name)
 }
 
 // Services yields every service, in no particular order.
 func (s *Snapshot) Services() iter.Seq[*Service] {
 	return func(yield func(*Service) bool) {
-		for _, svc := range s.services {
+		for _, svc := range s.services.All() {
 			if !yield(svc) {
 				return
 			}
@@ -539,8 +517,8 @@ func (s *Snapshot) Services() iter.Seq[*Service] {
 }
 
 // NumServices counts the services in the snapshot.
-func (s *Snapshot) NumServices() int { return len(s.services) }
+func (s *Snapshot) NumServices() int { return s.services.Len() }
 
 // EndpointSlices returns the slices filed under a service, sorted by name.
 // Slices may exist for a service that does not (yet).
-func (s *Snapshot) EndpointSlices(name ServiceName) []*EndpointSlice { return s.slices[name] }
+func (s *Snapshot) EndpointSlices(name ServiceName) []*EndpointSlice { return s.slices.Value(name) }
