@@ -87,6 +87,11 @@ func (c *countingKernel) HostAddrs(f model.Family, exclude string) ([]netip.Addr
 	return c.Kernel.HostAddrs(f, exclude)
 }
 
+func (c *countingKernel) LinkNames() ([]string, error) {
+	c.ops++
+	return c.Kernel.LinkNames()
+}
+
 func (c *countingKernel) DeleteLink(name string) error {
 	c.ops++
 	return c.Kernel.DeleteLink(name)

@@ -306,7 +306,7 @@ func (k *FakeKernel) LinkAddrs(name string, family model.Family) ([]netip.Addr, 
 	}
 	var out []netip.Addr
 	for _, a := range sortedKeys(k.links[name], netip.Addr.Compare) {
-		if model.FamilyOf(a) == family {
+		if model.FamilyOf(a) == family && !a.IsLinkLocalUnicast() {
 			out = append(out, a)
 		}
 	}
@@ -351,7 +351,15 @@ func (k *FakeKernel) HostAddrs(family model.Family, exclude string) ([]netip.Add
 		}
 	}
 	slices.SortFunc(out, netip.Addr.Compare)
-	return out, nil
+	return slices.Compact(out), nil
+}
+
+// LinkNames implements Links.
+func (k *FakeKernel) LinkNames() ([]string, error) {
+	if err := k.call("LinkNames"); err != nil {
+		return nil, err
+	}
+	return sortedKeys(k.links, strings.Compare), nil
 }
 
 // DeleteLink implements Links.

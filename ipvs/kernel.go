@@ -83,6 +83,8 @@ type Links interface {
 	// exclude: the node's addresses, where node ports answer. Link-local
 	// IPv6 addresses are left out.
 	HostAddrs(family model.Family, exclude string) ([]netip.Addr, error)
+	// LinkNames lists every link's name, sorted.
+	LinkNames() ([]string, error)
 	// DeleteLink deletes a link; a missing one is no error.
 	DeleteLink(name string) error
 }

@@ -62,6 +62,8 @@ type kernel struct {
 	// cannot spell (see bitmapPortCmd); route a routing one, for the
 	// address dumps read without netlink's parse (see addrDump).
 	nf, route *nl.SocketHandle
+	// strictDumps: route's address dumps can ask for one link's.
+	strictDumps bool
 	// ipvs is nil when the kernel had no IPVS when the Kernel was opened;
 	// noIPVS then says why.
 	ipvs   *libipvs.Handle
@@ -120,6 +122,10 @@ func OpenKernel() (Kernel, error) {
 		return nil, fmt.Errorf("opening netlink: %w", err)
 	}
 	k.route = &nl.SocketHandle{Socket: route}
+	// With strict checking (Linux 4.20 on) the kernel honours an address
+	// dump's link index and sends that link's addresses alone; without it
+	// the dump is filtered here.
+	k.strictDumps = unix.SetsockoptInt(route.GetFd(), unix.SOL_NETLINK, unix.NETLINK_GET_STRICT_CHK, 1) == nil
 	// moby/ipvs resolves IPVS's generic netlink family once per process and
 	// never again; resolved while IPVS is missing, its requests would go to
 	// family 0, which the kernel acknowledges without doing anything (and
@@ -561,12 +567,18 @@ func nlFamily(f model.Family) int {
 // per service, which HostAddrs skips. At 10,000 services that parse was
 // half of a one-endpoint sync's CPU. A dump the kernel interrupted
 // because addresses changed meanwhile is retried.
-func (k *kernel) addrDump(family model.Family, keep func(linkIndex int) bool) ([]netip.Addr, error) {
+//
+// A positive only asks for that link's addresses; keep still filters.
+func (k *kernel) addrDump(family model.Family, only int, keep func(linkIndex int) bool) ([]netip.Addr, error) {
 	var err error
 	for range 3 {
 		var out []netip.Addr
 		req := nl.NewNetlinkRequest(unix.RTM_GETADDR, unix.NLM_F_DUMP)
-		req.AddData(nl.NewIfAddrmsg(nlFamily(family)))
+		msg := nl.NewIfAddrmsg(nlFamily(family))
+		if only > 0 && k.strictDumps {
+			msg.Index = uint32(only)
+		}
+		req.AddData(msg)
 		req.Sockets = map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: k.route}
 		var parseErr error
 		err = req.ExecuteIter(unix.NETLINK_ROUTE, unix.RTM_NEWADDR, func(m []byte) bool {
@@ -593,6 +605,9 @@ func (k *kernel) addrDump(family model.Family, keep func(linkIndex int) bool) ([
 		if err == nil {
 			slices.SortFunc(out, netip.Addr.Compare)
 			return slices.Compact(out), nil
+		}
+		if only > 0 && isErrno(err, unix.ENODEV) {
+			return nil, nil // the link went (a pod's, say) since it was found
 		}
 		if !errors.Is(err, netlink.ErrDumpInterrupted) {
 			break
@@ -635,7 +650,7 @@ func (k *kernel) LinkAddrs(name string, family model.Family) ([]netip.Addr, erro
 		return nil, err
 	}
 	index := l.Attrs().Index
-	addrs, err := k.addrDump(family, func(i int) bool { return i == index })
+	addrs, err := k.addrDump(family, index, func(i int) bool { return i == index })
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
@@ -704,7 +719,26 @@ func (k *kernel) HostAddrs(family model.Family, exclude string) ([]netip.Addr, e
 			skip = l.Attrs().Index
 		}
 	}
-	return k.addrDump(family, func(i int) bool { return skip == 0 || i != skip })
+	return k.addrDump(family, 0, func(i int) bool { return skip == 0 || i != skip })
+}
+
+// LinkNames is one dump of the links, which it also remembers for the
+// requests after it that name one.
+func (k *kernel) LinkNames() ([]string, error) {
+	links, err := k.nl.LinkList()
+	if err != nil {
+		return nil, fmt.Errorf("listing links: %w", err)
+	}
+	if k.links == nil {
+		k.links = map[string]netlink.Link{}
+	}
+	names := make([]string, 0, len(links))
+	for _, l := range links {
+		k.links[l.Attrs().Name] = l
+		names = append(names, l.Attrs().Name)
+	}
+	slices.Sort(names)
+	return names, nil
 }
 
 // DeleteLink is two requests (the link by name, its deletion); a missing

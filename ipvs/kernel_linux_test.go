@@ -381,6 +381,26 @@ func TestKernelLinks(t *testing.T) {
 	got, err = k.HostAddrs(model.IPv6, "missing")
 	check("HostAddrs(IPv6, but a missing link)", got, err, "::1", "fd00::1", "fd00::2")
 
+	// The dump of one link's addresses is filtered by the kernel, and the
+	// node's addresses read link by link are those of the one dump.
+	if !k.strictDumps {
+		t.Error("the kernel refused strict netlink checking: every address dump sends every link's addresses")
+	}
+	names, err := k.LinkNames()
+	if want := []string{"kt0", "kt1", "lo"}; err != nil || !slices.Equal(names, want) {
+		t.Errorf("LinkNames = %v, %v; want %v", names, err, want)
+	}
+	for _, family := range []model.Family{model.IPv4, model.IPv6} {
+		oneDump, err := nodeAddrs(k, family, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		byLink, err := nodeAddrs(k, family, 1<<20)
+		if err != nil || !slices.Equal(byLink, oneDump) {
+			t.Errorf("%s node addresses link by link = %v, %v; one dump gives %v", family, byLink, err, oneDump)
+		}
+	}
+
 	for _, a := range mustAddrs(t, "10.0.0.1", "fd00::1") {
 		for range 2 { // the second is no error
 			if err := k.DelAddr("kt0", a); err != nil {
@@ -408,6 +428,38 @@ func TestKernelLinks(t *testing.T) {
 		if _, err := h.LinkByName(dev); err == nil {
 			t.Errorf("%s still exists after DeleteLink(kt0)", dev)
 		}
+	}
+}
+
+// A link found by LinkNames and gone before its addresses are read (a
+// pod's veth, deleted meanwhile) has none: no error that would fail the
+// sync.
+func TestKernelLinkGoneBeforeItsAddrs(t *testing.T) {
+	ns := netnstest.NewNS(t, "gone")
+	h, err := ns.Netlink()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "kg0"}, PeerName: "kg1"}); err != nil {
+		t.Fatal(err)
+	}
+	k := openKernel(t, ns)
+	if err := k.AddAddr("kg0", netip.MustParseAddr("10.0.0.1")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := k.LinkNames(); err != nil {
+		t.Fatal(err)
+	}
+	kg0, err := h.LinkByName("kg0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.LinkDel(kg0); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := k.LinkAddrs("kg0", model.IPv4); err != nil || len(got) != 0 {
+		t.Errorf("LinkAddrs of a link deleted since LinkNames = %v, %v; want none, no error", got, err)
 	}
 }
 
