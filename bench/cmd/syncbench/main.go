@@ -11,6 +11,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"runtime"
 	"runtime/pprof"
 	"slices"
 	"syscall"
@@ -37,6 +38,7 @@ func main() {
 	rounds := flag.Int("rounds", 15, "measured endpoint changes and service adds")
 	flag.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the partial syncs to this file")
 	flag.StringVar(&checkProfile, "check-cpuprofile", "", "write a CPU profile of the integrity checks to this file")
+	flag.StringVar(&heapProfile, "heapprofile", "", "write a heap profile at the end (what was allocated where, and what is live) to this file")
 	ownNetns := flag.Bool("in-own-netns", false, "required: confirms this process runs in a network namespace of its own")
 	flag.Parse()
 
@@ -52,7 +54,7 @@ func main() {
 	}
 }
 
-var cpuProfile, checkProfile string
+var cpuProfile, checkProfile, heapProfile string
 
 func fail(msg string) {
 	fmt.Fprintln(os.Stderr, "syncbench:", msg)
@@ -121,6 +123,7 @@ func run(w bench.Workload, mode string, flavor netfilter.Flavor, rounds int) err
 	fmt.Printf("svcproxy %s sync, iptables flavor %s: %d services x %d endpoints (%d nodes)\n",
 		mode, flavor, w.Services, w.Endpoints, w.Nodes)
 
+	heap := watchHeap("load")
 	loadStart := time.Now()
 	for i := 0; i < w.Services; i++ {
 		h.tracker.UpsertService(w.Service(i))
@@ -128,6 +131,7 @@ func run(w bench.Workload, mode string, flavor netfilter.Flavor, rounds int) err
 	}
 	fmt.Printf("  %-34s %10s\n", "load objects into tracker", round(time.Since(loadStart)))
 
+	heap.enter("cold start")
 	cold, err := h.sync(true)
 	if err != nil {
 		return fmt.Errorf("cold full sync: %w", err)
@@ -138,6 +142,7 @@ func run(w bench.Workload, mode string, flavor netfilter.Flavor, rounds int) err
 	if err != nil {
 		return err
 	}
+	heap.enter("partial syncs")
 	var changes []sample
 	for r := 1; r <= rounds; r++ {
 		i := (r * 7919) % w.Services
@@ -164,18 +169,39 @@ func run(w bench.Workload, mode string, flavor netfilter.Flavor, rounds int) err
 	report("one service add (partial)", adds)
 	stopProfile()
 
+	heap.enter("full resync")
 	resync, err := h.sync(true)
 	if err != nil {
 		return fmt.Errorf("periodic full sync: %w", err)
 	}
 	report("periodic full resync", []sample{resync})
 
+	heap.enter("checks")
 	if err := measureChecks(h, 3); err != nil {
 		return err
 	}
 
+	heap.print()
 	printMemory()
-	return nil
+	err = writeHeapProfile(heapProfile)
+	runtime.KeepAlive(h) // its tracker and views are what the profile shows in use
+	return err
+}
+
+// writeHeapProfile writes the heap profile into path (none if path is
+// empty), after a collection, so that its in-use figures are what the
+// harness still holds.
+func writeHeapProfile(path string) error {
+	if path == "" {
+		return nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	runtime.GC()
+	return pprof.WriteHeapProfile(f)
 }
 
 // startProfile starts a CPU profile into path (none if path is empty);
