@@ -1159,15 +1159,16 @@ func (k *kernel) Table(family model.Family) (map[VSKey]Listed, error) {
 	if k.noIPVS != nil {
 		return nil, k.noIPVS
 	}
-	var b []byte
-	err := k.inNS(func() (err error) {
-		b, err = os.ReadFile("/proc/thread-self/net/ip_vs")
+	var table map[VSKey]Listed
+	err := k.inNS(func() error {
+		f, err := os.Open("/proc/thread-self/net/ip_vs")
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		table, err = parseTable(f)
 		return err
 	})
-	if err != nil {
-		return nil, fmt.Errorf("listing the IPVS table: %w", err)
-	}
-	table, err := parseTable(b)
 	if err != nil {
 		return nil, fmt.Errorf("listing the IPVS table: %w", err)
 	}

@@ -1,7 +1,9 @@
 package ipvs
 
 import (
+	"bufio"
 	"fmt"
+	"io"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -23,18 +25,33 @@ import (
 // whole; a persistence timeout in jiffies (the kernel's HZ per second),
 // which Table replaces by the seconds netlink reports. Firewall-mark services (FWM) are left out, as are their real
 // servers, and so is anything a VSKey cannot name.
-func parseTable(b []byte) (map[VSKey]Listed, error) {
+//
+// It reads the listing a line at a time, never the whole of it: at 10,000
+// services it has 100,000 lines (5.5 MB), and reading the file whole and
+// then cutting it up held two copies of it, the integrity check's largest
+// allocation and the daemon's peak heap.
+func parseTable(r io.Reader) (map[VSKey]Listed, error) {
 	out := map[VSKey]Listed{}
 	var cur *Listed // the virtual server whose real servers follow; nil: skip them
-	// One string for the whole listing, cut into lines and fields without
-	// a copy each: at 10,000 services it has 100,000 lines, and every
-	// integrity check reads it.
-	rest := string(b)
+	// reals gathers cur's real servers; they are copied out at the exact
+	// length, so that no listed virtual server keeps a half-empty array.
+	var reals []RealStatus
+	done := func() {
+		if cur != nil {
+			cur.Status = slices.Clone(reals)
+			out[cur.VSKey] = cur.sorted()
+		}
+		cur, reals = nil, reals[:0]
+	}
+	in := bufio.NewReaderSize(r, 64<<10)
 	var buf [8]string
-	for line := 0; rest != ""; line++ {
-		var text string
-		text, rest, _ = strings.Cut(rest, "\n")
-		f := fields(text, buf[:0])
+	for line := 0; ; line++ {
+		b, readErr := in.ReadSlice('\n')
+		if readErr != nil && readErr != io.EOF {
+			return nil, readErr
+		}
+		text := string(b)
+		f := fields(strings.TrimRight(text, "\n"), buf[:0])
 		switch {
 		case line < 3 || len(f) == 0:
 		case f[0] == "->":
@@ -43,26 +60,24 @@ func parseTable(b []byte) (map[VSKey]Listed, error) {
 			}
 			rs, err := parseListedReal(f)
 			if err != nil {
-				return nil, fmt.Errorf("line %d %q: %w", line+1, text, err)
+				return nil, fmt.Errorf("line %d %q: %w", line+1, strings.TrimSpace(text), err)
 			}
-			cur.Status = append(cur.Status, rs)
+			reals = append(reals, rs)
 		default:
 			vs, ok, err := parseListedServer(f)
 			if err != nil {
-				return nil, fmt.Errorf("line %d %q: %w", line+1, text, err)
+				return nil, fmt.Errorf("line %d %q: %w", line+1, strings.TrimSpace(text), err)
 			}
-			if cur != nil {
-				out[cur.VSKey] = cur.sorted()
-			}
-			cur = nil
+			done()
 			if ok {
 				cur = &Listed{VirtualServer: vs}
 			}
 		}
+		if readErr == io.EOF {
+			break
+		}
 	}
-	if cur != nil {
-		out[cur.VSKey] = cur.sorted()
-	}
+	done()
 	return out, nil
 }
 
@@ -107,7 +122,8 @@ func parseListedServer(f []string) (VirtualServer, bool, error) {
 	if err != nil {
 		return VirtualServer{}, false, err
 	}
-	vs := VirtualServer{VSKey: VSKey{Addr: addr.Addr(), Protocol: proto, Port: addr.Port()}, Scheduler: f[2]}
+	// The scheduler is copied: f is cut from the line, which is not kept.
+	vs := VirtualServer{VSKey: VSKey{Addr: addr.Addr(), Protocol: proto, Port: addr.Port()}, Scheduler: strings.Clone(f[2])}
 	for i := 3; i+1 < len(f); i++ {
 		if f[i] == "persistent" {
 			t, err := strconv.ParseUint(f[i+1], 10, 32)

@@ -1,6 +1,7 @@
 package ipvs
 
 import (
+	"bytes"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -25,7 +26,7 @@ UDP  [fd00:0096:0000:0000:0000:0000:0000:0035]:0035 lc
   -> [fd00:0244:0000:0000:0000:0000:0000:0011]:14E9      Masq    1      0          0         
 SCTP  0A600020:0D1C sh ops 
 `
-	got, err := parseTable([]byte(listing))
+	got, err := parseTable(strings.NewReader(listing))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,7 +48,7 @@ SCTP  0A600020:0D1C sh ops
 	if s := got[sctp]; s.Scheduler != "sh" || s.Persistence != 0 || len(s.Status) != 0 {
 		t.Errorf("sctp: %+v", s)
 	}
-	if _, err := parseTable([]byte(listing[:len(listing)-1] + "\n  -> 0AF4:xx      Masq 1 0 0\n")); err == nil {
+	if _, err := parseTable(strings.NewReader(listing[:len(listing)-1] + "\n  -> 0AF4:xx      Masq 1 0 0\n")); err == nil {
 		t.Error("a garbled real server line must be an error, not a silent omission")
 	}
 }
@@ -68,7 +69,7 @@ func BenchmarkParseTable10k(b *testing.B) {
 	b.SetBytes(int64(len(listing)))
 	b.ReportAllocs()
 	for b.Loop() {
-		got, err := parseTable(listing)
+		got, err := parseTable(bytes.NewReader(listing))
 		if err != nil || len(got) != 12000 {
 			b.Fatal(len(got), err)
 		}
