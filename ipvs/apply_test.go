@@ -467,6 +467,14 @@ func TestIntactNoticesWhatWentMissing(t *testing.T) {
 		{"real server deleted", func(k *ipvs.FakeKernel) error {
 			return k.DeleteRealServer(vsKey("TCP 192.168.1.10:30080"), netip.MustParseAddrPort("10.244.2.5:8080"))
 		}},
+		{"real server's weight changed", func(k *ipvs.FakeKernel) error {
+			return k.UpdateRealServer(vsKey("TCP 10.96.0.10:80"), ipvs.RealServer{Addr: netip.MustParseAddrPort("10.244.2.5:8080"), Weight: 7})
+		}},
+		{"scheduler changed", func(k *ipvs.FakeKernel) error {
+			vs := *k.State(model.IPv4).VirtualServers[vsKey("TCP 10.96.0.10:80")]
+			vs.Scheduler = "lc"
+			return k.UpdateVirtualServer(vs)
+		}},
 		{"address unbound", func(k *ipvs.FakeKernel) error { return k.DelAddr(ipvs.DummyName, netip.MustParseAddr("10.96.0.10")) }},
 		{"set entry removed", func(k *ipvs.FakeKernel) error {
 			return k.DelEntry(ipvs.Set{Name: "SVCPROXY-CLUSTER-IP"}, ipvs.Entry{Addr: netip.MustParseAddr("10.96.0.10"), Protocol: model.TCP, Port: 80})
