@@ -591,11 +591,11 @@ func (r *applyRun) forgetDrains(vs VSKey) {
 // holds reports whether the kernel has everything want needs: every
 // virtual server with its settings and real servers (real servers of
 // weight 0 it drains aside), every address, set entry and sysctl. It
-// writes nothing. It compares the kernel's listings as they come, without
-// the maps an apply observes them into: the check reads everything, and at
-// 10,000 services those maps were a third of its allocations, which set
-// the daemon's peak heap.
-func (a *Applier) holds(ctx context.Context, k Kernel, want *State) (bool, error) {
+// writes nothing. It reads the kernel's listings first and then compares
+// what each port wants as it comes, holding neither the wanted state nor
+// the maps an apply observes the kernel into: at 10,000 services those
+// set the daemon's peak heap.
+func (a *Applier) holds(ctx context.Context, k Kernel, want Wanted) (bool, error) {
 	for _, s := range want.Sysctls {
 		if v, err := k.ReadSysctl(s.Name); err != nil || v != s.Value {
 			return false, err
@@ -604,47 +604,82 @@ func (a *Applier) holds(ctx context.Context, k Kernel, want *State) (bool, error
 	if err := ctx.Err(); err != nil {
 		return false, err
 	}
-	sets, err := k.ListSets(a.family)
-	if err != nil {
+	kernel, err := a.listings(ctx, k)
+	if kernel == nil || err != nil {
 		return false, err
 	}
-	members := map[string][]Entry{}
-	for _, s := range sets {
-		if a.sets.owns(s.Name) {
-			slices.SortFunc(s.Entries, Entry.Compare)
-			members[s.Name] = s.Entries
-		}
-	}
-	for e := range want.Entries {
-		if _, found := slices.BinarySearchFunc(members[e.Set], e.Entry, Entry.Compare); !found {
+	for _, e := range want.Entries {
+		if !kernel.holdsEntry(e) {
 			return false, nil
 		}
 	}
-	addrs, err := k.LinkAddrs(DummyName, a.family)
-	if err != nil {
-		return false, err
-	}
-	slices.SortFunc(addrs, netip.Addr.Compare)
-	for addr := range want.Addresses {
-		if _, found := slices.BinarySearchFunc(addrs, addr, netip.Addr.Compare); !found {
-			return false, nil
+	// Where two ports claim one virtual server the first owns it, as in
+	// a full plan.
+	claimed := map[VSKey]bool{}
+	for o := range want.Ports {
+		for _, vs := range o.vss {
+			if claimed[vs.VSKey] {
+				continue
+			}
+			claimed[vs.VSKey] = true
+			cur, ok := kernel.table[vs.VSKey]
+			if !ok || a.excluded(vs.VSKey) || cur.Scheduler != vs.Scheduler || cur.Persistence != vs.Persistence ||
+				!realsHold(vs.Reals, cur.Status) {
+				return false, nil
+			}
 		}
-	}
-	if err := ctx.Err(); err != nil {
-		return false, err
-	}
-	table, err := k.Table(a.family)
-	if err != nil {
-		return false, err
-	}
-	for key, vs := range want.VirtualServers {
-		cur, ok := table[key]
-		if !ok || a.excluded(key) || cur.Scheduler != vs.Scheduler || cur.Persistence != vs.Persistence ||
-			!realsHold(vs.Reals, cur.Status) {
-			return false, nil
+		for _, addr := range o.addrs {
+			if _, found := slices.BinarySearchFunc(kernel.addrs, addr, netip.Addr.Compare); !found {
+				return false, nil
+			}
+		}
+		for _, e := range o.entries {
+			if !kernel.holdsEntry(e) {
+				return false, nil
+			}
 		}
 	}
 	return true, nil
+}
+
+// listed is the kernel's state as the integrity check reads it: the owned
+// sets' members and kube-ipvs0's addresses sorted, and the IPVS table.
+type listed struct {
+	members map[string][]Entry
+	addrs   []netip.Addr
+	table   map[VSKey]Listed
+}
+
+// listings reads the kernel's sets, addresses and table, stopping between
+// the reads once ctx ends (nil, ctx's error).
+func (a *Applier) listings(ctx context.Context, k Kernel) (*listed, error) {
+	sets, err := k.ListSets(a.family)
+	if err != nil {
+		return nil, err
+	}
+	l := &listed{members: map[string][]Entry{}}
+	for _, s := range sets {
+		if a.sets.owns(s.Name) {
+			slices.SortFunc(s.Entries, Entry.Compare)
+			l.members[s.Name] = s.Entries
+		}
+	}
+	if l.addrs, err = k.LinkAddrs(DummyName, a.family); err != nil {
+		return nil, err
+	}
+	slices.SortFunc(l.addrs, netip.Addr.Compare)
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if l.table, err = k.Table(a.family); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+func (l *listed) holdsEntry(e SetEntry) bool {
+	_, found := slices.BinarySearchFunc(l.members[e.Set], e.Entry, Entry.Compare)
+	return found
 }
 
 // realsHold reports whether the kernel's real servers are the wanted ones

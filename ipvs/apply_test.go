@@ -502,6 +502,24 @@ func TestIntactNoticesWhatWentMissing(t *testing.T) {
 	}
 }
 
+// Two services claiming one LoadBalancer IP and port: the first by name
+// owns the virtual server, in the check as in the sync, so the check
+// finds the synced kernel intact rather than asking for full syncs forever.
+func TestIntactWhereTwoPortsClaimOneVirtualServer(t *testing.T) {
+	a := mt.Port("default", "a", "", model.TCP, "10.96.0.30", 80, mt.LoadBalancer("203.0.113.9"), mt.Eps("10.244.2.8:8080"))
+	b2 := mt.Port("default", "b", "", model.TCP, "10.96.0.31", 80, mt.LoadBalancer("203.0.113.9"), mt.Eps("10.244.3.9:8080"))
+	view := v4(a, b2)
+	b := newBed(t, testCfg)
+	b.sync(view, nil)
+	lb := b.k.State(model.IPv4).VirtualServers[vsKey("TCP 203.0.113.9:80")]
+	if lb == nil || len(lb.Reals) != 1 || lb.Reals[0].Addr != netip.MustParseAddrPort("10.244.2.8:8080") {
+		t.Fatalf("the LB IP's virtual server %+v, want service a's endpoint alone", lb)
+	}
+	if ok, err := b.backends[model.IPv4].Intact(context.Background(), view); !ok || err != nil {
+		t.Fatalf("Intact after a sync: %v %v", ok, err)
+	}
+}
+
 // A check the runner stopped (a change came) stops before the kernel's
 // table is read, and says it did not finish rather than "intact".
 func TestIntactStopsWhenItsContextEnds(t *testing.T) {

@@ -168,8 +168,7 @@ func (b *Backend) Intact(ctx context.Context, applied *model.NodeView) (bool, er
 	if err := ctx.Err(); err != nil {
 		return false, err
 	}
-	want := Compile(b.cfg, applied, nil, nodeAddrs).Want
-	return b.applier.holds(ctx, k, want)
+	return b.applier.holds(ctx, k, WantedBy(b.cfg, applied, nodeAddrs))
 }
 
 // Cleanup implements proxier.Backend: the iptables rules (which name the

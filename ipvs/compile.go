@@ -1,6 +1,7 @@
 package ipvs
 
 import (
+	"iter"
 	"net/netip"
 	"slices"
 	"time"
@@ -190,6 +191,36 @@ func (c *compiler) full(view *model.NodeView) *Plan {
 	plan.Rules.Write[netfilter.NatKey(netfilter.ChainServices)] = c.servicesRules(ports)
 	c.shared.WriteAll(plan.Rules, ports)
 	return plan
+}
+
+// Wanted is what a full plan of a view wants of the kernel, given port by
+// port instead of gathered into a State: the integrity check compares it
+// with the kernel's listings as it goes, and at 10,000 services a State of
+// 120,000 objects held beside those listings set the daemon's peak heap.
+type Wanted struct {
+	Sysctls []Sysctl
+	// Entries are the set members no port owns (the node's addresses).
+	Entries []SetEntry
+	// Ports yields each port's objects, in the order state adds them.
+	Ports iter.Seq[portObjects]
+}
+
+// WantedBy is what Compile(cfg, view, nil, nodeAddrs).Want holds, as a
+// Wanted.
+func WantedBy(cfg Config, view *model.NodeView, nodeAddrs []netip.Addr) Wanted {
+	c := newCompiler(cfg, view.Family, nodeAddrs)
+	w := Wanted{Sysctls: c.sysctls()}
+	for _, a := range c.nodePortAddrs {
+		w.Entries = append(w.Entries, SetEntry{c.sets.nodeIPs, Entry{Addr: a}})
+	}
+	w.Ports = func(yield func(portObjects) bool) {
+		for _, name := range view.SortedNames() {
+			if rp := c.rules.Resolve(view.Services[name]); rp.Present() && !yield(c.objects(&rp)) {
+				return
+			}
+		}
+	}
+	return w
 }
 
 func (c *compiler) newPlan(full bool) *Plan {
