@@ -616,7 +616,12 @@ func (a *Applier) holds(ctx context.Context, k Kernel, want Wanted) (bool, error
 	// Where two ports claim one virtual server the first owns it, as in
 	// a full plan.
 	claimed := map[VSKey]bool{}
+	ports := 0
 	for o := range want.Ports {
+		// Compiling the ports is a third of the check: it stops here too.
+		if ports++; ports%256 == 0 && ctx.Err() != nil {
+			return false, ctx.Err()
+		}
 		for _, vs := range o.vss {
 			if claimed[vs.VSKey] {
 				continue
