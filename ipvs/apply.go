@@ -595,7 +595,7 @@ func (r *applyRun) forgetDrains(vs VSKey) {
 // what each port wants as it comes, holding neither the wanted state nor
 // the maps an apply observes the kernel into: at 10,000 services those
 // set the daemon's peak heap.
-func (a *Applier) holds(ctx context.Context, k Kernel, want Wanted) (bool, error) {
+func (a *Applier) holds(ctx context.Context, k Kernel, want fullWants) (bool, error) {
 	for _, s := range want.Sysctls {
 		if v, err := k.ReadSysctl(s.Name); err != nil || v != s.Value {
 			return false, err
@@ -605,7 +605,7 @@ func (a *Applier) holds(ctx context.Context, k Kernel, want Wanted) (bool, error
 		return false, err
 	}
 	kernel, err := a.listings(ctx, k)
-	if kernel == nil || err != nil {
+	if err != nil {
 		return false, err
 	}
 	for _, e := range want.Entries {

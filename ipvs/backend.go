@@ -101,6 +101,8 @@ func (b *Backend) Sync(ctx context.Context, view, prev *model.NodeView) (model.S
 // less than a request per link.
 func nodeAddrs(k Kernel, family model.Family, servicePorts int) ([]netip.Addr, error) {
 	if servicePorts < 2*addrsPerLinkDump {
+		// Dumping link by link could pay only on a node of one link:
+		// not worth the request that lists the links.
 		return k.HostAddrs(family, DummyName)
 	}
 	names, err := k.LinkNames()
@@ -168,7 +170,7 @@ func (b *Backend) Intact(ctx context.Context, applied *model.NodeView) (bool, er
 	if err := ctx.Err(); err != nil {
 		return false, err
 	}
-	return b.applier.holds(ctx, k, WantedBy(b.cfg, applied, nodeAddrs))
+	return b.applier.holds(ctx, k, fullWantsOf(b.cfg, applied, nodeAddrs))
 }
 
 // Cleanup implements proxier.Backend: the iptables rules (which name the

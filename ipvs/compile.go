@@ -193,11 +193,11 @@ func (c *compiler) full(view *model.NodeView) *Plan {
 	return plan
 }
 
-// Wanted is what a full plan of a view wants of the kernel, given port by
+// fullWants is what a full plan of a view wants of the kernel, given port by
 // port instead of gathered into a State: the integrity check compares it
 // with the kernel's listings as it goes, and at 10,000 services a State of
 // 120,000 objects held beside those listings set the daemon's peak heap.
-type Wanted struct {
+type fullWants struct {
 	Sysctls []Sysctl
 	// Entries are the set members no port owns (the node's addresses).
 	Entries []SetEntry
@@ -205,11 +205,11 @@ type Wanted struct {
 	Ports iter.Seq[portObjects]
 }
 
-// WantedBy is what Compile(cfg, view, nil, nodeAddrs).Want holds, as a
-// Wanted.
-func WantedBy(cfg Config, view *model.NodeView, nodeAddrs []netip.Addr) Wanted {
+// fullWantsOf is what Compile(cfg, view, nil, nodeAddrs).Want holds, as a
+// fullWants.
+func fullWantsOf(cfg Config, view *model.NodeView, nodeAddrs []netip.Addr) fullWants {
 	c := newCompiler(cfg, view.Family, nodeAddrs)
-	w := Wanted{Sysctls: c.sysctls()}
+	w := fullWants{Sysctls: c.sysctls()}
 	for _, a := range c.nodePortAddrs {
 		w.Entries = append(w.Entries, SetEntry{c.sets.nodeIPs, Entry{Addr: a}})
 	}

@@ -17,25 +17,25 @@ var wantedNodeAddrs = []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.MustP
 // wants: gathered as state gathers it, the two are one state. Random
 // views of up to 30 ports (external IPs two ports claim among them), and
 // a big one.
-func TestWantedByIsTheFullPlansWant(t *testing.T) {
+func TestFullWantsOfIsTheFullPlansWant(t *testing.T) {
 	for seed := range uint64(300) {
 		ch := mt.RandChooser{R: rand.New(rand.NewPCG(seed, 7))}
-		checkWantedBy(t, ch, 1+ch.Intn(30))
+		checkFullWantsOf(t, ch, 1+ch.Intn(30))
 	}
-	checkWantedByView(t, Config{}, mt.BigView(200, 4))
+	checkFullWantsOfView(t, Config{}, mt.BigView(200, 4))
 }
 
-func FuzzWantedByIsTheFullPlansWant(f *testing.F) {
+func FuzzFullWantsOfIsTheFullPlansWant(f *testing.F) {
 	f.Add([]byte{0})
 	f.Add([]byte("a view of many ports with node ports and LB IPs and local policies"))
 	f.Add([]byte{1, 9, 9, 9, 2, 7, 200, 3, 3, 3, 3, 3, 17, 90, 1, 0, 4, 4, 8, 8, 250, 251})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		ch := &mt.ByteChooser{Data: data}
-		checkWantedBy(t, ch, ch.Intn(12))
+		checkFullWantsOf(t, ch, ch.Intn(12))
 	})
 }
 
-func checkWantedBy(t *testing.T, ch mt.Chooser, ports int) {
+func checkFullWantsOf(t *testing.T, ch mt.Chooser, ports int) {
 	t.Helper()
 	family := model.IPv4
 	if ch.Intn(2) == 1 {
@@ -43,13 +43,13 @@ func checkWantedBy(t *testing.T, ch mt.Chooser, ports int) {
 	}
 	g := mt.Gen{Ch: ch, Family: family}
 	cfg := Config{Rules: g.Config()}
-	checkWantedByView(t, cfg, g.View(ports))
+	checkFullWantsOfView(t, cfg, g.View(ports))
 }
 
-func checkWantedByView(t *testing.T, cfg Config, view *model.NodeView) {
+func checkFullWantsOfView(t *testing.T, cfg Config, view *model.NodeView) {
 	t.Helper()
 	want := Compile(cfg, view, nil, wantedNodeAddrs).Want
-	w := WantedBy(cfg, view, wantedNodeAddrs)
+	w := fullWantsOf(cfg, view, wantedNodeAddrs)
 	got := NewState(view.Family)
 	got.Sets, got.Sysctls = want.Sets, w.Sysctls
 	for o := range w.Ports {
@@ -59,6 +59,6 @@ func checkWantedByView(t *testing.T, cfg Config, view *model.NodeView) {
 		got.Entries[e] = true
 	}
 	if g, w := got.Dump(), want.Dump(); g != w {
-		t.Fatalf("WantedBy differs from the full plan's Want: %s", golden.FirstDifference([]byte(w), []byte(g)))
+		t.Fatalf("fullWantsOf differs from the full plan's Want: %s", golden.FirstDifference([]byte(w), []byte(g)))
 	}
 }
