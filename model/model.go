@@ -308,11 +308,8 @@ func NewNodeView(family Family, node NodeInfo, size int) *NodeView {
 // Derive makes a view for node holding v's ports, to be changed by Set
 // and Delete only, which record what they touch. v is not modified.
 func (v *NodeView) Derive(node NodeInfo) *NodeView {
-	d := &NodeView{Family: v.Family, Node: node, Services: maps.Clone(v.Services), id: lastViewID.Add(1)}
-	if v.id != 0 {
-		d.base = v.id
-	}
-	return d
+	// A base of 0 (v a view literal) marks no lineage.
+	return &NodeView{Family: v.Family, Node: node, Services: maps.Clone(v.Services), id: lastViewID.Add(1), base: v.id}
 }
 
 // Set adds or replaces a port of a view being made.
